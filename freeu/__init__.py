@@ -1,0 +1,1 @@
+"""FreeU maths (backbone scaling, Fourier filter of skip features) and the model patch."""

@@ -1,0 +1,20 @@
+"""ComfyUI node classes. Each module here exports NODE_CLASS_MAPPINGS (and optionally
+NODE_DISPLAY_NAME_MAPPINGS and a setup() run once at import, e.g. to register dropdown entries);
+this package merges them so a new module needs no edit elsewhere."""
+import importlib
+import pkgutil
+
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name.startswith("_"):
+        continue
+    _module = importlib.import_module(f".{_info.name}", __name__)
+    if hasattr(_module, "setup"):
+        _module.setup()
+    for _name, _cls in getattr(_module, "NODE_CLASS_MAPPINGS", {}).items():
+        if _name in NODE_CLASS_MAPPINGS:
+            raise RuntimeError(f"FewStep node name {_name!r} defined twice ({_info.name})")
+        NODE_CLASS_MAPPINGS[_name] = _cls
+    NODE_DISPLAY_NAME_MAPPINGS.update(getattr(_module, "NODE_DISPLAY_NAME_MAPPINGS", {}))

@@ -1,0 +1,28 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The pure maths packages are importable without ComfyUI as top-level `samplers` / `freeu`.
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    """(nodes, pack): the real ComfyUI imported in-process with the pack loaded by ComfyUI."""
+    from comfy_host import load_inprocess
+    return load_inprocess(tmp_path_factory.mktemp("comfy-base"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """A running headless ComfyUI with the pack; shut down at the end, also on failure."""
+    from comfy_host import ComfyServer
+    srv = ComfyServer(tmp_path_factory.mktemp("server-base"))
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.stop()
