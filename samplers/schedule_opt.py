@@ -1,0 +1,523 @@
+"""Sampling schedules optimised for one denoiser D(x; sigma) -> x0 (research notes: schedule_opt.md §2, §7).
+
+Pipeline, all pure torch and model-agnostic (D is any callable):
+  1. `log_grid`      candidate levels sigma_max = s_0 > ... > s_{G-1} = sigma_min (then 0).
+  2. `teacher_pass`  one fine DPM-Solver++(2M) pass along the grid from M start noises, storing the
+                     states x_j and denoiser outputs D_j = D(x_j; s_j) at every level.
+  3. `jump_costs`    a cost for every jump between grid levels, from the stored tensors only:
+       * "jump":  the error of ONE step of the target sampler started on the teacher trajectory,
+                  measured against the teacher at the landing level (GITS / OSS style);
+       * "bound": the per-interval term of the first-order discretisation-error bound (schedule_opt.md
+                  eq. 3, Huang 2024 as reconstructed there), a Riemann sum over the teacher levels
+                  sigma_k * sum_m (1/s_{m+1} - 1/s_m) |D_m - D_j|.
+     The final jump s_j -> 0 of every ComfyUI sampler returns D(x_j; s_j), so its cost is
+     |D_j - x_ref| (x_ref = the teacher's own output, also ending with a jump to 0).
+     Which cost each sampler uses:
+       * first-order samplers (euler, ddim; the ODE part of euler_ancestral): the Euler jump
+         x_k = (s_k/s_j) x_j + (1 - s_k/s_j) D_j, a pair cost C[j, k];
+       * multistep samplers with one stored output (dpmpp_2m and every linear two-step method
+         registered in JUMP_RULES): the jump is evaluated with the sampler's actual multistep update,
+         fed the teacher's denoised output at the PREVIOUS schedule level p (not the previous fine
+         grid level), so the cost depends on the triple (p, j, k). The first step has no history
+         and is costed as the sampler's first (Euler) step.
+       * "bound" is the first-order bound whatever the sampler (it has no multistep form here).
+     Per-jump costs are per-sample relative errors |r_b| / |x_ref_b|, raised to `power`, averaged
+     over the M samples. Costs are computed from a float64 Gram matrix of the stored tensors, so no
+     jump residual tensor is ever materialised (an SDXL latent triple set would be ~10^11 numbers).
+  4. `optimal_paths` exact dynamic programming over the grid: the minimum total cost path with N
+     steps for EVERY N up to max_steps in one run. O(N·G²) for pair costs, O(N·G³) for triple
+     costs (the state is the last two levels). An optional gamma multiplies the cost-to-go like
+     GITS's `coeff` (gamma = 1: plain sum).
+  5. `refine_schedule` optional AYS-style coordinate search on the schedule against the ACTUAL
+     sampler (any callable), accepted on training noises, stopped on held-out noises.
+
+`first_order_weights` gives the convex-combination form of an Euler solve (schedule_opt.md §2.2).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------
+# Jump rules: x_k = a x_j + b D_j + c D_p, coefficients from the sigmas of levels p, j, k.
+
+@dataclass(frozen=True)
+class JumpRule:
+    """One step of a sampler written as x_k = a*x_j + b*D_j + c*D_p (D_p: output at the previous
+    schedule level, memory 1) or x_k = a*x_j + b*D_j (memory 0). `first_step` is the rule the
+    sampler uses when it has no history yet."""
+    name: str
+    memory: int
+    coefficients: Callable  # (s_p or None, s_j, s_k) -> (a, b, c), float64 tensors broadcasting
+
+    def first(self, s_j, s_k):
+        return _euler_coefficients(None, s_j, s_k)
+
+
+def _euler_coefficients(s_p, s_j, s_k):
+    a = s_k / s_j
+    return a, 1 - a, torch.zeros_like(a)
+
+
+def _dpmpp_2m_coefficients(s_p, s_j, s_k):
+    # DPM-Solver++(2M) in sigma space (lambda = -log sigma): the data-prediction exponential
+    # integrator with a linear extrapolation of D through the two last levels.
+    h = torch.log(s_j / s_k)
+    r = torch.log(s_p / s_j) / h
+    a = s_k / s_j
+    e = 1 - a  # = -expm1(-h)
+    return a, e * (1 + 1 / (2 * r)), -e / (2 * r)
+
+
+JUMP_RULES = {
+    "euler": JumpRule("euler", 0, _euler_coefficients),
+    "dpmpp_2m": JumpRule("dpmpp_2m", 1, _dpmpp_2m_coefficients),
+}
+# Names users know, mapped to the cost rule that models them.
+SAMPLER_RULE = {
+    "euler": "euler", "ddim": "euler", "euler_ancestral": "euler", "lcm": "euler",
+    "dpmpp_2m": "dpmpp_2m",
+}
+COSTS = ("jump", "bound")
+
+
+def rule_for(sampler: str) -> JumpRule:
+    name = SAMPLER_RULE.get(sampler, sampler)
+    if name not in JUMP_RULES:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLER_RULE)} for schedule optimisation, "
+                         f"got {sampler!r}")
+    return JUMP_RULES[name]
+
+
+def apply_rule(rule: JumpRule, x_j, d_j, d_p, s_p, s_j, s_k):
+    """One step of `rule` (used by the teacher and by tests; the cost code uses the Gram form)."""
+    s_j_t = torch.as_tensor(s_j, dtype=torch.float64)
+    s_k_t = torch.as_tensor(s_k, dtype=torch.float64)
+    if float(s_k_t) == 0.0:
+        return d_j  # every ComfyUI sampler's last step: the denoised output
+    if rule.memory == 0 or d_p is None:
+        a, b, c = rule.first(s_j_t, s_k_t)
+        return float(a) * x_j + float(b) * d_j
+    a, b, c = rule.coefficients(torch.as_tensor(s_p, dtype=torch.float64), s_j_t, s_k_t)
+    return float(a) * x_j + float(b) * d_j + float(c) * d_p
+
+
+# ----------------------------------------------------------------------------------------------
+# Candidate grid
+
+def _check_range(sigma_max, sigma_min):
+    for name, v in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
+        if not math.isfinite(float(v)) or float(v) <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {v}")
+    if float(sigma_min) >= float(sigma_max):
+        raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max ({sigma_max})")
+
+
+def log_grid(sigma_max: float, sigma_min: float, size: int = 120, include: Sequence[float] = ()) -> torch.Tensor:
+    """`size` levels uniform in log sigma from sigma_max to sigma_min (both exact), float64,
+    decreasing; `include` adds levels (e.g. a baseline schedule's points) inside the range."""
+    _check_range(sigma_max, sigma_min)
+    if int(size) < 2:
+        raise ValueError(f"grid size must be >= 2, got {size}")
+    grid = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), int(size), dtype=torch.float64))
+    grid[0], grid[-1] = float(sigma_max), float(sigma_min)
+    tol = 1e-6  # in log sigma
+    lo, hi = math.log(float(sigma_min)) + tol, math.log(float(sigma_max)) - tol
+    extra = [float(s) for s in include if float(s) > 0 and lo < math.log(float(s)) < hi]
+    if extra:
+        grid = torch.unique(torch.cat([grid, torch.tensor(extra, dtype=torch.float64)])).flip(0)
+        # Near-duplicate levels would make multistep coefficients blow up: keep one of each pair.
+        keep = torch.ones(grid.numel(), dtype=torch.bool)
+        last = float(grid[0])
+        for i in range(1, grid.numel()):
+            if math.log(last / float(grid[i])) < tol:
+                keep[i] = False
+            else:
+                last = float(grid[i])
+        grid = grid[keep]
+    return grid
+
+
+def _check_grid(sigmas: torch.Tensor):
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    if s.ndim != 1 or s.numel() < 2:
+        raise ValueError(f"the candidate grid must be a 1-D tensor of >= 2 levels, got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all() or (s <= 0).any():
+        raise ValueError("the candidate grid must hold finite levels > 0 (the final 0 is implicit)")
+    if not (s[1:] < s[:-1]).all():
+        raise ValueError("the candidate grid must be strictly decreasing")
+    return s
+
+
+# ----------------------------------------------------------------------------------------------
+# Teacher pass
+
+@dataclass
+class Teacher:
+    """Fine-grid solution from M start noises: states[j] = x(s_j), denoised[j] = D(x(s_j); s_j),
+    final = the teacher's output (its last step s_{G-1} -> 0 returns denoised[-1])."""
+    sigmas: torch.Tensor          # (G,) float64, CPU
+    states: torch.Tensor          # (G, M, *shape)
+    denoised: torch.Tensor        # (G, M, *shape)
+    calls: int = 0                # model evaluations (batched over the M samples)
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.denoised[-1]
+
+    def subset(self, idx) -> "Teacher":
+        """The same teacher restricted to some samples (e.g. training vs held-out)."""
+        return Teacher(self.sigmas, self.states[:, idx], self.denoised[:, idx], self.calls)
+
+
+def teacher_pass(denoiser: Denoiser, x_start: torch.Tensor, grid: torch.Tensor, substeps: int = 1,
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 check_cancel: Optional[Callable[[], None]] = None,
+                 store_device=None, store_dtype=None) -> Teacher:
+    """DPM-Solver++(2M) from x_start (already at noise level grid[0]) down the grid, `substeps`
+    log-uniform sub-steps per interval (one model call each), storing the state and denoiser
+    output at every grid level. Model calls: (G - 1) * substeps + 1.
+
+    progress(done, total) is called after every model call; check_cancel() before every call
+    (it raises to stop; nothing is kept)."""
+    grid = _check_grid(grid)
+    if int(substeps) < 1:
+        raise ValueError(f"substeps must be >= 1, got {substeps}")
+    if not torch.is_tensor(x_start) or x_start.ndim < 2:
+        raise ValueError("x_start must be a batched tensor (M, ...)")
+    substeps = int(substeps)
+    G = grid.numel()
+    store_device = x_start.device if store_device is None else store_device
+    store_dtype = x_start.dtype if store_dtype is None else store_dtype
+    states = torch.empty((G,) + tuple(x_start.shape), device=store_device, dtype=store_dtype)
+    denoised = torch.empty_like(states)
+    rule = JUMP_RULES["dpmpp_2m"]
+    total = (G - 1) * substeps + 1
+    done = 0
+    s_in = x_start.new_ones([x_start.shape[0]])
+    x = x_start
+    d_prev, s_prev = None, None
+    for j in range(G):
+        sub = [float(grid[j])]
+        if j < G - 1:
+            lo, hi = math.log(float(grid[j + 1])), math.log(float(grid[j]))
+            sub = [math.exp(hi + (lo - hi) * i / substeps) for i in range(substeps)]
+        for i, s in enumerate(sub):
+            if check_cancel is not None:
+                check_cancel()
+            d = denoiser(x, s * s_in)
+            if not torch.isfinite(d).all():
+                raise FloatingPointError(f"the denoiser returned non-finite values at sigma={s:.6g}")
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            if i == 0:
+                states[j] = x.to(store_device, store_dtype)
+                denoised[j] = d.to(store_device, store_dtype)
+            if j == G - 1:
+                break
+            s_next = math.exp(math.log(float(grid[j])) + (math.log(float(grid[j + 1])) - math.log(float(grid[j])))
+                              * (i + 1) / substeps)
+            if i == substeps - 1:
+                s_next = float(grid[j + 1])
+            x = apply_rule(rule, x, d, d_prev, s_prev, s, s_next)
+            d_prev, s_prev = d, s
+    return Teacher(grid.clone(), states, denoised, done)
+
+
+# ----------------------------------------------------------------------------------------------
+# Costs
+
+@dataclass
+class JumpCosts:
+    """pair[j, k]: cost of the first-order (or first, history-free) jump s_j -> s_k (inf unless k > j);
+    triple[p, j, k]: cost of a memory-1 jump s_j -> s_k after s_p (None for first-order rules);
+    terminal[j]: cost of the last jump s_j -> 0."""
+    sigmas: torch.Tensor
+    pair: torch.Tensor
+    terminal: torch.Tensor
+    triple: Optional[torch.Tensor] = None
+    rule: str = "euler"
+    kind: str = "jump"
+    power: float = 1.0
+
+
+def _gram(teacher: Teacher, device=None, chunk: int = 1) -> tuple:
+    """Per-sample float64 inner products between all stored vectors: blocks XX, XD, DD (M, G, G),
+    DF = <D_j, final> and FF = |final|^2."""
+    G, M = teacher.states.shape[:2]
+    device = teacher.states.device if device is None else device
+    out = {k: torch.empty((M, G, G), dtype=torch.float64) for k in ("xx", "xd", "dd")}
+    for b0 in range(0, M, chunk):
+        sl = slice(b0, min(M, b0 + chunk))
+        X = teacher.states[:, sl].to(device, torch.float64).flatten(2).transpose(0, 1)   # (m, G, d)
+        D = teacher.denoised[:, sl].to(device, torch.float64).flatten(2).transpose(0, 1)
+        out["xx"][sl] = (X @ X.transpose(1, 2)).cpu()
+        out["xd"][sl] = (X @ D.transpose(1, 2)).cpu()   # xd[b, j, k] = <x_j, D_k>
+        out["dd"][sl] = (D @ D.transpose(1, 2)).cpu()
+        del X, D
+    return out["xx"], out["xd"], out["dd"]
+
+
+def jump_costs(teacher: Teacher, sampler: str = "euler", kind: str = "jump", power: float = 1.0,
+               gram_device=None) -> JumpCosts:
+    """Cost matrices for `sampler` (see the module docstring for which cost each sampler uses)."""
+    if kind not in COSTS:
+        raise ValueError(f"cost must be one of {COSTS}, got {kind!r}")
+    if not (power > 0):
+        raise ValueError(f"power must be > 0, got {power}")
+    rule = rule_for(sampler)
+    s = teacher.sigmas.to(torch.float64)
+    G = s.numel()
+    xx, xd, dd = _gram(teacher, gram_device)
+    dx = xd.transpose(1, 2)                          # dx[b, j, k] = <D_j, x_k>
+    diag = lambda m: torch.diagonal(m, dim1=1, dim2=2)  # noqa: E731
+    ref2 = diag(dd)[:, -1]                            # |final|^2 per sample (final = D_{G-1})
+    ref = ref2.clamp_min(1e-300).sqrt()
+
+    def reduce(sq):  # per-sample squared residuals (M, ...) -> mean relative error ** power
+        rel = sq.clamp_min(0).sqrt() / ref.view((-1,) + (1,) * (sq.ndim - 1))
+        return (rel ** power).mean(0)
+
+    later = torch.triu(torch.ones(G, G, dtype=torch.bool), diagonal=1)   # k > j
+    terminal = reduce(diag(dd) + ref2[:, None] - 2 * dd[:, :, -1])
+
+    if kind == "bound":
+        # |D_m - D_j| for all (j, m), then H[j, k] = s_k * sum_{m=j}^{k-1} du_m |D_m - D_j|.
+        dist = (diag(dd)[:, :, None] + diag(dd)[:, None, :] - 2 * dd).clamp_min(0).sqrt()  # (M, j, m)
+        du = torch.cat([1 / s[1:] - 1 / s[:-1], torch.zeros(1, dtype=torch.float64)])
+        csum = torch.cumsum(dist * du, dim=2)                                      # sum_{m<=k}
+        # sum_{m=j}^{k-1} = csum[k-1] - csum[j-1]; the m = j term is zero, so csum[j] works too.
+        seg = torch.zeros_like(csum)
+        seg[:, :, 1:] = csum[:, :, :-1] - torch.diagonal(csum, dim1=1, dim2=2)[:, :, None]
+        h = s[None, None, :] * seg
+        pair = (h / ref.view(-1, 1, 1)).pow(power).mean(0)
+        pair = torch.where(later, pair, torch.full_like(pair, math.inf))
+        return JumpCosts(s, pair, terminal, None, rule.name, kind, power)
+
+    sj, sk = s.view(G, 1), s.view(1, G)
+    a, b, _ = rule.first(sj, sk)
+    xx_jj, xd_jj, dd_jj = diag(xx)[:, :, None], diag(xd)[:, :, None], diag(dd)[:, :, None]
+    sq = (a ** 2 * xx_jj + b ** 2 * dd_jj + diag(xx)[:, None, :] + 2 * a * b * xd_jj
+          - 2 * a * xx - 2 * b * dx)
+    pair = torch.where(later, reduce(sq), torch.full((G, G), math.inf, dtype=torch.float64))
+
+    triple = None
+    if rule.memory == 1:
+        triple = torch.full((G, G, G), math.inf, dtype=torch.float64)
+        ks = torch.arange(G)
+        for j in range(1, G - 1):
+            p = torch.arange(j)                       # p < j < k
+            k = ks[j + 1:]
+            A, B, C = rule.coefficients(s[p].view(-1, 1), s[j], s[k].view(1, -1))   # (P, K)
+            xx_kk = diag(xx)[:, k][:, None, :]
+            t = (A ** 2 * xx[:, j, j, None, None] + B ** 2 * dd[:, j, j, None, None]
+                 + C ** 2 * diag(dd)[:, p][:, :, None] + xx_kk
+                 + 2 * A * B * xd[:, j, j, None, None] + 2 * A * C * xd[:, j, p][:, :, None]
+                 + 2 * B * C * dd[:, j, p][:, :, None]
+                 - 2 * A * xx[:, j, k][:, None, :] - 2 * B * dx[:, j, k][:, None, :]
+                 - 2 * C * dx[:, p][:, :, k])
+            triple[p.view(-1, 1), j, k.view(1, -1)] = reduce(t)
+    return JumpCosts(s, pair, terminal, triple, rule.name, kind, power)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact dynamic programming
+
+@dataclass
+class DPResult:
+    """Optimal paths for every step count 1..max_steps: paths[N] lists the N grid indices of the
+    positive sigmas (index 0 = sigma_max), values[N] the total cost (inf where impossible)."""
+    sigmas: torch.Tensor
+    values: dict = field(default_factory=dict)
+    paths: dict = field(default_factory=dict)
+
+    @property
+    def max_steps(self) -> int:
+        return max(self.paths) if self.paths else 0
+
+    def schedule(self, steps: int) -> torch.Tensor:
+        if steps not in self.paths:
+            raise ValueError(f"steps={steps} is outside the optimised range 1..{self.max_steps}")
+        idx = self.paths[steps]
+        return torch.cat([self.sigmas[idx], torch.zeros(1, dtype=torch.float64)])
+
+
+def path_cost(costs: JumpCosts, path: Sequence[int], gamma: float = 1.0) -> float:
+    """Total cost of a path of grid indices (starting at 0), including the final jump to 0; the
+    i-th jump is weighted gamma**i (what the DP's cost-to-go weighting amounts to)."""
+    path = [int(i) for i in path]
+    if not path or path[0] != 0 or any(b <= a for a, b in zip(path, path[1:])):
+        raise ValueError(f"a path starts at index 0 and strictly increases, got {path}")
+    total, w = 0.0, 1.0
+    for i in range(len(path) - 1):
+        j, k = path[i], path[i + 1]
+        if costs.triple is not None and i > 0:
+            c = float(costs.triple[path[i - 1], j, k])
+        else:
+            c = float(costs.pair[j, k])
+        total += w * c
+        w *= gamma
+    return total + w * float(costs.terminal[path[-1]])
+
+
+def optimal_paths(costs: JumpCosts, max_steps: int, gamma: float = 1.0) -> DPResult:
+    """Exact minimum of path_cost over all paths with N steps, for every N in 1..max_steps.
+    V_1(.) = terminal; V_n = min_k cost(., k) + gamma * V_{n-1}(k)."""
+    G = costs.sigmas.numel()
+    if int(max_steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {max_steps}")
+    if int(max_steps) > G:
+        raise ValueError(f"steps={max_steps} is larger than the candidate grid ({G} levels): "
+                         f"use a finer grid or fewer steps")
+    if not (gamma > 0):
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    max_steps = int(max_steps)
+    inf = math.inf
+    res = DPResult(costs.sigmas.clone())
+    if costs.triple is None:
+        V = costs.terminal.clone()                    # V_1(j)
+        arg = [None]
+        res.values[1], res.paths[1] = float(V[0]), [0]
+        for n in range(2, max_steps + 1):
+            tot = costs.pair + gamma * V[None, :]      # (j, k)
+            V, a = tot.min(dim=1)
+            arg.append(a)
+            res.values[n] = float(V[0])
+            path = [0]
+            for m in range(n, 1, -1):
+                path.append(int(arg[m - 1][path[-1]]))
+            res.paths[n] = path if math.isfinite(res.values[n]) else None
+    else:
+        # State (p, j): the last two levels. W_1(p, j) = terminal[j];
+        # W_n(p, j) = min_k triple[p, j, k] + gamma * W_{n-1}(j, k).
+        W = costs.terminal[None, :].expand(G, G).clone()
+        args = [None]
+        res.values[1], res.paths[1] = float(costs.terminal[0]), [0]
+        for n in range(2, max_steps + 1):
+            # First jump from 0 (no history) then n-1 more steps from state (0, k).
+            first = costs.pair[0] + gamma * W[0]
+            v, k1 = first.min(dim=0)
+            res.values[n] = float(v)
+            path = [0, int(k1)]
+            for m in range(n - 1, 1, -1):
+                path.append(int(args[m - 1][path[-2], path[-1]]))
+            res.paths[n] = path if math.isfinite(res.values[n]) else None
+            if n < max_steps:
+                W, a = (costs.triple + gamma * W[None, :, :]).min(dim=2)
+                args.append(a)
+    for n in list(res.paths):
+        if res.paths[n] is None:
+            del res.paths[n]
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# Refinement against the actual sampler
+
+def relative_error(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample |x - ref| / |ref| in float64."""
+    d = (x.to(torch.float64) - ref.to(torch.float64)).flatten(1).norm(dim=1)
+    return d / ref.to(torch.float64).flatten(1).norm(dim=1).clamp_min(1e-300)
+
+
+@dataclass
+class Refinement:
+    sigmas: torch.Tensor
+    train_error: list
+    holdout_error: list
+    calls: int
+
+
+def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                    x_train: torch.Tensor, ref_train: torch.Tensor,
+                    x_hold: Optional[torch.Tensor] = None, ref_hold: Optional[torch.Tensor] = None,
+                    sweeps: int = 2, candidates: int = 8, sigma_floor: Optional[float] = None,
+                    progress: Optional[Callable[[int, int], None]] = None,
+                    check_cancel: Optional[Callable[[], None]] = None) -> Refinement:
+    """Coordinate search (AYS-style): each interior positive sigma in turn tries `candidates`
+    log-uniform values strictly between its neighbours and keeps the one with the smallest mean
+    training error of `run_sampler(x_start, sigmas)`; sigma_0 and the final 0 stay fixed, the last
+    positive sigma stays >= sigma_floor. After every sweep the held-out error is measured; the
+    schedule with the best held-out error is returned and the search stops at the first sweep
+    that does not improve it (early stopping, since the training error is only a proxy)."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).clone()
+    if sig.ndim != 1 or sig.numel() < 2 or float(sig[-1]) != 0.0 or not (sig[1:] < sig[:-1]).all():
+        raise ValueError("sigmas must be strictly decreasing and end with 0")
+    if int(sweeps) < 0 or int(candidates) < 1:
+        raise ValueError("sweeps must be >= 0 and candidates >= 1")
+    floor = float(sig[-2]) / 2 if sigma_floor is None else float(sigma_floor)
+    if not floor > 0:
+        raise ValueError(f"sigma_floor must be > 0, got {sigma_floor}")
+    steps = sig.numel() - 1
+    calls = 0
+
+    def err(s, x, ref):
+        nonlocal calls
+        if check_cancel is not None:
+            check_cancel()
+        out = run_sampler(x, s.to(torch.float64))
+        calls += steps
+        return float(relative_error(out, ref).mean())
+
+    have_hold = x_hold is not None and ref_hold is not None
+    movable = list(range(1, steps))           # indices of positive sigmas after sigma_0
+    total = max(1, int(sweeps) * len(movable) * int(candidates))
+    done = 0
+    train_hist = [err(sig, x_train, ref_train)]
+    hold_hist = [err(sig, x_hold, ref_hold)] if have_hold else []
+    best, best_hold = sig.clone(), (hold_hist[0] if have_hold else None)
+    for _ in range(int(sweeps)):
+        cur = train_hist[-1]
+        for i in movable:
+            hi = math.log(float(sig[i - 1]))
+            lo = math.log(float(sig[i + 1]) if float(sig[i + 1]) > 0 else min(floor, float(sig[i])))
+            for c in range(1, int(candidates) + 1):
+                val = math.exp(hi + (lo - hi) * c / (int(candidates) + 1))
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                if not (float(sig[i + 1]) < val < float(sig[i - 1])) or val == float(sig[i]):
+                    continue
+                trial = sig.clone()
+                trial[i] = val
+                e = err(trial, x_train, ref_train)
+                if e < cur:
+                    sig, cur = trial, e
+        train_hist.append(cur)
+        if have_hold:
+            h = err(sig, x_hold, ref_hold)
+            hold_hist.append(h)
+            if h < best_hold:
+                best, best_hold = sig.clone(), h
+            else:
+                break
+        else:
+            best = sig.clone()
+    return Refinement(best, train_hist, hold_hist, calls)
+
+
+# ----------------------------------------------------------------------------------------------
+# Convex-combination form of the first-order solver (schedule_opt.md §2.2)
+
+def first_order_weights(sigmas: torch.Tensor, upto: Optional[int] = None):
+    """(w0, w) such that an Euler solve on `sigmas` reaches x_n = w0*x_0 + sum_i w[i]*D(x_i; s_i)
+    at n = upto (default: the end). For s_n > 0: w0 = s_n/s_0 and w_i = s_n (1/s_{i+1} - 1/s_i),
+    all >= 0 and summing with w0 to 1; if s_n = 0 the step to 0 returns D exactly (w = e_{n-1})."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    n = s.numel() - 1 if upto is None else int(upto)
+    if not (1 <= n <= s.numel() - 1):
+        raise ValueError(f"upto must be in 1..{s.numel() - 1}, got {upto}")
+    if float(s[n]) == 0.0:
+        w = torch.zeros(n, dtype=torch.float64)
+        w[-1] = 1.0
+        return torch.tensor(0.0, dtype=torch.float64), w
+    w0 = s[n] / s[0]
+    w = s[n] * (1 / s[1:n + 1] - 1 / s[:n])
+    return w0, w
