@@ -16,7 +16,9 @@ approximate eps over the step:
   that ends at sigma = 0 is an Euler step (the slope is undefined at sigma = 0).
 
 Order 1 of either AB variant is DDIM = Euler in sigma space. Multistep orders warm up from 1; with
-lower_order_final (default) the last steps drop to orders 2, 1 (dpm-solver convention).
+lower_order_final the last steps drop to orders 2, 1 (dpm-solver convention). As in every FewStep
+solver, a move to sigma = 0 is first order and returns the denoised estimate; a schedule that ends
+at sigma > 0 (F-scheduler) keeps the full order on its last move.
 """
 from __future__ import annotations
 
@@ -92,6 +94,9 @@ def _sample_ab(model, x, sigmas, extra_args, callback, disable, order, lower_ord
         eps = to_d(x, s[i], denoised)
         tau = s[i] if time_fn is None else time_fn(s[i])
         history = (history + [(tau, eps)])[-order:]
+        if s[i + 1] == 0:  # the move to 0 is first order: it lands on the denoised estimate
+            x = denoised
+            continue
         k = min(step_order(order, i, n, lower_order_final), len(history))
         used = history[-k:]
         weights = lagrange_weights([t for t, _ in used], s[i], s[i + 1], time_fn)
