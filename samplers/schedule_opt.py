@@ -265,7 +265,7 @@ class JumpCosts:
     power: float = 1.0
 
 
-def _gram(teacher: Teacher, device=None, chunk: int = 1) -> tuple:
+def gram_matrices(teacher: Teacher, device=None, chunk: int = 1) -> tuple:
     """Per-sample float64 inner products between all stored vectors: blocks XX, XD, DD (M, G, G),
     DF = <D_j, final> and FF = |final|^2."""
     G, M = teacher.states.shape[:2]
@@ -282,9 +282,26 @@ def _gram(teacher: Teacher, device=None, chunk: int = 1) -> tuple:
     return out["xx"], out["xd"], out["dd"]
 
 
+def data_scale(teacher: Teacher) -> float:
+    """RMS per element of the teacher's outputs: the c of the Gaussian propagation weight."""
+    return float(teacher.final.to(torch.float64).pow(2).mean().sqrt())
+
+
+def propagation_weight(sigmas: torch.Tensor, c: float) -> torch.Tensor:
+    """c / sqrt(c^2 + sigma^2): how much of a state error at sigma reaches the final sample when the
+    data are Gaussian with per-element scale c (then x(0) - m = c/sqrt(c^2+sigma^2) (x(sigma) - m)
+    along the flow, so the map from sigma to the end contracts by exactly this factor)."""
+    return c / torch.sqrt(c * c + sigmas.to(torch.float64) ** 2)
+
+
 def jump_costs(teacher: Teacher, sampler: str = "euler", kind: str = "jump", power: float = 1.0,
-               gram_device=None) -> JumpCosts:
-    """Cost matrices for `sampler` (see the module docstring for which cost each sampler uses)."""
+               weighted: bool = False, scale: Optional[float] = None, gram_device=None,
+               gram: Optional[tuple] = None) -> JumpCosts:
+    """Cost matrices for `sampler` (see the module docstring for which cost each sampler uses).
+    weighted=True multiplies the error of a jump landing at s_k by propagation_weight(s_k, c)
+    (c = `scale`, default data_scale(teacher)): teacher-forced errors at high noise are largely
+    contracted away before the end, and the plain sum over-counts them. `gram` = gram_matrices(teacher)
+    when several costs are built from one teacher."""
     if kind not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {kind!r}")
     if not (power > 0):
@@ -292,14 +309,22 @@ def jump_costs(teacher: Teacher, sampler: str = "euler", kind: str = "jump", pow
     rule = rule_for(sampler)
     s = teacher.sigmas.to(torch.float64)
     G = s.numel()
-    xx, xd, dd = _gram(teacher, gram_device)
+    xx, xd, dd = gram_matrices(teacher, gram_device) if gram is None else gram
     dx = xd.transpose(1, 2)                          # dx[b, j, k] = <D_j, x_k>
     diag = lambda m: torch.diagonal(m, dim1=1, dim2=2)  # noqa: E731
     ref2 = diag(dd)[:, -1]                            # |final|^2 per sample (final = D_{G-1})
     ref = ref2.clamp_min(1e-300).sqrt()
+    w_land = torch.ones(G, dtype=torch.float64)
+    if weighted:
+        c = data_scale(teacher) if scale is None else float(scale)
+        if not (c > 0 and math.isfinite(c)):
+            raise ValueError(f"scale must be a finite number > 0, got {c}")
+        w_land = propagation_weight(s, c)
 
-    def reduce(sq):  # per-sample squared residuals (M, ...) -> mean relative error ** power
+    def reduce(sq, k=None):  # per-sample squared residuals (M, ..., K) -> mean relative error ** power
         rel = sq.clamp_min(0).sqrt() / ref.view((-1,) + (1,) * (sq.ndim - 1))
+        if k is not None:
+            rel = rel * w_land[k]
         return (rel ** power).mean(0)
 
     later = torch.triu(torch.ones(G, G, dtype=torch.bool), diagonal=1)   # k > j
@@ -313,7 +338,7 @@ def jump_costs(teacher: Teacher, sampler: str = "euler", kind: str = "jump", pow
         # sum_{m=j}^{k-1} = csum[k-1] - csum[j-1]; the m = j term is zero, so csum[j] works too.
         seg = torch.zeros_like(csum)
         seg[:, :, 1:] = csum[:, :, :-1] - torch.diagonal(csum, dim1=1, dim2=2)[:, :, None]
-        h = s[None, None, :] * seg
+        h = s[None, None, :] * seg * w_land
         pair = (h / ref.view(-1, 1, 1)).pow(power).mean(0)
         pair = torch.where(later, pair, torch.full_like(pair, math.inf))
         return JumpCosts(s, pair, terminal, None, rule.name, kind, power)
@@ -323,7 +348,7 @@ def jump_costs(teacher: Teacher, sampler: str = "euler", kind: str = "jump", pow
     xx_jj, xd_jj, dd_jj = diag(xx)[:, :, None], diag(xd)[:, :, None], diag(dd)[:, :, None]
     sq = (a ** 2 * xx_jj + b ** 2 * dd_jj + diag(xx)[:, None, :] + 2 * a * b * xd_jj
           - 2 * a * xx - 2 * b * dx)
-    pair = torch.where(later, reduce(sq), torch.full((G, G), math.inf, dtype=torch.float64))
+    pair = torch.where(later, reduce(sq, torch.arange(G)), torch.full((G, G), math.inf, dtype=torch.float64))
 
     triple = None
     if rule.memory == 1:
@@ -340,7 +365,7 @@ def jump_costs(teacher: Teacher, sampler: str = "euler", kind: str = "jump", pow
                  + 2 * B * C * dd[:, j, p][:, :, None]
                  - 2 * A * xx[:, j, k][:, None, :] - 2 * B * dx[:, j, k][:, None, :]
                  - 2 * C * dx[:, p][:, :, k])
-            triple[p.view(-1, 1), j, k.view(1, -1)] = reduce(t)
+            triple[p.view(-1, 1), j, k.view(1, -1)] = reduce(t, k)
     return JumpCosts(s, pair, terminal, triple, rule.name, kind, power)
 
 
@@ -543,13 +568,15 @@ def first_order_weights(sigmas: torch.Tensor, upto: Optional[int] = None):
 # ----------------------------------------------------------------------------------------------
 # Selection and the whole pipeline
 
-# DP cost variants whose optimal paths become candidates: (cost, power). Squared errors (power 2)
-# weigh the rare large misses (a sample that lands on another mode) more than plain norms.
-DEFAULT_VARIANTS = (("jump", 1.0), ("jump", 2.0), ("bound", 2.0))
+# DP cost variants whose optimal paths become candidates: (cost, power, propagation-weighted).
+# Squared errors (power 2) weigh the rare large misses (a sample that lands on another mode) more
+# than plain norms; the weighted ones discount errors made at high noise (see jump_costs).
+DEFAULT_VARIANTS = (("jump", 1.0, False), ("jump", 2.0, False), ("bound", 2.0, False),
+                    ("jump", 1.0, True), ("jump", 2.0, True))
 
 
-def variant_name(kind: str, power: float) -> str:
-    return f"{kind}{power:g}"
+def variant_name(kind: str, power: float, weighted: bool = False) -> str:
+    return f"{kind}{power:g}{'w' if weighted else ''}"
 
 
 def select_schedule(candidates: dict, run_sampler, x: torch.Tensor, ref: torch.Tensor,
@@ -581,6 +608,8 @@ class OptimisationResult:
     refinement: Optional[Refinement] = None
     teacher_calls: int = 0
     sampler_calls: int = 0
+    train_reference: Optional[torch.Tensor] = None    # the teacher's outputs (fitting noises)
+    holdout_reference: Optional[torch.Tensor] = None  # ... and held-out noises
 
     @property
     def calls(self) -> int:
@@ -596,7 +625,7 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
                       max_steps: Optional[int] = None, refine_sweeps: int = 0, refine_candidates: int = 8,
                       progress: Optional[Callable[[int, int], None]] = None,
                       check_cancel: Optional[Callable[[], None]] = None,
-                      store_device=None, gram_device=None) -> OptimisationResult:
+                      store_device=None, gram_device=None, teacher: Optional[Teacher] = None) -> OptimisationResult:
     """The whole pipeline for one denoiser and one sampler:
 
     1. teacher pass on a log grid of `grid_size` levels from every start noise in x_start (already
@@ -609,7 +638,9 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
     4. optional coordinate refinement of the winner against the actual sampler, early-stopped on
        the held-out samples (needs holdout >= 1 and run_sampler).
     Model calls: teacher (grid-1)*substeps+1, selection steps*(#candidates), refinement up to
-    refine_sweeps*(steps-1)*refine_candidates*steps (+ held-out runs) — each batched over samples."""
+    refine_sweeps*(steps-1)*refine_candidates*steps (+ held-out runs) — each batched over samples.
+    A `teacher` computed before (teacher_pass on x_start over log_grid(sigma_max, sigma_min,
+    grid_size)) is reused instead of a new pass: it depends on neither the steps nor the sampler."""
     _check_range(sigma_max, sigma_min)
     steps = int(steps)
     if steps < 1:
@@ -626,7 +657,8 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
         raise ValueError("refinement needs the actual sampler and at least one held-out sample")
     if not variants:
         raise ValueError("at least one cost variant is needed")
-    for kind, power in variants:
+    variants = [tuple(v) + (False,) * (3 - len(v)) for v in variants]
+    for kind, power, _ in variants:
         if kind not in COSTS:
             raise ValueError(f"cost must be one of {COSTS}, got {kind!r}")
     rule = rule_for(sampler)
@@ -644,18 +676,22 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
         if progress is not None:
             progress(min(done, total), total)
 
-    teacher = teacher_pass(denoiser, x_start, grid, substeps, progress=lambda d, t: prog(d),
-                           check_cancel=check_cancel, store_device=store_device)
+    if teacher is None:
+        teacher = teacher_pass(denoiser, x_start, grid, substeps, progress=lambda d, t: prog(d),
+                               check_cancel=check_cancel, store_device=store_device)
+    elif teacher.states.shape[1] != x_start.shape[0] or not torch.equal(teacher.sigmas, grid):
+        raise ValueError("the given teacher was computed for other start noises or another grid")
     train = teacher.subset(slice(0, M))
     hold = teacher.subset(slice(M, None)) if holdout else None
     x_train, x_hold = x_start[:M], (x_start[M:] if holdout else None)
 
     dp = {}
-    for kind, power in variants:
+    gram = gram_matrices(train, gram_device)
+    for kind, power, weighted in variants:
         if check_cancel is not None:
             check_cancel()
-        costs = jump_costs(train, sampler, kind, float(power), gram_device=gram_device)
-        dp[variant_name(kind, power)] = optimal_paths(costs, max_steps)
+        costs = jump_costs(train, sampler, kind, float(power), bool(weighted), gram=gram)
+        dp[variant_name(kind, power, weighted)] = optimal_paths(costs, max_steps)
     cands = {name: res.schedule(steps) for name, res in dp.items()}
     for name, sig in (baselines or {}).items():
         cands[name] = torch.as_tensor(sig, dtype=torch.float64)
@@ -669,7 +705,8 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
         return out
 
     result = OptimisationResult(grid, sampler, rule.name, dp, steps, next(iter(dp)), cands[next(iter(dp))],
-                                teacher_calls=teacher.calls)
+                                teacher_calls=teacher.calls, train_reference=train.final,
+                                holdout_reference=hold.final if holdout else None)
     if run_sampler is not None:
         best, result.train_errors = select_schedule(cands, counted, x_train, train.final, check_cancel)
         if holdout:

@@ -1,0 +1,304 @@
+"""Benchmark of schedules optimised for the model (samplers/schedule_opt.py, nodes/schedule_opt.py).
+
+Lab mode (default; CPU is fine): the exact-denoiser lab (samplers/exact.py, called directly, with
+ComfyUI's SD/SDXL discrete sigma range 0.0292-14.61) at 4x16x16 latents. For N = 5, 6, 8, 10 and
+for DPM++ 2M and DEIS tAB3 (the pack's best multistep sampler at these step counts on the lab) it
+compares, at equal model calls (N steps = N calls for all of them), the error of
+  Karras (rho 7), AYS (SDXL 10-step table of Sabour et al. 2024, log-linearly interpolated exactly as
+  ComfyUI's AlignYourStepsScheduler does — taken from ComfyUI at run time), GITS (coeff 1.20 tables
+  of Chen et al. 2024 as shipped in ComfyUI's GITSScheduler), the F-scheduler (1024px presets of
+  Li & Bai 2025, pack implementation; ends at sigma_stop), the optimised schedule (teacher + DP +
+  selection with the actual sampler, Karras among the candidates, like the node) and the optimised
+  schedule refined against the sampler with held-out early stopping
+against a float64, convergence-certified PF-ODE reference (samplers/reference.py) to sigma_min
+followed by the final denoise (the lab's "model sample" target). Fitting uses 32 + 16 held-out
+noises; errors are per-sample RMSE over 256 other noises.
+
+    python scripts/bench_schedule_opt.py                 # lab table, writes its BENCHMARKS.md section
+    python scripts/bench_schedule_opt.py --no-write --steps 6 8 --datasets gmm256
+    python scripts/bench_schedule_opt.py --sdxl          # GPU timing: SDXL UNet (random fp16 weights), 1024^2, N=8, M=8
+    python scripts/bench_schedule_opt.py --sdxl --tiny   # the same code path on a tiny SDXL-shaped UNet (CPU)
+
+Needs ComfyUI importable ($COMFYUI_PATH, e.g. through scripts/host.sh) for the AYS/GITS tables and
+for --sdxl, which runs the real node (FewStepOptimizeSchedule) through ComfyUI's guider.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from samplers import schedule_opt as so  # noqa: E402
+from samplers.catalog import SOLVERS  # noqa: E402
+from samplers.exact import ExactDenoiser, MixtureSpec  # noqa: E402
+from samplers.reference import reference_states  # noqa: E402
+from samplers.schedules import (FSCHEDULER_PRESETS, fscheduler_sigmas, karras_sigmas,  # noqa: E402
+                                sd_discrete_sigmas)
+
+SECTION_START = "<!-- schedule-opt:start -->"
+SECTION_END = "<!-- schedule-opt:end -->"
+DATASETS = {  # name -> (dataset, components, spread, seed)
+    "shapes": ("shapes", 16, 0.05, 0),   # the lab's default model: few, well separated modes
+    "gmm256": ("gmm", 256, 0.5, 0),      # many overlapping modes: closer to a smooth distribution
+}
+SAMPLERS = ("dpmpp_2m", "deis_tab3")
+SHAPE = (4, 16, 16)
+
+
+def _comfy_path():
+    root = os.environ.get("COMFYUI_PATH")
+    if not root:
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout (or run through scripts/host.sh)")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return root
+
+
+def comfy_tables():
+    """AYS-SDXL and GITS(1.20) schedules from ComfyUI's own nodes (both V3 io.ComfyNode)."""
+    _comfy_path()
+    from comfy_extras.nodes_align_your_steps import AlignYourStepsScheduler
+    from comfy_extras.nodes_gits import GITSScheduler
+
+    def ays(n):
+        return torch.as_tensor(AlignYourStepsScheduler.execute("SDXL", n, 1.0).result[0], dtype=torch.float64)
+
+    def gits(n):
+        return torch.as_tensor(GITSScheduler.execute(1.20, n, 1.0).result[0], dtype=torch.float64)
+    return ays, gits
+
+
+def fscheduler(n, table):
+    preset = FSCHEDULER_PRESETS.get(f"1024x{n}", FSCHEDULER_PRESETS["1024x8"])
+    kw = {k: v for k, v in preset.items() if k != "steps"}
+    return fscheduler_sigmas(n, table.to(torch.float64), dtype=torch.float64, **kw)
+
+
+def noises(seed, count, smax):
+    g = torch.Generator().manual_seed(seed)
+    # ComfyUI's start for a full denoise of an EPS model: sqrt(1 + sigma_max^2) * noise.
+    return torch.randn((count,) + SHAPE, generator=g, dtype=torch.float64) * math.sqrt(1 + smax ** 2)
+
+
+def rmse(a, b):
+    return (a.to(torch.float64) - b.to(torch.float64)).flatten(1).pow(2).mean(1).sqrt()
+
+
+def run_lab(args):
+    table = sd_discrete_sigmas(dtype=torch.float64)
+    lo, hi = float(table[0]), float(table[-1])
+    ays, gits = comfy_tables()
+    rows, schedules, timings = [], {}, []
+    for ds in args.datasets:
+        spec = MixtureSpec(*DATASETS[ds])
+        den = ExactDenoiser(spec)
+        x_fit = torch.cat([noises(1, args.train, hi), noises(2, args.holdout, hi)])
+        x_test = noises(3, args.test, hi)
+        t = time.perf_counter()
+        ref = reference_states(den, x_test, hi, [lo])
+        x_ref = den(ref.at(lo), torch.full((args.test,), lo, dtype=torch.float64))
+        print(f"[bench] {ds}: reference for {args.test} noises in {time.perf_counter() - t:.1f} s "
+              f"(certified to RMSE {ref.discrepancy:.2g})", file=sys.stderr)
+        t = time.perf_counter()
+        teacher = so.teacher_pass(den, x_fit, so.log_grid(hi, lo, args.grid), args.substeps)
+        t_teacher = time.perf_counter() - t
+        print(f"[bench] {ds}: teacher pass {teacher.calls} calls in {t_teacher:.1f} s", file=sys.stderr)
+        for sampler in SAMPLERS:
+            spec_s = SOLVERS[sampler]
+
+            def run(x, sig, spec_s=spec_s):
+                return spec_s(den, x.clone(), sig.to(torch.float64), disable=True)
+
+            for n in args.steps:
+                base = {"Karras": karras_sigmas(n, lo, hi, dtype=torch.float64), "AYS": ays(n), "GITS": gits(n),
+                        "F-sched": fscheduler(n, table)}
+                t = time.perf_counter()
+                res = so.optimise_schedule(den, x_fit, hi, lo, n, sampler, run_sampler=run, holdout=args.holdout,
+                                           grid_size=args.grid, substeps=args.substeps,
+                                           baselines={"karras": base["Karras"]}, teacher=teacher)
+                t_opt = time.perf_counter() - t + t_teacher
+                t = time.perf_counter()
+                ref_r = so.refine_schedule(res.sigmas, run, x_fit[:args.train], res.train_reference,
+                                           x_fit[args.train:], res.holdout_reference,
+                                           sweeps=args.refine_sweeps, candidates=args.refine_candidates,
+                                           sigma_floor=lo)
+                t_ref = time.perf_counter() - t
+                cols = dict(base)
+                cols["optimised"] = res.sigmas
+                cols["+refine"] = ref_r.sigmas
+                errs = {k: rmse(run(x_test, s), x_ref) for k, s in cols.items()}
+                k = errs["Karras"]
+                rows.append(dict(ds=ds, sampler=sampler, n=n, errs={c: (float(e.mean()), float(e.median())) for c, e in errs.items()},
+                                 pick=res.chosen, win=float((errs["optimised"] < k).double().mean()),
+                                 win_r=float((errs["+refine"] < k).double().mean())))
+                schedules[(ds, sampler, n)] = (res.sigmas, ref_r.sigmas)
+                timings.append((ds, sampler, n, t_opt, res.calls, t_ref, ref_r.calls))
+                r = rows[-1]["errs"]
+                print(f"[bench] {ds} {sampler} N={n}: Karras {r['Karras'][0]:.4f}  opt {r['optimised'][0]:.4f} "
+                      f"({res.chosen})  +refine {r['+refine'][0]:.4f}   [{t_opt:.1f}s + {t_ref:.1f}s]", file=sys.stderr)
+    return rows, schedules, timings
+
+
+def markdown(rows, schedules, timings, args):
+    cols = ["Karras", "AYS", "GITS", "F-sched", "optimised", "+refine"]
+    out = [SECTION_START, "## Optimised schedules vs fixed tables (exact-denoiser lab)", "",
+           f"`python scripts/bench_schedule_opt.py` — {platform.processor() or platform.machine()}, torch "
+           f"{torch.__version__}. Lab data sets at {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} latents, SD/SDXL discrete sigma "
+           f"range 0.0292-14.61; optimiser: {args.train} fitting + {args.holdout} held-out noises, grid {args.grid}, "
+           f"DPM++ 2M teacher with {args.substeps} sub-steps; candidates = DP paths of "
+           f"{', '.join(so.variant_name(*v) for v in so.DEFAULT_VARIANTS)} + Karras, picked by running the "
+           f"sampler; '+refine' = {args.refine_sweeps} coordinate sweeps ({args.refine_candidates} trials per "
+           f"sigma) early-stopped on the held-out noises. Error = per-sample RMSE against the float64 PF-ODE "
+           f"reference (to sigma_min, then the final denoise) over {args.test} other noises, mean (median); all "
+           f"columns use N model calls. AYS = SDXL table (Sabour et al. 2024) and GITS = coeff 1.20 tables "
+           f"(Chen et al. 2024), both from ComfyUI's scheduler nodes; F-sched = pack F-scheduler, 1024px presets "
+           f"(Li & Bai 2025). 'win' = share of test noises where the column beats Karras.", ""]
+    out.append("| data | sampler | N | " + " | ".join(cols) + " | picked | opt/Karras | +refine/Karras | win opt / +refine |")
+    out.append("|---|---|---|" + "---|" * len(cols) + "---|---|---|---|")
+    for r in rows:
+        e = r["errs"]
+        cells = [f"{e[c][0]:.4f} ({e[c][1]:.4f})" for c in cols]
+        ratio = e["optimised"][0] / e["Karras"][0]
+        ratio_r = e["+refine"][0] / e["Karras"][0]
+        out.append(f"| {r['ds']} | {r['sampler']} | {r['n']} | " + " | ".join(cells) +
+                   f" | {r['pick']} | {ratio:.2f} | {ratio_r:.2f} | {r['win']:.0%} / {r['win_r']:.0%} |")
+    out += ["", "Optimiser cost on the lab (CPU, exact denoiser; model calls are batched over the 48 fitting noises):", "",
+            "| data | sampler | N | optimise s | calls | refine s | refine calls |", "|---|---|---|---|---|---|---|"]
+    for ds, sampler, n, t_opt, calls, t_ref, rcalls in timings:
+        out.append(f"| {ds} | {sampler} | {n} | {t_opt:.1f} | {calls} | {t_ref:.1f} | {rcalls} |")
+    out += ["", "Schedules (sigmas) for the SD/SDXL range on the default lab model (shapes), DPM++ 2M:", ""]
+    for (ds, sampler, n), (opt, refd) in schedules.items():
+        if ds == "shapes" and sampler == "dpmpp_2m" and n in (6, 8):
+            out.append(f"- N={n} optimised: `{', '.join(f'{v:.4f}' for v in opt.tolist())}`")
+            out.append(f"- N={n} +refine: `{', '.join(f'{v:.4f}' for v in refd.tolist())}`")
+    out.append(SECTION_END)
+    return "\n".join(out)
+
+
+def write_section(path: Path, md: str):
+    text = path.read_text() if path.exists() else "# FewStep benchmarks\n"
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        tail = rest.split(SECTION_END, 1)[1]
+        text = head + md + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + md + "\n"
+    path.write_text(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# SDXL timing through the real node
+
+TINY_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+             "model_channels": 32, "num_res_blocks": [1, 1], "transformer_depth": [0, 1], "channel_mult": [1, 2],
+             "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 64,
+             "num_head_channels": 16, "transformer_depth_output": [0, 0, 1, 1], "use_temporal_attention": False,
+             "use_temporal_resblock": False}
+SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+             "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
+             "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
+             "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+             "use_temporal_attention": False, "use_temporal_resblock": False}
+
+
+def build_sdxl(tiny: bool, dtype, seed=0):
+    """SDXL (or a tiny SDXL-shaped) UNet through ComfyUI's own classes, random weights, in a ModelPatcher."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg_dict = dict(TINY_UNET if tiny else SDXL_UNET, dtype=dtype)
+    cfg = comfy.supported_models.SDXL(cfg_dict)
+    cfg.set_inference_dtype(dtype, None)
+    offload = mm.unet_offload_device()
+    model = cfg.get_model({}, "", device=offload)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # ComfyUI's layers skip init (weights come from files): give them small random values
+        for name, p in model.diffusion_model.named_parameters():
+            if p.ndim == 1:
+                p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
+            else:
+                fan_in = p[0].numel()
+                p.copy_((torch.randn(p.shape, generator=g) / math.sqrt(fan_in)).to(p.dtype))
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
+
+
+def run_sdxl(args):
+    os.environ["FEWSTEP_TEST_DEVICE"] = "cpu" if args.tiny else "cuda"
+    _comfy_path()
+    sys.path.insert(0, str(REPO / "tests"))
+    from comfy_host import load_inprocess
+    nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-sdxl-")))
+    dtype = torch.float32 if args.tiny else torch.float16
+    model = build_sdxl(args.tiny, dtype)
+    ctx = 64 if args.tiny else 2048
+    g = torch.Generator().manual_seed(1)
+    size = 64 if args.tiny else 1024
+
+    def cond():
+        return [[torch.randn(1, 77, ctx, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g),
+                                                        "width": size, "height": size}]]
+    pos, neg = cond(), cond()
+    node = nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]()
+    steps, mc = 8, (2 if args.tiny else 8)
+    grid = 24 if args.tiny else args.grid
+    cuda = torch.cuda.is_available() and not args.tiny
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    sig, _, report = node.optimise(model, pos, neg, 7.0, size, size, steps, "dpmpp_2m", mc, 0, grid=grid,
+                                   use_cache=False)
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
+    dev = torch.cuda.get_device_name() if cuda else "CPU"
+    print(report)
+    print()
+    print(f"| model | device | latent | N | M | grid | wall s | peak GiB |")
+    print(f"|---|---|---|---|---|---|---|---|")
+    print(f"| {'tiny SDXL-shaped UNet' if args.tiny else 'SDXL UNet (random fp16 weights)'} | {dev} | "
+          f"{size // 8}x{size // 8} | {steps} | {mc} | {grid} | {wall:.1f} | {peak:.2f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sdxl", action="store_true", help="GPU timing of the node on the SDXL UNet architecture")
+    ap.add_argument("--tiny", action="store_true", help="with --sdxl: a tiny SDXL-shaped UNet on the CPU")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--steps", nargs="+", type=int, default=[5, 6, 8, 10])
+    ap.add_argument("--train", type=int, default=32)
+    ap.add_argument("--holdout", type=int, default=16)
+    ap.add_argument("--test", type=int, default=256)
+    ap.add_argument("--grid", type=int, default=120)
+    ap.add_argument("--substeps", type=int, default=2)
+    ap.add_argument("--refine-sweeps", type=int, default=4)
+    ap.add_argument("--refine-candidates", type=int, default=6)
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    if args.sdxl:
+        run_sdxl(args)
+        return
+    rows, schedules, timings = run_lab(args)
+    md = markdown(rows, schedules, timings, args)
+    print(md)
+    if not args.no_write:
+        write_section(REPO / "BENCHMARKS.md", md)
+        print("[bench] wrote BENCHMARKS.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
