@@ -263,14 +263,19 @@ def run_sdxl(args):
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t
-    peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
+    if cuda:
+        peak = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.2f} (CUDA allocated)"
+    else:
+        import resource
+        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} (process RSS)"
+
     dev = torch.cuda.get_device_name() if cuda else "CPU"
     print(report)
     print()
     print(f"| model | device | latent | N | M | grid | wall s | peak GiB |")
     print(f"|---|---|---|---|---|---|---|---|")
     print(f"| {'tiny SDXL-shaped UNet' if args.tiny else 'SDXL UNet (random fp16 weights)'} | {dev} | "
-          f"{size // 8}x{size // 8} | {steps} | {mc} | {grid} | {wall:.1f} | {peak:.2f} |")
+          f"{size // 8}x{size // 8} | {steps} | {mc} | {grid} | {wall:.1f} | {peak} |")
 
 
 def main():

@@ -261,7 +261,7 @@ def test_refinement_never_worsens_training_error_and_keeps_the_ends():
     assert float(r.sigmas[0]) == SMAX and float(r.sigmas[-1]) == 0 and (r.sigmas[1:] < r.sigmas[:-1]).all()
     assert float(r.sigmas[-2]) >= SMIN
     # Early stopping returns the schedule with the best held-out error seen.
-    e = float(so.relative_error(run(x_ho, r.sigmas), ref_ho).mean())
+    e = so.score(so.relative_error(run(x_ho, r.sigmas), ref_ho))
     assert e == pytest.approx(min(r.holdout_error), rel=1e-12)
 
 
@@ -290,6 +290,14 @@ def test_bad_inputs_give_clear_errors():
         so.optimise_schedule(_den(), _start(2), SMAX, SMIN, 3, grid_size=20, refine_sweeps=1)
     with pytest.raises(ValueError, match="strictly decreasing"):
         so.teacher_pass(_den(), _start(1), torch.tensor([1.0, 2.0], dtype=torch.float64))
+
+
+def test_score_is_mean_or_geometric_mean():
+    e = torch.tensor([0.01, 0.01, 0.01, 1.0], dtype=torch.float64)
+    assert so.score(e, "mean") == pytest.approx(0.2575)
+    assert so.score(e, "geomean") == pytest.approx(0.01 ** 0.75, rel=1e-12)
+    with pytest.raises(ValueError, match="objective"):
+        so.score(e, "max")
 
 
 def test_near_duplicate_levels_are_merged_and_rules_are_mapped():
