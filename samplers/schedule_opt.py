@@ -30,8 +30,16 @@ Pipeline, all pure torch and model-agnostic (D is any callable):
      steps for EVERY N up to max_steps in one run. O(N·G²) for pair costs, O(N·G³) for triple
      costs (the state is the last two levels). An optional gamma multiplies the cost-to-go like
      GITS's `coeff` (gamma = 1: plain sum).
-  5. `refine_schedule` optional AYS-style coordinate search on the schedule against the ACTUAL
-     sampler (any callable), accepted on training noises, stopped on held-out noises.
+     Costs may be propagation-weighted (`weighted=True`): the error of a jump landing at s_k is
+     multiplied by c/sqrt(c^2+s_k^2), the exact contraction from s_k to the end for Gaussian data
+     of scale c (estimated from the teacher), because teacher-forced errors made at high noise are
+     mostly contracted away and the plain sum over-counts them.
+  5. `select_schedule` runs the ACTUAL sampler on each variant's N-step path (and on baselines such
+     as Karras) from the fitting noises and keeps the lowest mean error: the per-jump costs are
+     proxies (they ignore how errors propagate), the sampler run is not.
+  6. `refine_schedule` optional AYS-style coordinate search on the schedule against the actual
+     sampler (any callable), accepted on the fitting noises, early-stopped on held-out noises.
+  `optimise_schedule` runs 1-6.
 
 `first_order_weights` gives the convex-combination form of an Euler solve (schedule_opt.md §2.2).
 """
