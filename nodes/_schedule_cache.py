@@ -314,7 +314,7 @@ def schedule_from(record: dict, steps: int) -> tuple:
     if path is None:
         have = sorted(int(n) for n in record["dp"][variant]["paths"])
         raise ValueError(f"steps={steps}: the optimised schedule covers {have[0]}..{have[-1]} steps; run "
-                         f"'Optimise Schedule (FewStep)' with a larger grid for more steps")
+                         f"'Optimise Schedule (FewStep)' with steps={steps} (and a grid of at least {steps})")
     return [record["grid"][i] for i in path] + [0.0], f"DP path ({variant})"
 
 
