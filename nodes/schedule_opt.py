@@ -195,7 +195,7 @@ class FewStepOptimizeSchedule:
             "grid": ("INT", {"default": 120, "min": 8, "max": 400, "tooltip": "Candidate sigmas (log-uniform between sigma_max and sigma_min); one teacher model call each."}),
             "holdout": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Extra noises not used to fit, only to report/early-stop (needed by refine)."}),
             "refine_sweeps": ("INT", {"default": 0, "min": 0, "max": 10, "tooltip": "Coordinate-search sweeps with the actual sampler after the DP (costly: about (N-1)*candidates*N calls per sweep), early-stopped on the held-out noises."}),
-            "refine_candidates": ("INT", {"default": 6, "min": 1, "max": 32, "tooltip": "Trial values per sigma in each refinement sweep."}),
+            "refine_candidates": ("INT", {"default": 8, "min": 1, "max": 32, "tooltip": "Trial values per sigma in each refinement sweep."}),
             "teacher_substeps": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": "DPM++ 2M sub-steps per grid interval in the teacher pass (accuracy vs time)."}),
             "sigma_max": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 5000.0, "step": 0.01, "round": False, "tooltip": "Largest sigma; 0 = the model's."}),
             "sigma_min": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 5000.0, "step": 0.001, "round": False, "tooltip": "Smallest non-zero sigma; 0 = the model's."}),
@@ -204,7 +204,7 @@ class FewStepOptimizeSchedule:
         }}
 
     def optimise(self, model, positive, negative, cfg, width, height, steps, sampler, mc_samples, seed,
-                 latent=None, grid=120, holdout=0, refine_sweeps=0, refine_candidates=6, teacher_substeps=1,
+                 latent=None, grid=120, holdout=0, refine_sweeps=0, refine_candidates=8, teacher_substeps=1,
                  sigma_max=0.0, sigma_min=0.0, compare_karras=True, use_cache=True):
         t0 = time.perf_counter()
         steps, grid, mc_samples, holdout = int(steps), int(grid), int(mc_samples), int(holdout)

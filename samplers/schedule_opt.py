@@ -512,13 +512,15 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
                     x_hold: Optional[torch.Tensor] = None, ref_hold: Optional[torch.Tensor] = None,
                     sweeps: int = 2, candidates: int = 8, sigma_floor: Optional[float] = None,
                     progress: Optional[Callable[[int, int], None]] = None,
-                    check_cancel: Optional[Callable[[], None]] = None, objective: str = "geomean") -> Refinement:
+                    check_cancel: Optional[Callable[[], None]] = None, objective: str = "geomean",
+                    patience: int = 2) -> Refinement:
     """Coordinate search (AYS-style): each interior positive sigma in turn tries `candidates`
-    log-uniform values strictly between its neighbours and keeps the one with the smallest mean
-    training error (`score` with `objective`) of `run_sampler(x_start, sigmas)`; sigma_0 and the final 0 stay fixed, the last
-    positive sigma stays >= sigma_floor. After every sweep the held-out error is measured; the
-    schedule with the best held-out error is returned and the search stops at the first sweep
-    that does not improve it (early stopping, since the training error is only a proxy)."""
+    log-uniform values strictly between its neighbours and keeps the one with the smallest
+    training error (`score` with `objective`) of `run_sampler(x_start, sigmas)`; sigma_0 and the
+    final 0 stay fixed, the last positive sigma stays >= sigma_floor. After every sweep the
+    held-out error is measured; the schedule with the best held-out error is returned, and the
+    search stops after `patience` + 1 sweeps in a row without a held-out improvement (early
+    stopping, since the training error is only a proxy) or when a sweep moves nothing."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64).clone()
     if sig.ndim != 1 or sig.numel() < 2 or float(sig[-1]) != 0.0 or not (sig[1:] < sig[:-1]).all():
         raise ValueError("sigmas must be strictly decreasing and end with 0")
@@ -545,8 +547,10 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
     train_hist = [err(sig, x_train, ref_train)]
     hold_hist = [err(sig, x_hold, ref_hold)] if have_hold else []
     best, best_hold = sig.clone(), (hold_hist[0] if have_hold else None)
+    stale = 0
     for _ in range(int(sweeps)):
         cur = train_hist[-1]
+        before = sig.clone()
         for i in movable:
             hi = math.log(float(sig[i - 1]))
             lo = math.log(float(sig[i + 1]) if float(sig[i + 1]) > 0 else min(floor, float(sig[i])))
@@ -563,13 +567,17 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
                 if e < cur:
                     sig, cur = trial, e
         train_hist.append(cur)
+        if torch.equal(sig, before):
+            break
         if have_hold:
             h = err(sig, x_hold, ref_hold)
             hold_hist.append(h)
             if h < best_hold:
-                best, best_hold = sig.clone(), h
+                best, best_hold, stale = sig.clone(), h, 0
             else:
-                break
+                stale += 1
+                if stale > int(patience):
+                    break
         else:
             best = sig.clone()
     return Refinement(best, train_hist, hold_hist, calls)
