@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import urllib.error
 import urllib.parse
@@ -120,14 +121,21 @@ class ComfyClient:
     def download(self, filename: str, subfolder: str, kind: str, dest: str) -> int:
         """GET /view into `dest` (written to a temporary name, then renamed). Returns bytes written."""
         query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder or "", "type": kind})
-        body = self.get(f"/view?{query}", raw=True, timeout=max(self.timeout, 120.0))
         tmp = dest + ".part"
-        with open(tmp, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with urllib.request.urlopen(f"{self.url}/view?{query}", timeout=max(self.timeout, 120.0)) as r, \
+                    open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f, 1 << 20)  # streamed: videos can be large
+                f.flush()
+                os.fsync(f.fileno())
+        except urllib.error.HTTPError as e:
+            raise ServerRefused(e.code, f"/view {filename}: {e.reason}") from None
+        except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError, ConnectionError) as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise ServerDown(f"{self.url}/view: {getattr(e, 'reason', e)}") from None
         os.replace(tmp, dest)
-        return len(body)
+        return os.path.getsize(dest)
 
     def websocket(self, client_id: str, timeout: float = 10.0) -> WebSocket:
         parts = urllib.parse.urlsplit(self.url)

@@ -86,6 +86,8 @@ class Manifest:
         record = {"time": now_iso(), **record}
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         with self._lock:
+            if self._file.closed:  # the run was stopped (Ctrl-C) while a worker still reported
+                return record
             self._file.write(line + "\n")
             self._file.flush()
             os.fsync(self._file.fileno())

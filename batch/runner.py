@@ -140,8 +140,7 @@ def run_batch(workflow, plan: Plan, servers, out_dir, options: Options | None = 
         manifest.write({"run": {"workflow": wf_copy.name, "servers": servers, "jobs": len(jobs),
                                 "already_done": len(skipped), "to_run": len(todo),
                                 "axes": [[t.label for t in a.targets] for a in plan.axes],
-                                "set": {t.label: jobs[0].prompt[t.node_id]["inputs"][t.input] if jobs and t.node_id
-                                        else v for t, v in plan.fixed}}})
+                                "set": plan.typed_fixed}})
         log(f"{len(jobs)} jobs: {len(skipped)} already done, {len(todo)} to run on {len(servers)} server(s)")
         summary = Summary(jobs, skipped=skipped, out_dir=out_dir)
         if todo:

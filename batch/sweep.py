@@ -33,6 +33,7 @@ class Axis:
 class Plan:
     fixed: list = field(default_factory=list)   # [(Target, value)] from --set
     axes: list = field(default_factory=list)    # [Axis], crossed in order (first is outermost)
+    typed_fixed: dict = field(default_factory=dict)  # label -> checked value, filled by expand()
 
 
 @dataclass
@@ -278,6 +279,7 @@ def expand(workflow: dict, plan: Plan, object_info: dict | None) -> list:
     for target, value in plan.fixed:
         spec = resolve_target(workflow, target, object_info)
         fixed[(target.node_id, target.input)] = coerce(target.label, spec, value) if spec else _guess(value)
+        plan.typed_fixed[target.label] = fixed[(target.node_id, target.input)]
     typed_axes = []
     for axis in plan.axes:
         lengths = {len(v) for v in axis.values}
@@ -310,8 +312,18 @@ def expand(workflow: dict, plan: Plan, object_info: dict | None) -> list:
         if key in keys:
             continue  # the same prompt twice (a value listed twice): it runs once
         keys.add(key)
-        jobs.append(Job(len(jobs), key, job_dir_name(params, key), params, prompt))
+        jobs.append(Job(len(jobs), key, job_dir_name(params, key), params, tag_outputs(prompt, key)))
     return jobs
+
+
+def tag_outputs(prompt: dict, key: str) -> dict:
+    """Appends the job id to every filename_prefix. Servers sharing one ComfyUI folder (one per GPU)
+    pick their file counters independently and could otherwise write the same name at the same time."""
+    for node in prompt.values():
+        inputs = node.get("inputs", {})
+        if isinstance(inputs.get("filename_prefix"), str):
+            inputs["filename_prefix"] = f"{inputs['filename_prefix']}_{key[:8]}"
+    return prompt
 
 
 def job_dir_name(params: dict, key: str) -> str:

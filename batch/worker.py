@@ -31,9 +31,9 @@ class Options:
 class Dropped(Exception):
     """The server went away while holding a job. `sent`: the job may have reached the server."""
 
-    def __init__(self, reason: str, sent: bool):
+    def __init__(self, reason: str, sent: bool, prompt_id: str | None = None):
         super().__init__(reason)
-        self.reason, self.sent = reason, sent
+        self.reason, self.sent, self.prompt_id = reason, sent, prompt_id
 
 
 def format_node_errors(node_errors: dict, workflow: dict | None = None) -> str:
@@ -77,6 +77,7 @@ class ServerWorker(threading.Thread):
         self.ws = None
         self.gave_up = False
         self.jobs_done = 0
+        self._current_pid = None
 
     def emit(self, kind, **data):
         self._emit(kind, server=self.url, **data)
@@ -112,6 +113,7 @@ class ServerWorker(threading.Thread):
                     self.run_job(job)
                     self.queue.finish(job)
                 except Dropped as d:
+                    d.prompt_id = d.prompt_id or self._current_pid
                     failures = 1
                     self._close_ws()
                     self.emit("server_down", reason=d.reason)
@@ -128,6 +130,11 @@ class ServerWorker(threading.Thread):
     def _dropped(self, job, d: Dropped):
         if d.sent:
             job.drops += 1
+            if d.prompt_id:
+                try:  # the server may only be slow or have lost our connection: do not let it run on
+                    ComfyClient(self.url, timeout=3).cancel(d.prompt_id)
+                except (ServerDown, ServerRefused):
+                    pass
         job.attach = None
         base = {"job": job.key, "index": job.index, "params": job.params, "server": self.url}
         if job.drops > self.opt.job_retries:
@@ -158,12 +165,14 @@ class ServerWorker(threading.Thread):
     def run_job(self, job):
         base = {"job": job.key, "index": job.index, "params": job.params, "server": self.url}
         t_submit = time.time()
+        self._current_pid = None
         if job.attach is not None:
-            prompt_id = job.attach[1]
+            prompt_id = self._current_pid = job.attach[1]
             self.emit("adopted", job=job, prompt_id=prompt_id)
         else:
             self._ws()
             prompt_id = str(uuid.uuid4())
+            self._current_pid = prompt_id
             # journaled before the POST: a runner killed right after it can still find the job on resume
             self.manifest.write({**base, "status": "submitted", "prompt_id": prompt_id, "client_id": self.client_id})
             try:

@@ -52,6 +52,7 @@ def test_sweeps_cross_and_zips_pair():
     assert [(j.params["KSampler.sampler_name"], j.params["4.steps"], j.params["KSampler.cfg"]) for j in jobs] == [
         ("euler", 4, 1.0), ("euler", 6, 1.5), ("dpmpp_2m", 4, 1.0), ("dpmpp_2m", 6, 1.5)]
     assert all(j.prompt["3"]["inputs"]["width"] == 64 for j in jobs)
+    assert jobs[0].prompt["6"]["inputs"]["filename_prefix"] == f"fewstep_lab_{jobs[0].key[:8]}"
     assert jobs[1].prompt["4"]["inputs"]["steps"] == 6 and WORKFLOW["4"]["inputs"]["steps"] == 8  # base untouched
     with pytest.raises(InputError, match="same number of values"):
         expand(WORKFLOW, plan_from_cli([], [("sweep", "4.steps=4,6"), ("zip", "4.cfg=1")]), INFO)

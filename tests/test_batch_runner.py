@@ -36,10 +36,11 @@ class Servers:
     def __init__(self, root: Path, n: int):
         self.root, self.boots = root, 0
         self.all = [None] * n
-        self._start([*range(n)])
+        self.stopped_later = []
 
     def _start(self, slots):
         fresh = {}
+        self.stopped_later += [self.all[i] for i in slots if self.all[i] is not None]  # killed ones: close logs
         for i in slots:
             self.boots += 1
             fresh[i] = ComfyServer(self.root / f"server{i}-boot{self.boots}")
@@ -54,34 +55,33 @@ class Servers:
         threads = [threading.Thread(target=boot, args=(s,)) for s in fresh.values()]
         for t in threads:
             t.start()
+        for i, s in fresh.items():
+            self.all[i] = s  # before the joins: stop() must see every process started
         for t in threads:
             t.join()
-        for i, s in fresh.items():
-            self.all[i] = s
         if errors:
             raise errors[0]
 
     def live(self):
-        dead = [i for i, s in enumerate(self.all) if s.proc is None or s.proc.poll() is not None]
+        dead = [i for i, s in enumerate(self.all) if s is None or s.proc is None or s.proc.poll() is not None]
         if dead:
             self._start(dead)
         return self.all
 
     def stop(self):
-        for s in self.all:
+        for s in self.stopped_later + self.all:
             if s is not None:
                 s.stop()
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    pool = None
+    pool = Servers(tmp_path_factory.mktemp("batch-servers"), 2)
     try:
-        pool = Servers(tmp_path_factory.mktemp("batch-servers"), 2)
+        pool.live()  # both boot in parallel
         yield pool
     finally:
-        if pool is not None:
-            pool.stop()
+        pool.stop()  # every server this module started, also when a boot or a test failed
 
 
 class Terminal(io.StringIO):
@@ -153,6 +153,7 @@ def test_sweep_2x3_completes_and_manifest_matches_outputs(swept):
         hist = server.get(f"/history/{rec['prompt_id']}")[rec["prompt_id"]]
         assert hist["status"]["status_str"] == "success"
         assert hist["prompt"][2]["4"]["inputs"]["steps"] == rec["params"]["4.steps"]
+        assert f"fewstep_lab_{rec['job'][:8]}_" in rec["outputs"][0]["server_file"]  # tagged: no name clash
     assert sum(prompts_received(s) - before[s.url] for s in (a, b)) == 6
     run = [r for r in read_records(out / "manifest.jsonl")[0] if "run" in r][0]["run"]
     assert run["jobs"] == 6 and run["set"]["Empty Latent.width"] == 64
