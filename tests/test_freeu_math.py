@@ -68,7 +68,8 @@ def test_low_precision_inputs_round_like_the_fp32_result(dtype):
     assert got.dtype == dtype
     want = fft_definition(x.float(), 1, 0.2)
     # At most one rounding step of the output dtype away from the exact value.
-    assert ((got.double() - want).abs() <= torch.finfo(dtype).eps * want.abs() + 1e-30).all()
+    # Half a rounding step of the output dtype (round to nearest) plus fp32 rounding.
+    assert ((got.double() - want).abs() <= torch.finfo(dtype).eps / 2 * want.abs() + 2e-6).all()
 
 
 def test_projection_needs_no_fft(monkeypatch):
