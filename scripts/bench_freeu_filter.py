@@ -9,6 +9,8 @@ Variants, all the same maths (max abs error against a float64 FFT reference is p
   rfft        rfft2 times a cached symmetrised half-spectrum mask, irfft2
   proj-dense  projection on the 9-function real basis: coef = x Bk, y = x + coef R (FewStep default)
   proj-sep    projection with per-axis bases (the large-threshold path)
+  proj-mixed  fp16/bf16 input read directly by a matmul with fp32 output (the "auto" choice where
+              available: CUDA with a recent PyTorch)
 Skip-feature sizes are SDXL's at 1024² (batch 2 = one CFG call). Interleaved repeats, medians.
 """
 from __future__ import annotations
@@ -82,6 +84,12 @@ def main():
     variants = {"fft": fourier_filter_fft, "rfft": fourier_filter_rfft,
                 "proj-dense": lambda x, t, s: fourier_filter(x, t, s, method="dense"),
                 "proj-sep": lambda x, t, s: fourier_filter(x, t, s, method="separable")}
+    if dtype != torch.float32:
+        try:  # reads fp16/bf16 directly; needs torch.mm(..., out_dtype=float32) (CUDA, recent torch)
+            fourier_filter(torch.zeros(1, 1, 4, 4, device=device, dtype=dtype) + 1, 1, 0.5, method="mixed")
+            variants["proj-mixed"] = lambda x, t, s: fourier_filter(x, t, s, method="mixed")
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
+            print(f"(proj-mixed unavailable here: {str(exc).splitlines()[0][:80]})", file=sys.stderr)
     comfy = comfy_filter()
     if comfy is not None:
         variants = {"comfy": comfy, **variants}
