@@ -1,6 +1,6 @@
 """Microbenchmark of exact ways to compute FreeU's low-frequency filter (threshold 1).
 
-    python scripts/bench_freeu_filter.py [--device cpu|cuda] [--repeats 15] [--dtype float32]
+    python scripts/bench_freeu_filter.py [--device cpu|cuda] [--repeats 15] [--dtype float32] [--threads 1]
 
 Variants, all the same maths (max abs error against a float64 FFT reference is printed too):
   comfy       ComfyUI's Fourier_filter (fftn, fftshift, full-size mask, ifftshift, ifftn); only
@@ -78,7 +78,10 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--tiny", action="store_true", help="small shapes (a quick check)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     threshold, scale = 1, 0.2
     variants = {"fft": fourier_filter_fft, "rfft": fourier_filter_rfft,
