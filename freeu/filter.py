@@ -8,8 +8,8 @@ threshold 1 only 7 modes change and the filter is
     y = x + (scale - 1) * P(x),
 
 P a linear map of rank <= 9 onto the span of those modes (cosines/sines of frequency 0 and 1 along
-each axis). Here P is computed in fp32 on a real orthonormal basis of that span: one thin matrix
-product for the coefficients, one for the rebuild. No FFT is needed, so devices without FFT
+each axis). Here P is computed with fp32 accumulation on a real orthonormal basis of that span:
+one thin matrix product for the coefficients, one for the rebuild. No FFT is needed, so devices without FFT
 support work unchanged. `fourier_filter_fft` is the same maths by FFT, for tests and benchmarks.
 """
 from __future__ import annotations
@@ -104,7 +104,10 @@ def _on_device(key, build):
     if hit is None:
         if len(_device_cache) >= _DEVICE_CACHE_MAX:
             _device_cache.clear()
-        hit = _device_cache[key] = build()
+        # Built as normal tensors even during ComfyUI's inference_mode, so a later run with
+        # autograd on (a training node) can still use them.
+        with torch.inference_mode(False):
+            hit = _device_cache[key] = build()
     return hit
 
 

@@ -271,3 +271,12 @@ def test_mixed_route_falls_back_where_unsupported_or_wrong(filter_module, monkey
         fourier_filter(x.float(), 1, 0.2, method="mixed")
     with pytest.raises(ValueError, match="float64"):
         fourier_filter(x.double(), 1, 0.2)
+
+
+def test_bases_built_under_inference_mode_serve_autograd_later():
+    x = torch.randn(1, 2, 13, 11, generator=GEN)
+    with torch.inference_mode():
+        fourier_filter(x, 1, 0.3)  # first use of this size: bases are cached here
+    leaf = x.clone().requires_grad_(True)
+    fourier_filter(leaf, 1, 0.3).sum().backward()
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
