@@ -36,7 +36,8 @@ def import_comfy(path: str | None, want_cpu: bool):
 
 def comfy_node_patch(node_cls, model, b1, b2, s1, s2):
     """The output_block_patch function ComfyUI's own FreeU node installs (V1 or V3 node class)."""
-    out = node_cls().patch(model, b1, b2, s1, s2)
+    node = node_cls()
+    out = (getattr(node, "patch", None) or node.execute)(model, b1, b2, s1, s2)  # V1 method / V3 classmethod
     patched = out[0] if isinstance(out, tuple) else getattr(out, "result", None) or out.args
     patched = patched[0] if isinstance(patched, tuple) else patched
     return patched.model_options["transformer_options"]["patches"]["output_block_patch"][-1]

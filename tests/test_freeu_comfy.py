@@ -24,7 +24,8 @@ def output_block_patches(model):
 
 def comfy_freeu(nodes, name, model, b1, b2, s1, s2):
     """ComfyUI's own node (V1 class in 0.3.x, V3 class with a `patch` alias later)."""
-    out = nodes.NODE_CLASS_MAPPINGS[name]().patch(model, b1, b2, s1, s2)
+    node = nodes.NODE_CLASS_MAPPINGS[name]()
+    out = (getattr(node, "patch", None) or node.execute)(model, b1, b2, s1, s2)
     patched = out[0] if isinstance(out, tuple) else getattr(out, "result", getattr(out, "args", None))[0]
     return patched
 
