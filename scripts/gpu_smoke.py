@@ -8,6 +8,11 @@ import torch
 from gpu_env import setup_comfy
 
 
+def random_conditioning_tensor(config, batch, dev):
+    import random_unet
+    return random_unet.random_conditioning(config, batch)[0][0].to(dev, torch.float16)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiny", action="store_true")
@@ -15,7 +20,7 @@ def main():
     setup_comfy(cpu=not torch.cuda.is_available())
     import comfy.model_management as mm
     import comfyui_version
-    from unet_factory import build_unet_patcher, random_conditioning
+    import random_unet
     print("python", platform.python_version(), "torch", torch.__version__, "ComfyUI", comfyui_version.__version__,
           "device", mm.get_torch_device(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
     for mod in ("comfy.samplers", "comfy.k_diffusion.sampling", "comfy_extras.nodes_freelunch",
@@ -25,15 +30,15 @@ def main():
             print("import ok", mod)
         except Exception as e:  # report every missing piece in one run
             print("IMPORT FAILED", mod, repr(e))
-    patcher = build_unet_patcher("sdxl", tiny=args.tiny)
+    config = random_unet.TINY_SD15_UNET if args.tiny else random_unet.SDXL_UNET
+    patcher = random_unet.build(config, dtype=torch.float16, family="sd15" if args.tiny else "sdxl")
     mm.load_models_gpu([patcher])
     dev = mm.get_torch_device()
     side = 16 if args.tiny else 128
     for batch in (1, 2):
         x = torch.randn(batch, 4, side, side, device=dev, dtype=torch.float16)
-        cond = random_conditioning("sdxl", batch, tiny=args.tiny)[0]
-        ctx = cond[0].to(dev, torch.float16)
-        y = torch.randn(batch, 2816, device=dev, dtype=torch.float16)
+        ctx = random_conditioning_tensor(config, batch, dev)
+        y = torch.randn(batch, config["adm_in_channels"], device=dev, dtype=torch.float16) if config.get("adm_in_channels") else None
         t = torch.full((batch,), 500.0, device=dev)
         with torch.no_grad():
             for _ in range(3):
@@ -45,7 +50,7 @@ def main():
                 patcher.model.diffusion_model(x, t, context=ctx, y=y)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-        print(f"SDXL UNet batch {batch}: {(time.perf_counter() - t0) / 10 * 1000:.1f} ms/call")
+        print(f"{"tiny SD1.5" if args.tiny else "SDXL"} UNet batch {batch}: {(time.perf_counter() - t0) / 10 * 1000:.1f} ms/call")
 
 
 if __name__ == "__main__":

@@ -69,3 +69,13 @@ def tiny_sd15(dtype=torch.float32, device=None, seed: int = 0):
 
 def sdxl(dtype=torch.float16, device=None, seed: int = 0):
     return build(SDXL_UNET, dtype=dtype, device=device, seed=seed, family="sdxl")
+
+
+def random_conditioning(unet_config: dict, batch: int = 1, tokens: int = 77, seed: int = 0):
+    """CONDITIONING in ComfyUI's format for a random UNet: [[cross_attn, {"pooled_output": ...}]]."""
+    gen = torch.Generator().manual_seed(seed)
+    cross = torch.randn((batch, tokens, unet_config["context_dim"]), generator=gen)
+    extra = {}
+    if unet_config.get("adm_in_channels"):
+        extra["pooled_output"] = torch.randn((batch, 1280), generator=gen)
+    return [[cross, extra]]
