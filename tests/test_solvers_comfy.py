@@ -1,5 +1,5 @@
 """Samplers, schedules and nodes inside the real ComfyUI (in-process), on the exact-denoiser lab model."""
-import sys
+import importlib
 import types
 
 import pytest
@@ -15,7 +15,7 @@ FS_SCHEDULERS = ["fewstep_timestep_power", "fewstep_fscheduler_512", "fewstep_fs
 @pytest.fixture(scope="module")
 def env(comfy):
     nodes, pack = comfy
-    mods = types.SimpleNamespace(**{name: sys.modules[f"{pack.__name__}.{path}"] for name, path in [
+    mods = types.SimpleNamespace(**{name: importlib.import_module(f"{pack.__name__}.{path}") for name, path in [
         ("dpmpp", "samplers.dpmpp"), ("deis", "samplers.deis"), ("edm", "samplers.edm"),
         ("schedules", "samplers.schedules"), ("exact", "samplers.exact"), ("dropdowns", "nodes.dropdowns"),
         ("ksa", "nodes.ksampler_advanced")]})
