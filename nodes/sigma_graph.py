@@ -132,12 +132,13 @@ def reference_sampling(model: str):
 
 
 def model_table(model: str):
-    return reference_sampling(model).sigmas.detach().to("cpu").double()
+    """The ascending σ table, as a node gets it from model_sampling.sigmas (float32)."""
+    return reference_sampling(model).sigmas.detach().to("cpu")
 
 
 def model_range(model: str) -> tuple[float, float]:
     table = model_table(model)
-    return float(table.min()), float(table.max())
+    return float(table[0]), float(table[-1])
 
 
 # --- the schedules the route computes --------------------------------------------------------

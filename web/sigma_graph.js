@@ -301,6 +301,7 @@ class SigmaGraph {
     c.dataset.state = this.state;
     c.dataset.revision = String(this.revision);
     c.dataset.theme = t.light ? "light" : "dark";
+    c.dataset.colors = JSON.stringify({ bg: toRGB(t.bg), fg: toRGB(t.fg), curve: toRGB(t.curve) });
   }
 }
 
