@@ -1,42 +1,51 @@
 """Server side of the σ-schedule graphs drawn in the editor (web/sigma_graph.js).
 
-GET /fewstep/sigmas?schedule=karras&steps=8&...  computes a schedule with the pack's own maths
-(samplers/schedules.py: the only place schedules are computed) and returns it with what the graph
-marks: the reference model's σ range, σ_stop, the FreeU window. Every parameter is checked strictly
-(known names only, numbers only, finite, bounded) and a bad request gets a 400 with a JSON error
-naming the parameter.
+GET /fewstep/sigmas?node=FewStepKarrasSigmas&steps=8&rho=7&model=sd_discrete
+    runs that node's own function on the widget values it is given, with a reference model (an
+    exact-denoiser lab model, i.e. a real ComfyUI ModelPatcher whose model_sampling is the SD1.5/SDXL
+    table or EDM's) for each MODEL input, and answers its SIGMAS with what the graph marks: the
+    model's σ range, σ_stop (a schedule ending above 0), the FreeU window. So the graph shows exactly
+    what the node gives when the prompt runs, and the maths lives only in samplers/schedules.py.
+    Every parameter is checked strictly against the node's own INPUT_TYPES (known names only;
+    numbers only for INT/FLOAT, finite and within the node's min/max; booleans; combo choices; steps
+    at most MAX_STEPS) and a bad request gets HTTP 400 with {"error", "parameter"}; an error the node
+    raises (a ValueError naming its parameter) is answered the same way.
 
-GET /fewstep/sigma_graphs  lists the nodes that carry a graph and how their widgets map to route
-parameters. A node opts in with a class attribute (see `SIGMA_GRAPH` below), so adding a graph to
-a new node is one entry on its own class.
+GET /fewstep/sigma_graphs
+    the nodes that carry a graph (with the inputs the browser must send), the reference models and
+    the bounds, so the widget needs no per-node code.
 
-The routes are registered on ComfyUI's PromptServer at import when a server exists; importing the
-pack without one (in-process tests, scripts) registers nothing and costs nothing."""
+A node opts in with one class attribute:
+    SIGMA_GRAPH = {"live": True}                  # drawn live from its widgets through the route
+    SIGMA_GRAPH = {"live": True,
+                   "freeu": {"start": "freeu_start", "end": "freeu_end", "unit": "step"}}
+                   # FreeU window from widgets ("step": indices into the schedule, end exclusive;
+                   # "sigma": σ bounds, start >= end); or "freeu": "method_name", a method
+                   # (self, sigmas, **inputs) -> {"start", "end", "unit"} or None, for nodes that
+                   # derive the window themselves (e.g. a recipe preset)
+    SIGMA_GRAPH = {}                              # drawn after each run from its UI message
+                   # {"ui": {"fewstep_sigmas": [...]}} (the Preview Sigmas node does this)
+Routes are registered on ComfyUI's PromptServer at import when a server exists; importing the pack
+without one (in-process tests, scripts) registers nothing and costs nothing."""
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import sys
-from dataclasses import dataclass, field
 
 ROUTE = "/fewstep/sigmas"
 SPEC_ROUTE = "/fewstep/sigma_graphs"
-MAX_STEPS = 1000
-_REQUIRED = object()
-
-# A node class opts in with
-#   SIGMA_GRAPH = {
-#       "schedule": "karras",            # a ROUTE_SCHEDULES key, or {"widget": "name"} to read it
-#                                        # from a combo; omit it for a graph drawn after the run only
-#       "params": {"rho": "rho_widget"}, # route parameter -> widget name or a constant; a route
-#                                        # parameter with a widget of the same name needs no entry
-#       "model_input": "model",          # MODEL input whose lab-model source picks the σ table
-#       "freeu": {"start": "freeu_start", "end": "freeu_end", "unit": "step"},  # optional window
-#   }
-# Nodes that compute SIGMAS only at run time return {"ui": {UI_KEY: [...]}} and declare a graph
-# without "schedule"; the widget then draws after every run, like the preview node.
 UI_KEY = "fewstep_sigmas"
+MAX_STEPS = 1000          # largest `steps` the route computes (a graph, not a sampling run)
+STEP_INPUTS = ("steps",)  # INT inputs capped at MAX_STEPS
+WIDGET_TYPES = ("INT", "FLOAT", "BOOLEAN")
+
+REFERENCE_MODELS = {
+    "sd_discrete": "SD1.5 / SDXL eps: 1000 discrete σ, 0.0292-14.61",
+    "edm": "continuous EDM: σ 0.002-80",
+}
 
 
 class RouteError(ValueError):
@@ -47,49 +56,116 @@ class RouteError(ValueError):
         self.parameter = parameter
 
 
-@dataclass(frozen=True)
-class Param:
-    kind: str                      # "int", "float", "bool" or "choice"
-    default: object = _REQUIRED
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False          # lo itself is not allowed
-    choices: tuple = ()
-    help: str = ""
+# --- declarations ------------------------------------------------------------------------------
 
-    def describe(self) -> dict:
-        out = {"kind": self.kind, "help": self.help}
-        if self.default is not _REQUIRED:
-            out["default"] = self.default
-        for key in ("lo", "hi"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        if self.lo_open:
-            out["lo_open"] = True
-        if self.choices:
-            out["choices"] = list(self.choices)
-        return out
+def _pack_nodes() -> dict:
+    from . import NODE_CLASS_MAPPINGS
+    return NODE_CLASS_MAPPINGS
 
 
-_INT = re.compile(r"[+-]?\d{1,9}")
-_FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?")
-_BOOL = {"true": True, "1": True, "false": False, "0": False}
+def input_kind(spec) -> str | None:
+    """'INT', 'FLOAT', 'BOOLEAN', 'COMBO', 'MODEL' or None (an input the route cannot supply)."""
+    kind = spec[0]
+    if isinstance(kind, (list, tuple)):
+        return "COMBO"
+    if kind == "COMBO":  # newer ComfyUI spells combos as ("COMBO", {"options": [...]})
+        return "COMBO"
+    if kind in WIDGET_TYPES or kind == "MODEL":
+        return kind
+    return None
 
 
-def parse_value(name: str, raw: str, p: Param):
-    """One query-string value -> a checked Python value, or RouteError naming `name`."""
-    if not isinstance(raw, str) or len(raw) > 40:
-        raise RouteError(f"{name}: value too long or not text", name)
+def combo_choices(spec) -> list:
+    if isinstance(spec[0], (list, tuple)):
+        return list(spec[0])
+    return list((spec[1] if len(spec) > 1 else {}).get("options", []))
+
+
+def node_inputs(cls) -> dict:
+    """name -> (kind, options, required) of the inputs the route can supply."""
+    types = cls.INPUT_TYPES()
+    out = {}
+    for section, required in (("required", True), ("optional", False)):
+        for name, spec in (types.get(section) or {}).items():
+            spec = tuple(spec) if isinstance(spec, (list, tuple)) else (spec,)
+            kind = input_kind(spec)
+            options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+            if kind == "COMBO":
+                options = {**options, "__choices__": combo_choices(spec)}
+            out[name] = (kind, options, required)
+    return out
+
+
+def check_spec(node_id: str, cls, spec) -> dict:
+    """A node's SIGMA_GRAPH, checked, with what the browser needs to send. ValueError naming the
+    node for a declaration that cannot work."""
+    allowed = {"live", "freeu"}
+    if not isinstance(spec, dict) or set(spec) - allowed:
+        raise ValueError(f"{node_id}.SIGMA_GRAPH must be a dict with keys from {sorted(allowed)}")
+    if not spec.get("live"):
+        if "freeu" in spec:
+            raise ValueError(f"{node_id}.SIGMA_GRAPH: freeu needs live=True")
+        return {"live": False}
+    if "SIGMAS" not in getattr(cls, "RETURN_TYPES", ()):
+        raise ValueError(f"{node_id}.SIGMA_GRAPH: live graphs need a SIGMAS output")
+    inputs = node_inputs(cls)
+    for name, (kind, _, required) in inputs.items():
+        if kind is None and required:
+            raise ValueError(f"{node_id}.SIGMA_GRAPH: required input {name!r} is neither a number, "
+                             f"boolean, combo nor MODEL, so the route cannot run the node")
+    out = {
+        "live": True,
+        "widgets": [n for n, (k, _, _) in inputs.items() if k in WIDGET_TYPES + ("COMBO",)],
+        "models": {n: req for n, (k, _, req) in inputs.items() if k == "MODEL"},
+    }
+    freeu = spec.get("freeu")
+    if isinstance(freeu, str):
+        if not callable(getattr(cls, freeu, None)):
+            raise ValueError(f"{node_id}.SIGMA_GRAPH freeu method {freeu!r} does not exist")
+    elif freeu is not None:
+        if not isinstance(freeu, dict) or set(freeu) - {"start", "end", "unit"}:
+            raise ValueError(f"{node_id}.SIGMA_GRAPH freeu must be a method name or a dict of start/end/unit")
+        for end in ("start", "end"):
+            if isinstance(freeu.get(end), str) and freeu[end] not in out["widgets"]:
+                raise ValueError(f"{node_id}.SIGMA_GRAPH freeu {end} widget {freeu[end]!r} is not an input")
+        if freeu.get("unit", "step") not in ("step", "sigma"):
+            raise ValueError(f"{node_id}.SIGMA_GRAPH freeu unit must be 'step' or 'sigma'")
+    return out
+
+
+def graph_specs() -> dict:
+    """Node id -> checked declaration of every pack node that carries a graph."""
+    specs = {}
+    for node_id, cls in _pack_nodes().items():
+        spec = getattr(cls, "SIGMA_GRAPH", None)
+        if spec is not None:
+            specs[node_id] = check_spec(node_id, cls, spec)
+    return specs
+
+
+# --- parameter parsing -------------------------------------------------------------------------
+
+_INT = re.compile(r"[+-]?\d{1,15}")
+_FLOAT = re.compile(r"[+-]?(\d{1,30}(\.\d{0,30})?|\.\d{1,30})([eE][+-]?\d{1,3})?")
+_BOOL = {"true": True, "false": False, "1": True, "0": False}
+
+
+def parse_value(name: str, raw, kind: str, options: dict):
+    """One query-string value -> a checked Python value for the node, or RouteError naming `name`."""
+    if not isinstance(raw, str) or len(raw) > 64:
+        raise RouteError(f"{name}: value missing or too long", name)
     text = raw.strip()
-    if p.kind == "choice":
-        if text not in p.choices:
-            raise RouteError(f"{name} must be one of {list(p.choices)}, got {raw!r}", name)
-        return text
-    if p.kind == "bool":
+    if kind == "BOOLEAN":
         if text.lower() not in _BOOL:
             raise RouteError(f"{name} must be true or false, got {raw!r}", name)
         return _BOOL[text.lower()]
-    if p.kind == "int":
+    if kind == "COMBO":
+        choices = options.get("__choices__", [])
+        for choice in choices:
+            if text == str(choice):
+                return choice
+        raise RouteError(f"{name} must be one of {[str(c) for c in choices]}, got {raw!r}", name)
+    if kind == "INT":
         if not _INT.fullmatch(text):
             raise RouteError(f"{name} must be an integer, got {raw!r}", name)
         value = int(text)
@@ -99,109 +175,17 @@ def parse_value(name: str, raw: str, p: Param):
         value = float(text)
         if not math.isfinite(value):
             raise RouteError(f"{name} must be a finite number, got {raw!r}", name)
-    if p.lo is not None and (value < p.lo or (p.lo_open and value == p.lo)):
-        raise RouteError(f"{name} must be {'>' if p.lo_open else '>='} {p.lo}, got {value}", name)
-    if p.hi is not None and value > p.hi:
-        raise RouteError(f"{name} must be <= {p.hi}, got {value}", name)
+    lo, hi = options.get("min"), options.get("max")
+    if name in STEP_INPUTS and kind == "INT":
+        hi = MAX_STEPS if hi is None else min(hi, MAX_STEPS)
+    if lo is not None and value < lo:
+        raise RouteError(f"{name} must be >= {lo}, got {value}", name)
+    if hi is not None and value > hi:
+        raise RouteError(f"{name} must be <= {hi}, got {value}", name)
     return value
 
 
-# --- reference models: the σ table a model-based schedule maps through, and the range marked ----
-# Built with ComfyUI's own model_sampling classes and the lab model's settings, so the table is the
-# one a node gets from model.get_model_object("model_sampling").sigmas for such a model.
-
-REFERENCE_MODELS = {
-    "sd_discrete": "SD1.5 / SDXL eps (1000 discrete σ, 0.0292-14.61)",
-    "edm": "continuous EDM (σ 0.002-80)",
-}
-_REFERENCE_SETTINGS = {
-    "sd_discrete": ("EPS", {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}),
-    "edm": ("EDM", {"sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}),
-}
-
-
-@functools.lru_cache(maxsize=None)
-def reference_sampling(model: str):
-    """ComfyUI's model_sampling object of a reference model (built once, at first use)."""
-    import comfy.model_base
-    kind, settings = _REFERENCE_SETTINGS[model]
-
-    class _Config:
-        sampling_settings = settings
-    return comfy.model_base.model_sampling(_Config(), getattr(comfy.model_base.ModelType, kind))
-
-
-def model_table(model: str):
-    """The ascending σ table, as a node gets it from model_sampling.sigmas (float32)."""
-    return reference_sampling(model).sigmas.detach().to("cpu")
-
-
-def model_range(model: str) -> tuple[float, float]:
-    table = model_table(model)
-    return float(table[0]), float(table[-1])
-
-
-# --- the schedules the route computes --------------------------------------------------------
-
-STEPS = Param("int", lo=1, hi=MAX_STEPS, help="number of sampling steps")
-MODEL = Param("choice", "sd_discrete", choices=tuple(REFERENCE_MODELS),
-              help="reference model: its σ range is marked and model-based schedules map through it")
-
-
-@dataclass(frozen=True)
-class RouteSchedule:
-    build: object                  # build(values: dict) -> 1-D tensor of sigmas
-    params: dict = field(default_factory=dict)
-    help: str = ""
-
-
-def _build_karras(v):
-    from ..samplers.schedules import karras_sigmas
-    return karras_sigmas(v["steps"], v["sigma_min"], v["sigma_max"], rho=v["rho"])
-
-
-ROUTE_SCHEDULES: dict[str, RouteSchedule] = {
-    "karras": RouteSchedule(_build_karras, {
-        "steps": STEPS,
-        "sigma_min": Param("float", lo=0.0, lo_open=True, hi=1e4, help="lowest non-zero σ"),
-        "sigma_max": Param("float", lo=0.0, lo_open=True, hi=1e4, help="first σ"),
-        "rho": Param("float", 7.0, lo=0.0, lo_open=True, hi=100.0, help="Karras ρ"),
-        "model": MODEL,
-    }, "Karras et al. (2022) σ-space power law with a trailing zero"),
-}
-
-COMMON_PARAMS = {
-    "freeu_start": Param("float", lo=0.0, hi=1e4, help="FreeU window start (unit: freeu_unit)"),
-    "freeu_end": Param("float", lo=0.0, hi=1e4, help="FreeU window end (unit: freeu_unit)"),
-    "freeu_unit": Param("choice", "step", choices=("step", "sigma"),
-                        help="step: indices into the schedule, end exclusive; sigma: σ bounds"),
-}
-
-
-def freeu_window(sigmas: list[float], start, end, unit: str):
-    """The steps whose model call has FreeU on: step i (σ_i -> σ_i+1) is inside when its σ_i is in
-    the σ window, or when start <= i < end for a step window. None when no window is given."""
-    if start is None and end is None:
-        return None
-    calls = len(sigmas) - 1
-    if unit == "step":
-        lo = 0 if start is None else int(math.ceil(start))
-        hi = calls if end is None else int(math.ceil(end))
-        inside = [i for i in range(calls) if lo <= i < hi]
-    else:
-        s_hi = math.inf if start is None else start
-        s_lo = 0.0 if end is None else end
-        if s_lo > s_hi:
-            s_lo, s_hi = s_hi, s_lo
-        inside = [i for i in range(calls) if s_lo <= sigmas[i] <= s_hi]
-    if not inside:
-        return {"start_step": None, "end_step": None, "steps": []}
-    return {"start_step": inside[0], "end_step": inside[-1] + 1, "steps": inside}
-
-
-def parse_query(query) -> dict:
-    """Mapping of name -> list of raw strings (aiohttp MultiDict or dict of lists) -> checked
-    values, defaults filled in. Raises RouteError."""
+def _single_values(query) -> dict:
     items = {}
     for key in query.keys():
         values = query.getall(key) if hasattr(query, "getall") else query[key]
@@ -209,126 +193,143 @@ def parse_query(query) -> dict:
         if len(values) != 1 or key in items:
             raise RouteError(f"{key} given more than once", key)
         items[key] = values[0]
-    name = items.pop("schedule", None)
-    if name is None:
-        raise RouteError(f"schedule is required: one of {sorted(ROUTE_SCHEDULES)}", "schedule")
-    if name not in ROUTE_SCHEDULES:
-        raise RouteError(f"schedule must be one of {sorted(ROUTE_SCHEDULES)}, got {name!r}", "schedule")
-    table = {**ROUTE_SCHEDULES[name].params, **COMMON_PARAMS}
-    unknown = sorted(set(items) - set(table))
+    return items
+
+
+def parse_query(query):
+    """(node id, node class, keyword arguments for its function). Raises RouteError."""
+    items = _single_values(query)
+    node_id = items.pop("node", None)
+    nodes = _pack_nodes()
+    live = sorted(n for n, c in nodes.items() if (getattr(c, "SIGMA_GRAPH", None) or {}).get("live"))
+    if node_id is None:
+        raise RouteError(f"node is required: one of {live}", "node")
+    if node_id not in live:
+        raise RouteError(f"node must be one of {live}, got {node_id!r}", "node")
+    cls = nodes[node_id]
+    inputs = node_inputs(cls)
+    unknown = sorted(k for k in items if inputs.get(k, (None,))[0] is None)
     if unknown:
-        raise RouteError(f"unknown parameter {unknown[0]!r} for schedule {name!r}; "
-                         f"allowed: {sorted(table)}", unknown[0])
-    values = {"schedule": name}
-    for key, p in table.items():
-        if key in items:
-            values[key] = parse_value(key, items[key], p)
-        elif p.default is _REQUIRED and key not in COMMON_PARAMS:
-            raise RouteError(f"{key} is required for schedule {name!r}", key)
-        else:
-            values[key] = None if p.default is _REQUIRED else p.default
-    return values
+        allowed = sorted(k for k, v in inputs.items() if v[0] is not None)
+        raise RouteError(f"unknown parameter {unknown[0]!r} for {node_id}; allowed: {allowed}", unknown[0])
+    kwargs = {}
+    for name, (kind, options, required) in inputs.items():
+        if kind is None:
+            continue
+        if kind == "MODEL":
+            if name in items:
+                choice = items[name]
+                if choice not in REFERENCE_MODELS:
+                    raise RouteError(f"{name} must be one of {list(REFERENCE_MODELS)}, got {choice!r}", name)
+                kwargs[name] = choice
+            elif required:
+                kwargs[name] = "sd_discrete"
+            continue
+        if name in items:
+            kwargs[name] = parse_value(name, items[name], kind, options)
+        elif "default" in options:
+            kwargs[name] = parse_value(name, str(options["default"]).lower() if kind == "BOOLEAN"
+                                       else str(options["default"]), kind, options)
+        elif kind == "COMBO" and options["__choices__"]:
+            kwargs[name] = options["__choices__"][0]
+        elif required:
+            raise RouteError(f"{name} is required for {node_id}", name)
+    return node_id, cls, kwargs
 
 
-def compute(query) -> dict:
-    """The route's answer for a query (see parse_query); RouteError for bad input, including the
-    schedule's own ValueError (e.g. sigma_min >= sigma_max), which names the parameter."""
-    values = parse_query(query)
-    schedule = ROUTE_SCHEDULES[values["schedule"]]
-    try:
-        sigmas = schedule.build(values)
-    except ValueError as e:
-        raise RouteError(str(e), _named_parameter(str(e), schedule.params)) from None
-    sigmas = [float(s) for s in sigmas.reshape(-1).tolist()]
-    if not sigmas or not all(math.isfinite(s) for s in sigmas):
-        raise RouteError("the schedule produced non-finite sigmas for these parameters")
-    model = values.get("model") or "sd_discrete"
-    lo, hi = model_range(model)
-    return {
-        "schedule": values["schedule"],
-        "sigmas": sigmas,
-        "steps": len(sigmas) - 1,
-        "model": {"name": model, "label": REFERENCE_MODELS[model], "sigma_min": lo, "sigma_max": hi},
-        "sigma_stop": sigmas[-1] if sigmas[-1] > 0 else None,
-        "freeu": freeu_window(sigmas, values["freeu_start"], values["freeu_end"], values["freeu_unit"]),
-    }
+# --- reference models ----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def reference_model(name: str):
+    """A real ModelPatcher (the exact-denoiser lab) with the reference model's model_sampling."""
+    from .lab import build_lab_model
+    return build_lab_model("gmm", 1, 0.1, 0, name)
 
 
-def _named_parameter(message: str, params: dict):
-    for key in sorted(params, key=len, reverse=True):
-        if re.search(rf"\b{re.escape(key)}\b", message):
-            return key
+def model_range(name: str) -> tuple[float, float]:
+    ms = reference_model(name).get_model_object("model_sampling")
+    return float(ms.sigma_min), float(ms.sigma_max)
+
+
+# --- the answer ----------------------------------------------------------------------------------
+
+def freeu_window(sigmas: list[float], start, end, unit: str):
+    """Steps whose model call has FreeU on: step i (σ_i -> σ_i+1) is inside when start <= i < end
+    ("step"), or when σ_i lies within [end, start] ("sigma"). None when no window is given."""
+    if start is None and end is None:
+        return None
+    calls = len(sigmas) - 1
+    if unit == "step":
+        lo = 0 if start is None else math.ceil(start)
+        hi = calls if end is None else math.ceil(end)
+        inside = [i for i in range(calls) if lo <= i < hi]
+    else:
+        s_hi = math.inf if start is None else start
+        s_lo = 0.0 if end is None else end
+        s_lo, s_hi = min(s_lo, s_hi), max(s_lo, s_hi)
+        inside = [i for i in range(calls) if s_lo <= sigmas[i] <= s_hi]
+    if not inside:
+        return {"start_step": None, "end_step": None, "steps": []}
+    return {"start_step": inside[0], "end_step": inside[-1] + 1, "steps": inside}
+
+
+def _named_parameter(message: str, names) -> str | None:
+    # The pack's checks start their message with the parameter's name ("rho must be > 0, ...").
+    head = re.split(r"[\s:/]", message.strip(), maxsplit=1)[0]
+    if head in names:
+        return head
+    for name in sorted(names, key=len, reverse=True):
+        if re.search(rf"\b{re.escape(name)}\b", message):
+            return name
     return None
 
 
-def graph_specs() -> dict:
-    """Node id -> SIGMA_GRAPH declaration of every pack node carrying a graph, checked."""
-    from . import NODE_CLASS_MAPPINGS
-    specs = {}
-    for node_id, cls in NODE_CLASS_MAPPINGS.items():
-        spec = getattr(cls, "SIGMA_GRAPH", None)
-        if spec is not None:
-            specs[node_id] = check_spec(node_id, cls, spec)
-    return specs
-
-
-def check_spec(node_id: str, cls, spec: dict) -> dict:
-    """A node's SIGMA_GRAPH with defaults filled in; ValueError naming the node when it refers to
-    an unknown schedule, route parameter or widget."""
-    allowed = {"schedule", "params", "model_input", "freeu"}
-    if not isinstance(spec, dict) or set(spec) - allowed:
-        raise ValueError(f"{node_id}.SIGMA_GRAPH must be a dict with keys from {sorted(allowed)}")
-    inputs = cls.INPUT_TYPES()
-    widgets = {**inputs.get("required", {}), **inputs.get("optional", {})}
-    schedule = spec.get("schedule")
-    if isinstance(schedule, dict):
-        src = schedule.get("widget")
-        if src not in widgets:
-            raise ValueError(f"{node_id}.SIGMA_GRAPH schedule widget {src!r} is not an input")
-        names = [schedule.get("map", {}).get(c, c) for c in widgets[src][0]]
-    else:
-        names = [] if schedule is None else [schedule]
-    for name in names:
-        if name not in ROUTE_SCHEDULES:
-            raise ValueError(f"{node_id}.SIGMA_GRAPH names unknown schedule {name!r}")
-    params = dict(spec.get("params", {}))
-    route_params = {k for n in names for k in ROUTE_SCHEDULES[n].params}
-    for key, source in params.items():
-        if key not in route_params:
-            raise ValueError(f"{node_id}.SIGMA_GRAPH maps unknown route parameter {key!r}")
-        if isinstance(source, str) and source not in widgets:
-            raise ValueError(f"{node_id}.SIGMA_GRAPH maps {key!r} to {source!r}, not an input")
-    for key in sorted(route_params - set(params)):
-        if key in widgets:
-            params[key] = key
-    out = {"schedule": schedule, "params": params}
-    if spec.get("model_input"):
-        out["model_input"] = spec["model_input"]
-    if spec.get("freeu"):
-        freeu = dict(spec["freeu"])
-        for end in ("start", "end"):
-            if isinstance(freeu.get(end), str) and freeu[end] not in widgets:
-                raise ValueError(f"{node_id}.SIGMA_GRAPH freeu {end} widget {freeu[end]!r} is not an input")
-        freeu.setdefault("unit", "step")
-        if freeu["unit"] not in ("step", "sigma"):
-            raise ValueError(f"{node_id}.SIGMA_GRAPH freeu unit must be step or sigma")
-        out["freeu"] = freeu
+def compute(query) -> dict:
+    """The route's answer (see the module doc); RouteError for bad input."""
+    node_id, cls, kwargs = parse_query(query)
+    spec = cls.SIGMA_GRAPH
+    models = {k: v for k, v in kwargs.items() if node_inputs(cls)[k][0] == "MODEL"}
+    call = {k: (reference_model(v) if k in models else v) for k, v in kwargs.items()}
+    node = cls()
+    try:
+        result = getattr(node, cls.FUNCTION)(**call)
+    except ValueError as e:
+        raise RouteError(str(e), _named_parameter(str(e), list(kwargs))) from None
+    if isinstance(result, dict):
+        result = result.get("result", ())
+    sigmas = result[list(cls.RETURN_TYPES).index("SIGMAS")]
+    sigmas = [float(s) for s in sigmas.detach().reshape(-1).cpu().double().tolist()]
+    if not sigmas or not all(math.isfinite(s) for s in sigmas):
+        raise RouteError(f"{node_id} produced non-finite sigmas for these parameters")
+    model = next(iter(models.values()), None)
+    out = {
+        "node": node_id,
+        "sigmas": sigmas,
+        "steps": len(sigmas) - 1,
+        "model": None,
+        "sigma_stop": sigmas[-1] if sigmas[-1] > 0 else None,
+        "freeu": None,
+    }
+    if model is not None:
+        lo, hi = model_range(model)
+        out["model"] = {"name": model, "label": REFERENCE_MODELS[model], "sigma_min": lo, "sigma_max": hi}
+    freeu = spec.get("freeu")
+    if isinstance(freeu, str):
+        window = getattr(node, freeu)(sigmas, **call)
+        if window:
+            out["freeu"] = freeu_window(sigmas, window.get("start"), window.get("end"), window.get("unit", "step"))
+    elif freeu:
+        value = lambda key: kwargs.get(freeu[key]) if isinstance(freeu.get(key), str) else freeu.get(key)
+        start, end = value("start"), value("end")
+        out["freeu"] = freeu_window(sigmas, start, end, freeu.get("unit", "step"))
     return out
 
 
 def describe() -> dict:
-    return {
-        "nodes": graph_specs(),
-        "schedules": {name: {"help": s.help, "params": {k: p.describe() for k, p in s.params.items()}}
-                      for name, s in ROUTE_SCHEDULES.items()},
-        "common": {k: p.describe() for k, p in COMMON_PARAMS.items()},
-        "models": REFERENCE_MODELS,
-        "max_steps": MAX_STEPS,
-        "ui_key": UI_KEY,
-    }
+    return {"nodes": graph_specs(), "models": REFERENCE_MODELS, "max_steps": MAX_STEPS, "ui_key": UI_KEY}
 
 
-# --- aiohttp glue ----------------------------------------------------------------------------
+# --- aiohttp glue --------------------------------------------------------------------------------
 
 async def _sigmas_handler(request):
     from aiohttp import web
@@ -336,6 +337,9 @@ async def _sigmas_handler(request):
         return web.json_response(compute(request.query))
     except RouteError as e:
         return web.json_response({"error": str(e), "parameter": e.parameter}, status=400)
+    except Exception as e:  # a node bug: say so in JSON (the graph shows it) and log the trace
+        logging.exception("FewStep %s failed", ROUTE)
+        return web.json_response({"error": f"{type(e).__name__}: {e}", "parameter": None}, status=500)
 
 
 async def _spec_handler(request):
@@ -344,8 +348,8 @@ async def _spec_handler(request):
 
 
 def setup():
-    """Registers the routes on a running ComfyUI server, once. Without a server (the `server`
-    module never imported, or no PromptServer instance yet) it does nothing."""
+    """Registers the routes on a running ComfyUI server, once. Without a server (ComfyUI's `server`
+    module not imported, or no PromptServer instance yet) it does nothing."""
     server = sys.modules.get("server")
     prompt_server = getattr(getattr(server, "PromptServer", None), "instance", None)
     routes = getattr(prompt_server, "routes", None)

@@ -50,6 +50,7 @@ class Chromium:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self.console: list[dict] = []    # {"level", "text", "url"} from console, log and exceptions
+        self.blocked: list[str] = []     # URLs failed by block_requests()
         self._session = self._ws = self._reader = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -133,7 +134,11 @@ class Chromium:
                 fut.set_exception(BrowserError("DevTools connection closed"))
 
     def _event(self, method, p):
-        if method == "Runtime.consoleAPICalled":
+        if method == "Fetch.requestPaused":  # only patterns given to block_requests() pause
+            self.blocked.append(p["request"]["url"])
+            self.loop.create_task(self._send("Fetch.failRequest", {"requestId": p["requestId"],
+                                                                   "errorReason": "ConnectionRefused"}))
+        elif method == "Runtime.consoleAPICalled":
             text = " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
             frames = (p.get("stackTrace") or {}).get("callFrames") or [{}]
             self.console.append({"level": p.get("type"), "text": text, "url": frames[0].get("url", "")})
@@ -189,6 +194,13 @@ class Chromium:
                 return last
             self._run(asyncio.sleep(interval))
         raise BrowserError(f"timed out after {timeout}s waiting for: {expression} (last value {last!r})")
+
+    def block_requests(self, url_pattern: str | None):
+        """Fails every request matching the pattern (as if the server were gone); None stops it."""
+        if url_pattern:
+            self.send("Fetch.enable", patterns=[{"urlPattern": url_pattern}])
+        else:
+            self.send("Fetch.disable")
 
     def pause(self, seconds):
         self._run(asyncio.sleep(seconds))

@@ -34,13 +34,14 @@ window.__fs = {
     const colors = JSON.parse(c.dataset.colors || "{}");
     const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
     const near = (i, rgb, tol) => rgb && Math.abs(data[i] - rgb[0]) + Math.abs(data[i + 1] - rgb[1]) + Math.abs(data[i + 2] - rgb[2]) <= tol;
-    let curve = 0, ink = 0, hash = 0;
+    let curve = 0, stop = 0, ink = 0, hash = 0;
     for (let i = 0; i < data.length; i += 4) {
       if (near(i, colors.curve, 60)) curve++;
+      if (near(i, colors.stop, 60)) stop++;
       if (!near(i, colors.bg, 40)) ink++;
       hash = (Math.imul(hash, 31) + data[i] + 7 * data[i + 1] + 13 * data[i + 2]) | 0;
     }
-    return { curve, ink, hash, width: c.width, height: c.height, state: c.dataset.state,
+    return { curve, stop, ink, hash, message: this.graph(id).message, width: c.width, height: c.height, state: c.dataset.state,
              theme: c.dataset.theme, colors, revision: Number(c.dataset.revision),
              sigmas: c.dataset.sigmas ? JSON.parse(c.dataset.sigmas) : null,
              caption: this.graph(id).caption.textContent, hover: c.dataset.hover || "" };
@@ -161,13 +162,14 @@ def page(server, tmp_path_factory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     post_settings(server, {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
                            "Comfy.ColorPalette": "light"})
-    browser = Chromium(tmp_path_factory.mktemp("chromium"))
+    browser = Chromium(tmp_path_factory.mktemp("chromium"), width=1600, height=1000)
     try:
         browser.start()
         browser.send("Page.addScriptToEvaluateOnNewDocument",
                      source="localStorage.setItem('vueNodesBannerDismissed', 'true')")
         browser.goto(server.url)
-        browser.wait_for(f"{APP}?.graph && {APP}.extensions?.some(e => e.name === 'FewStep.sigmaGraph')", 120)
+        browser.wait_for(f"{APP}?.graph && {APP}.extensions?.some(e => e.name === 'FewStep.sigmaGraph') "
+                         "&& window.LiteGraph?.registered_node_types?.FewStepPreviewSigmas", 120)
         browser.js(HELPERS)
         p = Page(browser, server)
         p.mark = len(browser.console)  # errors during the app's own start-up are not ours ...
@@ -234,6 +236,163 @@ def test_preview_readable_in_light_and_dark(page):
     assert shots["light"]["colors"]["bg"] != shots["dark"]["colors"]["bg"]  # it follows the theme
     page.set_palette("light")
     assert not page.new_problems(), page.new_problems()
+
+
+LIVE = (2, 3, 5)  # Karras, F-scheduler, timestep power in example_workflows/sigma_graphs.json
+
+
+def widget_value(page, node_id, name):
+    return page.js(f"window.__fs.node({node_id}).widgets.find(w => w.name === '{name}').value")
+
+
+def set_widget(page, node_id, name, value, callback=True):
+    """Sets a widget as the editor does (value, then its callback) or, with callback=False, as an
+    extension might (value only, then a redraw)."""
+    page.js(f"""(() => {{ const n = window.__fs.node({node_id}); const w = n.widgets.find(w => w.name === '{name}');
+        w.value = {json.dumps(value)}; {'w.callback?.(w.value, window.__fs.app.canvas, n);' if callback else ''}
+        window.__fs.app.graph.setDirtyCanvas(true, true); }})()""")
+
+
+def wait_graph(page, node_id, condition="true", timeout=60):
+    return page.wait(f"(() => {{ const p = window.__fs.pixels({node_id}); return ({condition}) && p; }})()", timeout)
+
+
+def allowed_route_errors(entries, kind):
+    """Network lines Chromium itself logs for a 400 answer (a bad value shown on the graph) or a
+    refused request (server gone): expected in the tests that provoke them, nothing else."""
+    keep = []
+    for e in entries:
+        if "/fewstep/sigmas" in (e.get("url") or "") and e["level"] == "error" and kind in e["text"]:
+            continue
+        keep.append(e)
+    return keep
+
+
+def test_live_graphs_on_every_pack_sigmas_node(page):
+    workflow = json.loads((REPO / "example_workflows" / "sigma_graphs.json").read_text())
+    page.load(workflow)
+    page.wait(" && ".join(f"window.__fs.graph({i})?.canvas.dataset.state === 'ok'" for i in LIVE), 60)
+    for node_id in LIVE:
+        px = page.pixels(node_id)
+        assert px["curve"] > 150, (node_id, px)
+        assert page.screen_pixels(node_id, px["colors"]["curve"]) > 150, node_id
+    karras, fsched, tpow = (page.pixels(i) for i in LIVE)
+    # the server ran each node: Karras over the lab's SD table, the F-scheduler as 1024x6
+    assert karras["sigmas"][0] == pytest.approx(14.6146, rel=1e-4) and karras["sigmas"][-1] == 0
+    assert [round(v, 4) for v in fsched["sigmas"]][:3] == [14.6146, 5.2124, 2.4311]
+    assert fsched["sigmas"][-1] == pytest.approx(0.0600, abs=2e-4)
+    assert fsched["stop"] > 40 and karras["stop"] == 0  # σ_stop line only where the schedule stops above 0
+    assert "σ_stop 0.06" in fsched["caption"] and "sd_discrete" in karras["caption"]
+    assert len(tpow["sigmas"]) == 9
+    assert page.js("window.__fs.graph(2).data.model.sigma_max") == pytest.approx(14.6146, rel=1e-4)
+    page.park_mouse()
+    assert not page.new_problems(), page.new_problems()
+
+
+def test_live_graph_follows_widget_edits(page):
+    before = page.pixels(3)
+    pt = page.js("window.__fs.widgetPoint(3, 'steps', 1)")
+    page.b.click(pt["x"], pt["y"])  # the right arrow of the steps widget, a real mouse click
+    page.wait("window.__fs.node(3).widgets.find(w => w.name === 'steps').value === 7")
+    after = wait_graph(page, 3, "p.state === 'ok' && p.sigmas?.length === 8")
+    assert after["hash"] != before["hash"] and after["curve"] > 150
+    # a value changed without a widget callback (another extension, a script) is picked up too
+    set_widget(page, 3, "preset", "1024x8", callback=False)
+    wait_graph(page, 3, "p.sigmas?.length === 9")
+    set_widget(page, 3, "preset", "custom")
+    set_widget(page, 3, "steps", 6)
+    wait_graph(page, 3, "p.sigmas?.length === 7")
+    # the model upstream decides the σ table: the lab in EDM mode moves Karras' range to 0.002-80
+    set_widget(page, 1, "schedule", "edm")
+    karras = wait_graph(page, 2, "p.sigmas && Math.abs(p.sigmas[0] - 80) < 1e-3")
+    assert "edm" in karras["caption"]
+    # ... and the timestep-power node refuses it: the node's own message, drawn instead of a curve
+    tpow = wait_graph(page, 5, "p.state === 'error'")
+    assert "EDM" in tpow["message"] and tpow["curve"] == 0 and tpow["ink"] > 100
+    set_widget(page, 1, "schedule", "sd_discrete")
+    wait_graph(page, 5, "p.state === 'ok'")
+    wait_graph(page, 2, "p.sigmas && Math.abs(p.sigmas[0] - 14.6146) < 1e-3")
+    # an impossible value gets the route's 400 with the parameter named
+    set_widget(page, 3, "stop_index", 12)
+    bad = wait_graph(page, 3, "p.state === 'error'")
+    assert "stop_index" in bad["message"]
+    set_widget(page, 3, "stop_index", 10)
+    wait_graph(page, 3, "p.state === 'ok' && p.sigmas?.length === 7")
+    assert not allowed_route_errors(page.new_problems(), "400"), page.new_problems()
+    page.mark = len(page.b.console)
+
+
+def test_graph_falls_back_when_the_server_is_unreachable(page):
+    page.b.block_requests("*fewstep/sigmas*")
+    try:
+        set_widget(page, 2, "steps", 5)
+        gone = wait_graph(page, 2, "p.state === 'offline'")
+        assert "unreachable" in gone["message"] and gone["curve"] == 0
+        assert page.b.blocked and widget_value(page, 2, "steps") == 5  # the node itself still works
+    finally:
+        page.b.block_requests(None)
+    set_widget(page, 2, "steps", 8)
+    back = wait_graph(page, 2, "p.state === 'ok' && p.sigmas?.length === 9")
+    assert back["curve"] > 150
+    assert not allowed_route_errors(page.new_problems(), "ERR_CONNECTION_REFUSED"), page.new_problems()
+    page.mark = len(page.b.console)
+
+
+def test_preview_after_the_run_equals_the_live_graph(page):
+    page.js(f"{APP}.queuePrompt(0, 1)")
+    preview = wait_graph(page, 4, "p.state === 'ok'", 180)
+    live = page.pixels(3)
+    assert preview["sigmas"] == pytest.approx(live["sigmas"], rel=1e-6)
+    assert preview["stop"] > 40 and preview["curve"] > 150
+    # hover over the last point reads out σ_stop
+    r = page.js("window.__fs.rect(4)")
+    page.b.mouse("mouseMoved", r["x"] + r["width"] - 10, r["y"] + r["height"] / 2)
+    hover = page.wait("window.__fs.pixels(4).hover")
+    assert hover.startswith("step 6: σ = 0.0599"), hover
+    page.park_mouse()
+    assert not page.new_problems(), page.new_problems()
+
+
+def test_light_and_dark_screenshots(page):
+    for palette in ("light", "dark"):
+        page.set_palette(palette)
+        for node_id in (*LIVE, 4):
+            px = wait_graph(page, node_id, f"p.theme === '{palette}' && p.state === 'ok'")
+            bg, fg, curve, stop = (px["colors"][k] for k in ("bg", "fg", "curve", "stop"))
+            assert contrast(curve, bg) >= 3.0 and contrast(stop, bg) >= 3.0, (palette, px["colors"])
+            assert contrast(fg, bg) >= 4.5, (palette, px["colors"])
+            assert px["curve"] > 150
+        page.park_mouse()
+        shot = page.screenshot(f"sigma_graphs_{palette}.png", page.js("window.__fs.nodesRect([1, 2, 3, 4, 5])"))
+        img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+        curve = np.asarray(page.pixels(3)["colors"]["curve"][:3])
+        assert (np.abs(img - curve).sum(axis=2) <= 60).sum() > 600  # four curves on the screen
+        page.screenshot(f"full_{palette}.png")
+    page.set_palette("light")
+    assert not page.new_problems(), page.new_problems()
+
+
+def test_nodes_2_0_renderer(page):
+    """The Vue node renderer ("Nodes 2.0", opt-in in 1.32, the direction of newer frontends) shows
+    the same graphs: DOM widgets, no canvas-only hooks needed."""
+    page.js(f"{APP}.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    try:
+        page.b.pause(1)
+        workflow = json.loads((REPO / "example_workflows" / "sigma_graphs.json").read_text())
+        page.load(workflow)
+        for node_id in LIVE:
+            px = wait_graph(page, node_id, "p.state === 'ok' && p.curve > 150")
+            assert page.screen_pixels(node_id, px["colors"]["curve"]) > 150, node_id
+        set_widget(page, 2, "steps", 4)
+        wait_graph(page, 2, "p.sigmas?.length === 5")
+        page.js(f"{APP}.queuePrompt(0, 1)")
+        wait_graph(page, 4, "p.state === 'ok' && p.curve > 150", 180)
+        page.park_mouse()
+        page.screenshot("nodes2_light.png")
+    finally:
+        page.js(f"{APP}.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+    assert not page.new_problems(), page.new_problems()
+
 
 
 def luminance(rgb):

@@ -1,9 +1,9 @@
 // FewStep σ-schedule graphs: a canvas widget that draws σ against step on a log axis.
-//  - Live on every node that declares SIGMA_GRAPH with a schedule (nodes/sigma_graph.py): the
-//    schedule is computed by the server (GET /fewstep/sigmas, the pack's own maths) and redrawn as
-//    the node's widget values change.
-//  - After the run on the Preview Sigmas node (and any node declaring a graph without a schedule):
-//    drawn from the node's UI message.
+//  - Live on every node that declares SIGMA_GRAPH = {"live": True} (nodes/sigma_graph.py): the
+//    server runs the node on its widget values (GET /fewstep/sigmas, the pack's own maths) and the
+//    graph is redrawn as the values change.
+//  - After the run on the Preview Sigmas node (and any node declaring SIGMA_GRAPH = {}): drawn
+//    from the node's UI message.
 // Uses only the stable extension API: app.registerExtension, beforeRegisterNodeDef, onNodeCreated /
 // onExecuted / onConfigure chaining, addDOMWidget, api.fetchApi.
 import { app } from "../../scripts/app.js";
@@ -89,11 +89,11 @@ const liveGraphs = new Set();
 class SigmaGraph {
   constructor(node, spec, specs) {
     this.node = node;
-    this.spec = spec; // null for an after-run graph
+    this.spec = spec; // {live, widgets, models} from /fewstep/sigma_graphs; null: after-run graph
     this.specs = specs;
-    this.data = null; // {sigmas, model, sigma_stop, freeu, schedule}
-    this.state = spec?.schedule ? "loading" : "empty";
-    this.message = spec?.schedule ? "computing schedule…" : "run the prompt to see the schedule";
+    this.data = null; // {sigmas, model, sigma_stop, freeu}
+    this.state = spec?.live ? "loading" : "empty";
+    this.message = spec?.live ? "computing schedule…" : "run the prompt to see the schedule";
     this.hover = null;
     this.lastQuery = null;
     this.seq = 0;
@@ -149,53 +149,36 @@ class SigmaGraph {
     return w ? w.value : undefined;
   }
 
-  scheduleName() {
-    const s = this.spec.schedule;
-    if (typeof s === "string") return s;
-    const value = this.widgetValue(s.widget);
-    return s.map?.[value] ?? value;
-  }
-
-  modelName() {
-    // A lab model upstream says which σ table it uses; otherwise assume SD1.5/SDXL.
-    const inputName = this.spec.model_input;
-    if (!inputName) return null;
+  modelFor(inputName, required) {
+    // The reference model the server uses for a MODEL input: a lab model upstream says which σ
+    // table it has; anything else connected is taken as SD1.5/SDXL. An optional input left open
+    // stays open (the node then behaves as it would in the run).
     const slot = this.node.inputs?.findIndex((i) => i.name === inputName) ?? -1;
-    const source = slot >= 0 ? this.node.getInputNode?.(slot) : null;
+    const linked = slot >= 0 && this.node.inputs[slot].link != null;
+    if (!linked) return required ? "sd_discrete" : null;
+    const source = this.node.getInputNode?.(slot);
     if (source?.comfyClass === "FewStepLabModel") {
       const w = source.widgets?.find((x) => x.name === "schedule");
-      if (w && ["sd_discrete", "edm"].includes(w.value)) return w.value;
+      if (w && Object.hasOwn(this.specs?.models ?? {}, w.value)) return w.value;
     }
     return "sd_discrete";
   }
 
   query() {
-    const name = this.scheduleName();
-    const q = new URLSearchParams({ schedule: String(name) });
-    const routeParams = this.specs?.schedules?.[name]?.params ?? {};
-    const put = (key, source) => {
-      const value = typeof source === "string" ? this.widgetValue(source) : source;
-      if (value === undefined || value === null) return;
-      q.set(key, typeof value === "boolean" ? String(value) : String(value));
-    };
-    for (const [key, source] of Object.entries(this.spec.params ?? {})) {
-      if (key in routeParams) put(key, source);
+    const q = new URLSearchParams({ node: this.node.comfyClass });
+    for (const name of this.spec.widgets ?? []) {
+      const value = this.widgetValue(name);
+      if (value !== undefined && value !== null) q.set(name, String(value));
     }
-    if ("model" in routeParams && !q.has("model")) {
-      const model = this.modelName();
-      if (model) q.set("model", model);
-    }
-    const freeu = this.spec.freeu;
-    if (freeu) {
-      put("freeu_start", freeu.start);
-      put("freeu_end", freeu.end);
-      q.set("freeu_unit", freeu.unit ?? "step");
+    for (const [name, required] of Object.entries(this.spec.models ?? {})) {
+      const model = this.modelFor(name, required);
+      if (model) q.set(name, model);
     }
     return q.toString();
   }
 
   scheduleUpdate(now = false) {
-    if (!this.spec?.schedule) return;
+    if (!this.spec?.live) return;
     let query;
     try {
       query = this.query();
@@ -238,7 +221,7 @@ class SigmaGraph {
     this.message = "";
     this.hover = null;
     const s = data.sigmas;
-    const head = data.schedule ? `${data.schedule} · ` : "";
+    const head = data.model ? `${data.model.name} · ` : "";
     const stop = data.sigma_stop ? ` · σ_stop ${fmt(data.sigma_stop)}` : "";
     const freeu = data.freeu?.steps?.length
       ? ` · FreeU steps ${data.freeu.start_step}–${data.freeu.end_step - 1}` : "";
@@ -258,7 +241,7 @@ class SigmaGraph {
   showRun(values) {
     const sigmas = values.map((v) => (v === null ? NaN : Number(v)));
     const last = sigmas[sigmas.length - 1];
-    this.setData({ sigmas, sigma_stop: last > 0 ? last : null, schedule: "" }, "ok");
+    this.setData({ sigmas, sigma_stop: last > 0 ? last : null, model: null }, "ok");
   }
 
   // -- hover -----------------------------------------------------------------------------------
@@ -301,7 +284,7 @@ class SigmaGraph {
     c.dataset.state = this.state;
     c.dataset.revision = String(this.revision);
     c.dataset.theme = t.light ? "light" : "dark";
-    c.dataset.colors = JSON.stringify({ bg: toRGB(t.bg), fg: toRGB(t.fg), curve: toRGB(t.curve) });
+    c.dataset.colors = JSON.stringify({ bg: toRGB(t.bg), fg: toRGB(t.fg), curve: toRGB(t.curve), stop: toRGB(t.stop) });
   }
 }
 
@@ -389,9 +372,12 @@ function paint(ctx, w, h, t, g) {
     ctx.lineTo(x1, y);
     ctx.stroke();
     ctx.restore();
+    // σ falls from left to right: a label in the upper half is clear of the curve on the right,
+    // one in the lower half on the left
+    const upper = y < (y0 + y1) / 2;
     ctx.fillStyle = color;
-    ctx.textAlign = "right";
-    ctx.fillText(label, x1 - 2, y + (y < y0 + 10 ? 7 : -7));
+    ctx.textAlign = upper ? "right" : "left";
+    ctx.fillText(label, upper ? x1 - 2 : x0 + 4, y + (y < y0 + 10 ? 7 : -7));
   };
   if (data.model) {
     hline(data.model.sigma_max, t.model, `model σ_max ${fmt(data.model.sigma_max)}`, [2, 3]);
@@ -518,9 +504,9 @@ app.registerExtension({
     if (!nodeData?.name?.startsWith("FewStep")) return;
     const specs = await loadSpecs();
     let spec = specs?.nodes?.[nodeData.name];
-    if (!spec && nodeData.name === PREVIEW_NODE) spec = {};
+    if (!spec && nodeData.name === PREVIEW_NODE) spec = { live: false };
     if (!spec) return;
-    const live = Boolean(spec.schedule);
+    const live = Boolean(spec.live);
 
     chain(nodeType.prototype, "onNodeCreated", function () {
       const graph = new SigmaGraph(this, live ? spec : null, specs);
