@@ -361,7 +361,7 @@ function paint(ctx, w, h, t, g) {
   ctx.stroke();
 
   // model σ range and σ_stop
-  const hline = (s, color, label, dash) => {
+  const hline = (s, color, label, dash, labelX = null) => {
     if (!(s > 0)) return;
     const y = Y(s);
     ctx.save();
@@ -376,14 +376,16 @@ function paint(ctx, w, h, t, g) {
     // one in the lower half on the left
     const upper = y < (y0 + y1) / 2;
     ctx.fillStyle = color;
-    ctx.textAlign = upper ? "right" : "left";
-    ctx.fillText(label, upper ? x1 - 2 : x0 + 4, y + (y < y0 + 10 ? 7 : -7));
+    ctx.textAlign = labelX === null && upper ? "right" : "left";
+    const lx = labelX ?? (upper ? x1 - 2 : x0 + 4);
+    ctx.fillText(label, lx, y + (y < y0 + 10 ? 7 : -7));
   };
   if (data.model) {
     hline(data.model.sigma_max, t.model, `model σ_max ${fmt(data.model.sigma_max)}`, [2, 3]);
     hline(data.model.sigma_min, t.model, `model σ_min ${fmt(data.model.sigma_min)}`, [2, 3]);
   }
-  if (data.sigma_stop) hline(data.sigma_stop, t.stop, `σ_stop ${fmt(data.sigma_stop)}`, [5, 3]);
+  // mid-width, so it stays clear of the model σ_min label at the left edge
+  if (data.sigma_stop) hline(data.sigma_stop, t.stop, `σ_stop ${fmt(data.sigma_stop)}`, [5, 3], x0 + (x1 - x0) * 0.45);
 
   // the schedule; a σ of 0 sits below the log axis: drawn as a drop to the floor
   ctx.strokeStyle = t.curve;
