@@ -15,6 +15,7 @@ const UI_KEY = "fewstep_sigmas";
 const PREVIEW_NODE = "FewStepPreviewSigmas";
 const GRAPH_HEIGHT = 170;
 const DEBOUNCE_MS = 120;
+const RETRY_MS = 4000;
 
 let specsPromise = null;
 function loadSpecs() {
@@ -96,6 +97,7 @@ class SigmaGraph {
     this.message = spec?.live ? "computing schedule…" : "run the prompt to see the schedule";
     this.hover = null;
     this.lastQuery = null;
+    this.retryAt = 0;
     this.seq = 0;
     this.timer = null;
     this.revision = 0;
@@ -185,7 +187,8 @@ class SigmaGraph {
     } catch {
       return;
     }
-    if (query === this.lastQuery) return;
+    // the same query again only to retry a server that was unreachable, at most every few seconds
+    if (query === this.lastQuery && !(this.state === "offline" && Date.now() > this.retryAt)) return;
     this.lastQuery = query;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.fetch(query), now ? 0 : DEBOUNCE_MS);
@@ -208,7 +211,7 @@ class SigmaGraph {
     } else if (status === 400) {
       this.setError(body?.error ?? "invalid parameters");
     } else {
-      this.lastQuery = null; // try again on the next change
+      this.retryAt = Date.now() + RETRY_MS;
       this.setError("server unreachable: graph unavailable", "offline");
     }
   }
