@@ -97,6 +97,36 @@ def log_midpoint(sigma0: float, sigma1: float) -> float:
     return math.sqrt(sigma0 * sigma1)
 
 
+def sigma_to_t(sigma: float, table) -> float:
+    """Fractional training timestep of sigma: log-sigma interpolation over the ascending table of
+    the model's training sigmas (index = timestep), clamped to the table's ends."""
+    logs = torch.as_tensor(table, dtype=torch.float64).log()
+    ls = math.log(sigma)
+    if ls <= logs[0]:
+        return 0.0
+    if ls >= logs[-1]:
+        return float(len(logs) - 1)
+    hi = int(torch.searchsorted(logs, torch.tensor([ls], dtype=torch.float64))[0])
+    lo = hi - 1
+    return lo + (ls - float(logs[lo])) / (float(logs[hi]) - float(logs[lo]))
+
+
+def t_to_sigma(t: float, table) -> float:
+    """Inverse of sigma_to_t: log-sigma interpolation between neighbouring timesteps."""
+    logs = torch.as_tensor(table, dtype=torch.float64).log()
+    t = min(max(float(t), 0.0), len(logs) - 1.0)
+    lo = int(math.floor(t))
+    hi = min(lo + 1, len(logs) - 1)
+    w = t - lo
+    return math.exp((1 - w) * float(logs[lo]) + w * float(logs[hi]))
+
+
+def timestep_midpoint(sigma0: float, sigma1: float, table) -> float:
+    """The paper's AFS point: sigma at the midpoint in training-timestep space of sigma0, sigma1
+    (t = 999 and t_1 for SD/SDXL). For a log-uniform table (continuous EDM) it is sqrt(sigma0 sigma1)."""
+    return t_to_sigma(0.5 * (sigma_to_t(sigma0, table) + sigma_to_t(sigma1, table)), table)
+
+
 def auto_order(model_calls: int) -> int:
     """The paper's rule: order 1 up to 6 model calls, order 2 from 7 (its 8-step setting)."""
     return 1 if model_calls <= 6 else 2
