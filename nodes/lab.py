@@ -6,6 +6,7 @@ import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.supported_models_base
 
 from ..samplers.exact import DATASETS, ExactDenoiser, MixtureSpec
@@ -51,7 +52,12 @@ class ExactDenoiserNet(torch.nn.Module):
             sigma = ms.sigma(t).to(torch.float32)
         ones = torch.ones((xc.shape[0],) + (1,) * (xc.ndim - 1), device=xc.device, dtype=torch.float32)
         x = xc.float() / ms.calculate_input(sigma, ones)
-        denoised = self.denoiser(x, sigma)
+        if isinstance(ms, comfy.model_sampling.CONST):
+            # Flow models (x = (1 - s) x0 + s eps) are the VE form rescaled: x/(1-s) = x0 + s/(1-s) eps.
+            s = sigma.to(torch.float64).clamp(max=1 - 1e-6).view(-1, *([1] * (x.ndim - 1)))
+            denoised = self.denoiser(x.to(torch.float64) / (1 - s), (s / (1 - s)).reshape(-1)).to(x.dtype)
+        else:
+            denoised = self.denoiser(x, sigma)
         self.calls += 1
         # calculate_denoised is affine in the model output: denoised = c0(x) + c1 * output.
         c0 = ms.calculate_denoised(sigma, torch.zeros_like(x), x)

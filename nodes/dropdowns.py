@@ -1,0 +1,79 @@
+"""FewStep entries in the KSampler / KSamplerAdvanced sampler and scheduler dropdowns (fixed, sensible
+parameters; the parameterised versions are the SAMPLER and SIGMAS nodes). Names are stable: saved
+workflows and API prompts refer to them. The list is in README ("Samplers and schedules")."""
+import functools
+
+from ..samplers.catalog import SOLVERS
+from ..samplers.schedules import fscheduler_sigmas, timestep_power_sigmas
+from ._model_time import VP, time_table
+from ._registry import add_sampler, add_scheduler
+
+# dropdown name -> catalogue entry
+DROPDOWN_SAMPLERS = {
+    "fewstep_dpmpp_1s": "dpmpp_1s",
+    "fewstep_dpmpp_2s": "dpmpp_2s",
+    "fewstep_dpmpp_2m": "dpmpp_2m",
+    "fewstep_dpmpp_3m": "dpmpp_3m",
+    "fewstep_deis_tab2": "deis_tab2",
+    "fewstep_deis_tab3": "deis_tab3",
+    "fewstep_deis_rhoab2": "deis_rhoab2",
+    "fewstep_deis_rhoab3": "deis_rhoab3",
+    "fewstep_deis_rhork3": "deis_rhork_kutta",
+    "fewstep_deis_rhork4": "deis_rhork_rk4",
+    "fewstep_edm_heun": "edm_heun",
+    "fewstep_edm_stochastic": "edm_stochastic",
+    "fewstep_edm_midpoint": "edm_alpha_0.5",
+}
+
+
+def _dropdown_sampler(name, spec):
+    options = dict(spec.options)
+    if spec.multistep:
+        # KSamplerAdvanced splits and small step counts are routine here: run short chunks at lower order.
+        options["allow_short_schedule"] = True
+
+    @functools.wraps(spec.fn)
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
+        return spec.fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                       **{**options, **kwargs})
+
+    sample.__name__ = f"sample_{name}"
+    return sample
+
+
+def fscheduler_for_steps(resolution: int, steps: int) -> dict:
+    """Published F-scheduler settings extended to any step count: 512px uses K(8, 5)[6] up to 6 steps and
+    K(12, 7)[9] above; 1024px uses K(12, 12)[9] up to 5 steps and K(12, 12)[10] above (p1 = 1.2)."""
+    if resolution == 512:
+        return dict(p1=1.2, p2=5.0, grid_points=8, stop_index=6) if steps <= 6 else \
+            dict(p1=1.2, p2=7.0, grid_points=12, stop_index=9)
+    return dict(p1=1.2, p2=12.0, grid_points=12, stop_index=9) if steps <= 5 else \
+        dict(p1=1.2, p2=12.0, grid_points=12, stop_index=10)
+
+
+def timestep_power_scheduler(model_sampling, steps):
+    table, _ = time_table(model_sampling, "fewstep_timestep_power")
+    return timestep_power_sigmas(steps, table, rho_t=1.2)
+
+
+def _fscheduler(resolution, model_sampling, steps):
+    table, kind = time_table(model_sampling, f"fewstep_fscheduler_{resolution}")
+    return fscheduler_sigmas(steps, table, interpolation="alphas_cumprod" if kind == VP else "log_sigma",
+                             **fscheduler_for_steps(resolution, steps))
+
+
+DROPDOWN_SCHEDULERS = {
+    "fewstep_timestep_power": timestep_power_scheduler,
+    "fewstep_fscheduler_512": functools.partial(_fscheduler, 512),
+    "fewstep_fscheduler_1024": functools.partial(_fscheduler, 1024),
+}
+
+
+def setup():
+    for name, key in DROPDOWN_SAMPLERS.items():
+        add_sampler(name, _dropdown_sampler(name, SOLVERS[key]))
+    for name, handler in DROPDOWN_SCHEDULERS.items():
+        add_scheduler(name, handler, use_ms=True)
+
+
+NODE_CLASS_MAPPINGS = {}

@@ -1,0 +1,133 @@
+"""DPM-Solver++ (Lu et al. 2022), data-prediction form, in sigma space.
+
+With lambda = -log sigma the probability-flow ODE dx/dsigma = (x - D)/sigma reads dx/dlambda = D - x,
+whose exact solution over a step of size h = lambda_next - lambda is
+    x_next = e^{-h} x + int_0^h e^{-(h - tau)} D(lambda + tau) dtau
+           = e^{-h} x + h phi_1(-h) D + h^2 phi_2(-h) D' + h^3 phi_3(-h) D'' + ...
+(phi_k the exponential-integrator functions, derivatives in lambda). The solvers truncate this series
+and estimate the derivatives from extra evaluations (2S) or previous steps (2M, 3M).
+
+A step that ends at sigma = 0 (lambda = inf) is always first order and returns the denoised estimate;
+a schedule may instead end at a sigma > 0 (F-scheduler), where every step is an ordinary move.
+"""
+from __future__ import annotations
+
+import math
+
+from .common import Stepper, step_order, steps
+from .validation import check_multistep_length, check_range, check_sigmas
+
+
+def _first_order(x, denoised, sigma, sigma_next):
+    """x_next = e^{-h} x + (1 - e^{-h}) D, with e^{-h} = sigma_next / sigma (exact for D constant)."""
+    ratio = sigma_next / sigma
+    return ratio * x + (1 - ratio) * denoised
+
+
+def sample_dpmpp_1s(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """DPM-Solver++ first order (= DDIM; algebraically an Euler step in sigma space). 1 NFE/step."""
+    check_sigmas(sigmas)
+    run = Stepper(model, x, sigmas, extra_args, callback)
+    s = run.s
+    for i in steps(len(s) - 1, disable):
+        denoised = run.denoise(x, sigmas[i])
+        run.report(i, x, denoised)
+        x = denoised if s[i + 1] == 0 else _first_order(x, denoised, s[i], s[i + 1])
+    return x
+
+
+def sample_dpmpp_2s(model, x, sigmas, extra_args=None, callback=None, disable=None, r=0.5):
+    """DPM-Solver++(2S), single-step second order with intermediate point lambda + r h
+    (0 < r <= 1; r = 1/2 is the midpoint in lambda). 2 NFE per step, 1 on a step to sigma = 0."""
+    check_sigmas(sigmas)
+    r = check_range(r, "r", 0.0, 1.0, low_open=True)
+    run = Stepper(model, x, sigmas, extra_args, callback)
+    s = run.s
+    for i in steps(len(s) - 1, disable):
+        denoised = run.denoise(x, sigmas[i])
+        run.report(i, x, denoised)
+        if s[i + 1] == 0:
+            x = denoised
+            continue
+        h = math.log(s[i] / s[i + 1])
+        sigma_mid = s[i] * math.exp(-r * h)
+        u = _first_order(x, denoised, s[i], sigma_mid)
+        denoised_mid = run.denoise(u, sigma_mid)
+        mixed = (1 - 1 / (2 * r)) * denoised + (1 / (2 * r)) * denoised_mid
+        x = _first_order(x, mixed, s[i], s[i + 1])
+    return x
+
+
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                    lower_order_final=False, allow_short_schedule=False):
+    """DPM-Solver++(2M), multistep second order (the paper's Algorithm 2, as in k-diffusion):
+    D_eff = (1 + 1/(2 r)) D_i - 1/(2 r) D_{i-1}, r = h_{i-1} / h_i. The first step and a step to
+    sigma = 0 are first order; with lower_order_final so is the last step when it ends at sigma > 0.
+    With the defaults this is ComfyUI's dpmpp_2m on any schedule. 1 NFE/step."""
+    check_sigmas(sigmas)
+    check_multistep_length(sigmas, 2, allow_short_schedule, solver="DPM++ 2M")
+    run = Stepper(model, x, sigmas, extra_args, callback)
+    s = run.s
+    n = len(s) - 1
+    old = None
+    for i in steps(n, disable):
+        denoised = run.denoise(x, sigmas[i])
+        run.report(i, x, denoised)
+        if s[i + 1] == 0:
+            x = denoised
+        elif old is None or step_order(2, i, n, lower_order_final) == 1:
+            x = _first_order(x, denoised, s[i], s[i + 1])
+        else:
+            h = math.log(s[i] / s[i + 1])
+            r = math.log(s[i - 1] / s[i]) / h
+            x = _first_order(x, (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old, s[i], s[i + 1])
+        old = denoised
+    return x
+
+
+def _taylor_step(x, derivs, sigma, sigma_next):
+    """Exponential-integrator step from the Taylor terms [D, D', D''] (lambda derivatives)."""
+    h = math.log(sigma / sigma_next)
+    em = -math.expm1(-h)                  # 1 - e^{-h} = h phi_1(-h)
+    coeffs = [em, h - em, h * h / 2 - h + em]  # h phi_1, h^2 phi_2, h^3 phi_3 at -h
+    out = (sigma_next / sigma) * x
+    for c, d in zip(coeffs, derivs):
+        out = out + c * d
+    return out
+
+
+def sample_dpmpp_3m(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                    lower_order_final=False, allow_short_schedule=False):
+    """DPM-Solver++(3M), multistep third order: D' and D'' (in lambda) come from the quadratic
+    through the last three denoised estimates and enter with the exact phi_2, phi_3 weights.
+    Warm-up: order 1, then 2; with lower_order_final the last two steps use orders 2 and 1.
+    1 NFE/step."""
+    check_sigmas(sigmas)
+    check_multistep_length(sigmas, 3, allow_short_schedule, solver="DPM++ 3M")
+    run = Stepper(model, x, sigmas, extra_args, callback)
+    s = run.s
+    n = len(s) - 1
+    history = []  # (lambda, denoised), newest last
+    for i in steps(n, disable):
+        denoised = run.denoise(x, sigmas[i])
+        run.report(i, x, denoised)
+        lam = -math.log(s[i])
+        history = (history + [(lam, denoised)])[-3:]
+        if s[i + 1] == 0:
+            x = denoised
+            continue
+        order = min(step_order(3, i, n, lower_order_final), len(history))
+        if order == 1:
+            x = _first_order(x, denoised, s[i], s[i + 1])
+            continue
+        (l0, d0), (l1, d1) = history[-1], history[-2]
+        h0 = l0 - l1
+        slope = (d0 - d1) / h0
+        if order == 2:
+            x = _taylor_step(x, [denoised, slope], s[i], s[i + 1])
+            continue
+        l2, d2 = history[-3]
+        h1 = l1 - l2
+        curv = (slope - (d1 - d2) / h1) / (h0 + h1)  # second divided difference
+        x = _taylor_step(x, [denoised, slope + h0 * curv, 2 * curv], s[i], s[i + 1])
+    return x
