@@ -1,32 +1,17 @@
 """The F-scheduler recipe (Algorithm 1 of Li & Bai, arXiv 2510.02390) as one node:
 MODEL in; FreeU-patched MODEL, SIGMAS and SAMPLER out, ready for SamplerCustomAdvanced."""
-import math
-
-import comfy.samplers
-
-from ..samplers import dpmpp
-from ..samplers.recipe import (PAPER_FREEU, PUBLISHED, PUBLISHED_FID, RESOLUTIONS, SOLVER_NOTES, SOLVERS,
-                               build_recipe, freeu_window, recipe_sigmas, solver_grid)
-from ..samplers.schedules import FSCHEDULER_PRESETS
-from ..samplers.unipc import timestep_midpoint
-from .freeu import freeu_patched_model
-from .unipc import unipc_sampler
-
+# The maths modules are imported at call time: the pack's import must stay cheap.
 CATEGORY = "FewStep/recipes"
 RESOLUTION_CHOICES = {"1024 (SDXL)": "1024", "512 (SD1.5)": "512", "custom": "custom"}
 AUTO = "auto"
-
-
-def _preset_table() -> str:
-    rows = []
-    for (res, n), pub in sorted(PUBLISHED.items(), key=lambda kv: (kv[0][0] != "1024", kv[0][1])):
-        g = FSCHEDULER_PRESETS[f"{res}x{n}"]
-        fu = pub.get("freeu_start")
-        rows.append(f"{res}² {n} steps: Karras({g['grid_points']} pts, rho {g['p2']:g})[{g['stop_index']}], "
-                    f"p1 {g['p1']:g}, UniPC order {pub['order']}, AFS {'on' if pub['afs'] else 'off'}, "
-                    f"FreeU {'from grid index %d' % fu if fu is not None else 'off (not published)'}, "
-                    f"CFG {pub.get('cfg', 5.5):g}")
-    return "\n".join(rows)
+# samplers.recipe.preset_table_text(), written out (a test keeps the two equal)
+PRESET_TABLE = (
+    "1024² 5 steps: Karras(12 pts, rho 12)[9], p1 1.2, UniPC order 1, AFS on, FreeU off (not published), CFG 5.5\n"
+    "1024² 6 steps: Karras(12 pts, rho 12)[10], p1 1.2, UniPC order 1, AFS on, FreeU from grid index 4, CFG 7.5\n"
+    "1024² 8 steps: Karras(12 pts, rho 12)[10], p1 1.2, UniPC order 2, AFS on, FreeU from grid index 6, CFG 5.5\n"
+    "512² 5 steps: Karras(8 pts, rho 5)[6], p1 1.2, UniPC order 1, AFS off, FreeU from grid index 4, CFG 5.5\n"
+    "512² 6 steps: Karras(8 pts, rho 5)[6], p1 1.2, UniPC order 1, AFS off, FreeU from grid index 4, CFG 5.5\n"
+    "512² 8 steps: Karras(12 pts, rho 7)[9], p1 1.2, UniPC order 2, AFS off, FreeU off (not published), CFG 5.5")
 
 
 def _override(value, sentinel):
@@ -42,7 +27,7 @@ class FewStepFSchedulerRecipe:
         "steps and 2 at 8; at 1024² an analytic first step that adds a point after t=999 without a model "
         "call, so N steps cost N model calls); and the MODEL with FreeU v1 gated on sigma so it is on "
         "exactly for the model calls at solver-grid index >= the paper's start index. Published "
-        "settings:\n" + _preset_table() + "\nOther step counts use the nearest published grid of the "
+        "settings:\n" + PRESET_TABLE + "\nOther step counts use the nearest published grid of the "
         "resolution and the paper's order rule; FreeU stays off where the paper gives no start index. "
         "Every value can be overridden by the optional inputs; the 'recipe' output lists what was used. "
         "Put the paper's CFG on the guider (CFGGuider).")
@@ -57,6 +42,7 @@ class FewStepFSchedulerRecipe:
 
     @classmethod
     def INPUT_TYPES(cls):
+        from ..samplers.recipe import PAPER_FREEU, SOLVER_NOTES, SOLVERS
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "An SD1.5 / SDXL (eps or v) model; FreeU needs a UNet."}),
@@ -81,8 +67,8 @@ class FewStepFSchedulerRecipe:
         }
 
     def build(self, model, resolution, steps, solver, unipc_order=AUTO, analytic_first_step=AUTO, freeu=AUTO,
-              freeu_start_index=-1, p1=1.2, p2=0.0, grid_points=0, stop_index=-1,
-              b1=PAPER_FREEU["b1"], b2=PAPER_FREEU["b2"], s1=PAPER_FREEU["s1"], s2=PAPER_FREEU["s2"]):
+              freeu_start_index=-1, p1=1.2, p2=0.0, grid_points=0, stop_index=-1, b1=1.1, b2=1.1, s1=0.9, s2=0.2):
+        from ..samplers.recipe import PAPER_FREEU, build_recipe
         if resolution not in RESOLUTION_CHOICES:
             raise ValueError(f"resolution must be one of {list(RESOLUTION_CHOICES)}, got {resolution!r}")
         recipe = build_recipe(
@@ -99,20 +85,36 @@ class FewStepFSchedulerRecipe:
 
 
 def build_outputs(model, recipe):
-    ms = model.get_model_object("model_sampling")
-    table = ms.sigmas.detach().double().cpu()
-    sigmas = recipe_sigmas(recipe, table)
-    afs_sigma = timestep_midpoint(float(sigmas[0]), float(sigmas[1]), table) if recipe.afs else None
+    from ..samplers.recipe import freeu_window, recipe_sigmas, solver_grid
+    from ..samplers.unipc import timestep_midpoint
+    from ._model_time import VP, time_table
+    from .freeu import FewStepFreeU
+    table, kind = time_table(model.get_model_object("model_sampling"), "the F-scheduler recipe")
+    if kind != VP and recipe.solver == "unipc_fs":
+        raise ValueError("solver: the paper's UniPC (noise-prediction form) needs an SD1.5/SDXL-style "
+                         "model (x = x0 + sigma*eps); this is a flow model: choose dpmpp_1s or dpmpp_2m")
+    interpolation = "alphas_cumprod" if kind == VP else "log_sigma"
+    sigmas = recipe_sigmas(recipe, table, interpolation)
+    afs_sigma = timestep_midpoint(float(sigmas[0]), float(sigmas[1]), table, interpolation) if recipe.afs else None
     window = freeu_window(solver_grid(sigmas, recipe.afs, afs_sigma), recipe.freeu_start, recipe.afs)
     out_model = model
     if window.on_indices:
-        out_model = freeu_patched_model(model, recipe.b1, recipe.b2, recipe.s1, recipe.s2,
-                                        start_sigma=window.sigma_on, end_sigma=0.0)
+        # FreeU v1 (the paper's), threshold 1, on for every call with sigma <= sigma_on
+        try:
+            out_model = FewStepFreeU().patch(model, "custom", recipe.b1, recipe.b2, recipe.s1, recipe.s2, "v1", 1,
+                                             "sigma", window.sigma_on, 0.0)[0]
+        except ValueError as err:
+            raise ValueError(f"freeu: the recipe turns FreeU on for this setting, but {err} "
+                             "Set freeu to 'off' for this model.") from err
     sampler = make_sampler(recipe)
     return (out_model, sigmas, sampler, summary(recipe, sigmas, afs_sigma, window))
 
 
 def make_sampler(recipe):
+    import comfy.samplers
+
+    from ..samplers import dpmpp
+    from .unipc import unipc_sampler
     if recipe.solver == "unipc_fs":
         return unipc_sampler(recipe.order, True, True, recipe.afs, 1.0)
     if recipe.solver == "dpmpp_1s":
@@ -121,6 +123,7 @@ def make_sampler(recipe):
 
 
 def summary(recipe, sigmas, afs_sigma, window) -> str:
+    from ..samplers.recipe import PUBLISHED_FID, SOLVER_NOTES
     src = recipe.source
     tag = lambda k: f" [{src.get(k, 'published')}]"  # noqa: E731
     lines = [

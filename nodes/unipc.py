@@ -1,11 +1,9 @@
 """The F-scheduler paper's UniPC as a SAMPLER node and as KSampler dropdown entries."""
-import comfy.model_sampling
-import comfy.samplers
-
-from ..samplers.unipc import ORDERS, sample_unipc_fs, timestep_midpoint
 from ._registry import add_sampler
 
+# The maths module is imported at call time: the pack's import must stay cheap.
 CATEGORY = "FewStep/samplers"
+ORDERS = (1, 2, 3)  # samplers.unipc.ORDERS
 ORDER_CHOICES = ["auto"] + [str(o) for o in ORDERS]
 
 
@@ -21,17 +19,25 @@ def model_sampling_of(model):
 
 
 def afs_point(model_sampling, sigma0: float, sigma1: float):
-    """The paper's AFS point from the model's own training-timestep table, or None without one."""
-    table = getattr(model_sampling, "sigmas", None)
-    if table is None or table.numel() < 2:
+    """The paper's AFS point from the model's own training-timestep table, or None for models without
+    one (continuous EDM-style: the solver then takes the midpoint in log sigma, which is their own
+    timestep midpoint)."""
+    from ..samplers.unipc import timestep_midpoint
+    from ._model_time import VP, time_table
+    try:
+        table, kind = time_table(model_sampling, "the analytic first step")
+    except ValueError:
         return None
-    mid = timestep_midpoint(sigma0, sigma1, table.double().cpu())
+    mid = timestep_midpoint(sigma0, sigma1, table, "alphas_cumprod" if kind == VP else "log_sigma")
     return mid if sigma1 < mid < sigma0 else None
 
 
 def sample_fewstep_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, afs=False,
                          afs_sigma=None, **options):
     """sample_unipc_fs with the AFS point taken from the model's timestep table (paper's rule)."""
+    import comfy.model_sampling
+
+    from ..samplers.unipc import sample_unipc_fs
     ms = model_sampling_of(model)
     if isinstance(ms, comfy.model_sampling.CONST):
         raise ValueError("FewStep UniPC works in noise-prediction form for models with x = x0 + sigma*eps "
@@ -57,6 +63,7 @@ def sample_fewstep_unipc_fs_afs(model, x, sigmas, extra_args=None, callback=None
 
 def unipc_sampler(order="auto", corrector=True, lower_order_final=True, afs=False, afs_eps_scale=1.0):
     """A ComfyUI SAMPLER running the paper's UniPC with these options."""
+    import comfy.samplers
     order = order if order == "auto" else int(order)
     if order != "auto" and order not in ORDERS:
         raise ValueError(f"order must be 'auto' or one of {ORDERS}, got {order!r}")

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .schedules import FSCHEDULER_PRESETS, fscheduler_sigmas, table_sigma, table_timestep
+from .schedules import FSCHEDULER_PRESETS, fscheduler_sigmas
 from .unipc import ORDERS, afs_grid, auto_order
 from .validation import check_choice, check_positive, check_steps
 
@@ -54,6 +54,19 @@ PUBLISHED_FID = {
     ("1024", 6): "UniPC 6 steps, CFG 7.5: FID 18.80 (COCO 2014); Table 1 (COCO 2017, FreeU from 4): 25.20",
     ("1024", 8): "UniPC 8 steps, CFG 5.5: FID 17.87 (COCO 2014), 24.38 (COCO 2017), 20.41 (LAION)",
 }
+
+
+def preset_table_text() -> str:
+    """One line per published setting (the recipe node's description repeats this text)."""
+    rows = []
+    for (res, n), pub in sorted(PUBLISHED.items(), key=lambda kv: (kv[0][0] != "1024", kv[0][1])):
+        g = FSCHEDULER_PRESETS[f"{res}x{n}"]
+        fu = pub.get("freeu_start")
+        rows.append(f"{res}² {n} steps: Karras({g['grid_points']} pts, rho {g['p2']:g})[{g['stop_index']}], "
+                    f"p1 {g['p1']:g}, UniPC order {pub['order']}, AFS {'on' if pub['afs'] else 'off'}, "
+                    f"FreeU {'from grid index %d' % fu if fu is not None else 'off (not published)'}, "
+                    f"CFG {pub.get('cfg', 5.5):g}")
+    return "\n".join(rows)
 
 
 def grid_preset(resolution: str, steps: int):
@@ -158,17 +171,11 @@ def build_recipe(resolution="1024", steps=8, solver="unipc_fs", p1=None, p2=None
                   afs, freeu_start, cfg, source=src, **scal)
 
 
-def recipe_sigmas(recipe: Recipe, model_sigmas, dtype=torch.float32) -> torch.Tensor:
-    """The recipe's N+1 sigmas on the model's training table, ending at sigma_stop (no trailing 0)."""
+def recipe_sigmas(recipe: Recipe, model_sigmas, interpolation="alphas_cumprod", dtype=torch.float32):
+    """The recipe's N+1 sigmas on the model's training table, ending at sigma_stop (no trailing 0);
+    alphas_cumprod interpolation between training steps as the paper's code (VP models)."""
     return fscheduler_sigmas(recipe.steps, model_sigmas, recipe.p1, recipe.p2, recipe.grid_points,
-                             recipe.stop_index, dtype=dtype)
-
-
-def timestep_midpoint(sigma0: float, sigma1: float, model_sigmas) -> float:
-    """The AFS point: sigma at the midpoint of t(sigma0) and t(sigma1) on the training table
-    (t = 999 and t_1 for SD/SDXL: t 901.6 at 6 steps, 925.7 at 8), same interpolation as the sigmas."""
-    ts = table_timestep(torch.tensor([sigma0, sigma1], dtype=torch.float64), model_sigmas)
-    return float(table_sigma(ts.mean(), model_sigmas, "alphas_cumprod"))
+                             recipe.stop_index, interpolation=interpolation, dtype=dtype)
 
 
 @dataclass
