@@ -235,6 +235,8 @@ def validate_api(prompt: dict, object_info: dict) -> list:
                 if src not in prompt:
                     problems.append(f"node {nid}.{key}: link from missing node {src}")
                     continue
+                if prompt[src].get("class_type") not in object_info:
+                    continue  # reported on that node
                 out_types = object_info[prompt[src]["class_type"]]["output"]
                 if not 0 <= slot < len(out_types):
                     problems.append(f"node {nid}.{key}: output slot {slot} does not exist on {src}")

@@ -5,12 +5,14 @@ The lab model has no UNet blocks, so FreeU is checked on a tiny randomly initial
 UNet built through ComfyUI's own model classes (scripts/random_unet.py): every model call records
 the gate decision of the recipe's FreeU patch and its sigma."""
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from test_recipe_math import PUBLISHED_FREEU, PUBLISHED_SIGMAS
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # random_unet
 RES = {"1024": "1024 (SDXL)", "512": "512 (SD1.5)"}
 
 
