@@ -17,8 +17,8 @@ def structure_map(h: torch.Tensor) -> torch.Tensor:
     (max == min) gives 0 instead of 0/0, i.e. no scaling rather than NaN."""
     mean = h.mean(1, keepdim=True)
     flat = mean.reshape(mean.shape[0], -1)
-    lo = flat.amin(dim=-1).reshape(-1, 1, 1, 1)
-    hi = flat.amax(dim=-1).reshape(-1, 1, 1, 1)
+    lo, hi = torch.aminmax(flat, dim=-1)
+    lo, hi = lo.reshape(-1, 1, 1, 1), hi.reshape(-1, 1, 1, 1)
     span = hi - lo
     span = torch.where(span == 0, torch.ones_like(span), span)
     return (mean - lo) / span

@@ -8,8 +8,8 @@ threshold 1 only 7 modes change and the filter is
     y = x + (scale - 1) * P(x),
 
 P a linear map of rank <= 9 onto the span of those modes (cosines/sines of frequency 0 and 1 along
-each axis). Here P is computed in fp32 on a real orthonormal basis of that span: one thin matrix
-product for the coefficients, one for the rebuild. No FFT is needed, so devices without FFT
+each axis). Here P is computed with fp32 accumulation on a real orthonormal basis of that span:
+one thin matrix product for the coefficients, one for the rebuild. No FFT is needed, so devices without FFT
 support work unchanged. `fourier_filter_fft` is the same maths by FFT, for tests and benchmarks.
 """
 from __future__ import annotations
@@ -104,7 +104,10 @@ def _on_device(key, build):
     if hit is None:
         if len(_device_cache) >= _DEVICE_CACHE_MAX:
             _device_cache.clear()
-        hit = _device_cache[key] = build()
+        # Built as normal tensors even during ComfyUI's inference_mode, so a later run with
+        # autograd on (a training node) can still use them.
+        with torch.inference_mode(False):
+            hit = _device_cache[key] = build()
     return hit
 
 
@@ -118,6 +121,28 @@ def _dense_factors(height, width, threshold, scale, device):
     return _on_device(("dense", height, width, threshold, float(scale), device), build)
 
 
+_SPLIT_TERMS = 3
+
+
+def _mixed_factors(height, width, threshold, scale, device, dtype):
+    """The dense factors for fp16/bf16 input read directly by a matmul with fp32 output: the basis
+    (scaled by sqrt(H*W) so its entries are O(1), clear of fp16 subnormals) as a sum of three
+    low-precision parts side by side (about 33 bits for fp16, 24 for bf16), and the rebuild map
+    stacked three times so the parts' coefficients add up inside one product."""
+    def build():
+        basis, k = _dense_operator(height, width, threshold)
+        root = math.sqrt(height * width)
+        parts, rest = [], basis * root
+        for _ in range(_SPLIT_TERMS):
+            part = rest.to(dtype)
+            parts.append(part)
+            rest = rest - part.double()
+        rebuild = (scale - 1.0) / root * (k.T @ basis.T)
+        return (torch.cat(parts, dim=1).to(device),
+                rebuild.repeat(_SPLIT_TERMS, 1).to(device=device, dtype=torch.float32))
+    return _on_device(("mixed", height, width, threshold, float(scale), device, dtype), build)
+
+
 def _separable_factors(height, width, threshold, scale, device):
     def build():
         er, ec, ar, ai, br, bi = low_frequency_operator(height, width, threshold)
@@ -127,33 +152,106 @@ def _separable_factors(height, width, threshold, scale, device):
     return _on_device(("separable", height, width, threshold, float(scale), device), build)
 
 
+def mm_fp32_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 matrix product accumulated and returned in fp32 without an fp32 copy of `a`
+    (torch.mm's out_dtype; CUDA in recent PyTorch). Raises where unsupported."""
+    return torch.mm(a, b, out_dtype=torch.float32)
+
+
+# (device type, device index, dtype) -> whether the mixed-precision route works there.
+_mixed_ok: dict = {}
+METHODS = ("auto", "dense", "separable", "mixed")
+
+
+def _add_rounded_once(x: torch.Tensor, corr: torch.Tensor) -> torch.Tensor:
+    """x + corr computed in fp32 and rounded once to x's dtype, without an fp32 copy of x."""
+    out = torch.empty_like(x)
+    return torch.add(x, corr, out=out)
+
+
+def _dense(x, n, height, width, threshold, scale):
+    basis, rebuild = _dense_factors(height, width, threshold, scale, x.device)
+    if x.dtype == torch.float32:
+        flat = x.reshape(n, height * width)
+        return torch.addmm(flat, flat @ basis, rebuild)
+    flat = x.reshape(n, height * width)
+    return _add_rounded_once(flat, (flat.float() @ basis) @ rebuild)
+
+
+def _mixed(x, n, height, width, threshold, scale):
+    split, rebuild = _mixed_factors(height, width, threshold, scale, x.device, x.dtype)
+    flat = x.reshape(n, height * width)
+    return _add_rounded_once(flat, mm_fp32_out(flat, split) @ rebuild)
+
+
+def _separable(x, n, height, width, threshold, scale):
+    er, ec, ar, ai, br, bi = _separable_factors(height, width, threshold, scale, x.device)
+    rows = x.float().reshape(n, height, width)
+    coef = er.T @ (rows @ ec)                      # [n, p, q]
+    mixed = ar @ coef @ br - ai @ coef @ bi        # already times (scale - 1)
+    lifted = (er @ mixed).reshape(n * height, -1)  # [n*H, q]
+    corr = lifted @ ec.T
+    if x.dtype == torch.float32:
+        return rows.reshape(n * height, width) + corr
+    return _add_rounded_once(x.reshape(n * height, width), corr)
+
+
+def _try_mixed(x, n, height, width, threshold, scale):
+    """The mixed route where it works; None where it does not. Checked once per device and dtype
+    against the fp32 route on the first real input, so a backend whose reduced-precision matmul
+    misbehaves falls back instead of giving wrong output."""
+    key = (x.device.type, x.device.index, x.dtype)
+    state = _mixed_ok.get(key)
+    if state is False:
+        return None
+    try:
+        y = _mixed(x, n, height, width, threshold, scale)
+    except (RuntimeError, TypeError, NotImplementedError):
+        _mixed_ok[key] = False
+        return None
+    if state is None:
+        ref = _dense(x, n, height, width, threshold, scale).float()
+        # One rounding step of the output plus fp32 rounding of sums over |x|-sized terms.
+        slack = 64 * torch.finfo(torch.float32).eps * x.abs().max().float()
+        ok = bool(((y.float() - ref).abs() <= torch.finfo(x.dtype).eps * ref.abs() + slack).all())
+        _mixed_ok[key] = ok
+        if not ok:
+            return None
+    return y
+
+
 def fourier_filter(x: torch.Tensor, threshold: int, scale: float, method: str = "auto") -> torch.Tensor:
-    """FreeU's skip-feature filter on x [..., H, W]: computed in fp32 by projection, returned in
-    x's dtype (x itself when nothing changes). Equal to the FFT definition to fp32 rounding; no
-    FFT, so any device works. method: "auto", "dense" (Kronecker basis, two matrix products) or
-    "separable" (per-axis bases; cheaper for large thresholds)."""
+    """FreeU's skip-feature filter on x [..., H, W]: computed by projection with fp32 accumulation,
+    returned in x's dtype (x itself when nothing changes). Equal to the FFT definition to fp32
+    rounding; no FFT, so any device works.
+
+    method "auto" picks: "mixed" for fp16/bf16 where a matmul can return fp32 (reads x once in its
+    own dtype), else "dense" (fp32 Kronecker basis, two matrix products) up to 81 basis products,
+    else "separable" (per-axis bases, for large thresholds)."""
     if x.ndim < 2:
         raise ValueError(f"x must have at least 2 dimensions (..., H, W), got shape {tuple(x.shape)}")
-    if method not in ("auto", "dense", "separable"):
-        raise ValueError(f"method must be 'auto', 'dense' or 'separable', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     height, width = x.shape[-2:]
     er64, ec64 = low_frequency_operator(height, width, threshold)[:2]
     modes = er64.shape[1] * ec64.shape[1]
     n = x.numel() // max(height * width, 1)
     if n == 0 or modes == 0 or scale == 1.0:
         return x  # nothing changes (the FFT route would return x up to fp32 rounding)
-    xf = x.float() if x.dtype != torch.float32 else x
-    if method == "dense" or (method == "auto" and modes <= _DENSE_MAX_MODES):
-        basis, rebuild = _dense_factors(height, width, threshold, scale, xf.device)
-        flat = xf.reshape(n, height * width)
-        y = torch.addmm(flat, flat @ basis, rebuild)
-    else:
-        er, ec, ar, ai, br, bi = _separable_factors(height, width, threshold, scale, xf.device)
-        rows = xf.reshape(n, height, width)
-        coef = er.T @ (rows @ ec)                      # [n, p, q]
-        mixed = ar @ coef @ br - ai @ coef @ bi        # already times (scale - 1)
-        lifted = (er @ mixed).reshape(n * height, -1)  # [n*H, q]
-        y = torch.addmm(rows.reshape(n * height, width), lifted, ec.T)
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    low_precision = x.dtype != torch.float32
+    y = None
+    if method == "mixed" or (method == "auto" and low_precision and modes <= _DENSE_MAX_MODES):
+        if not low_precision:
+            raise ValueError("method 'mixed' is for float16/bfloat16 input")
+        y = _mixed(x, n, height, width, threshold, scale) if method == "mixed" else \
+            _try_mixed(x, n, height, width, threshold, scale)
+    if y is None:
+        if method == "dense" or (method != "separable" and modes <= _DENSE_MAX_MODES):
+            y = _dense(x, n, height, width, threshold, scale)
+        else:
+            y = _separable(x, n, height, width, threshold, scale)
     return y.reshape(x.shape).to(x.dtype)
 
 

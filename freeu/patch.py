@@ -23,7 +23,8 @@ class FreeUPatch:
     (b1, s1), with 2x (b2, s2). Decoder blocks with other widths are left alone."""
 
     def __init__(self, model_channels: int, b1: float, b2: float, s1: float, s2: float,
-                 threshold: int = 1, version: str = "v1", window: SigmaWindow = ALWAYS):
+                 threshold: int = 1, version: str = "v1", window: SigmaWindow = ALWAYS,
+                 filter_method: str = "auto"):
         if version not in VERSIONS:
             raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
         if int(threshold) != threshold or threshold < 1:
@@ -38,6 +39,7 @@ class FreeUPatch:
         self.threshold = int(threshold)
         self.version = version
         self.window = window
+        self.filter_method = filter_method  # see fourier_filter; "auto" except in benchmarks
         self._last = None  # (sigmas tensor, its version counter, decision) of the current call
 
     def __deepcopy__(self, memo):
@@ -83,7 +85,7 @@ class FreeUPatch:
     def apply(self, h: torch.Tensor, hsp: torch.Tensor, b: float, s: float):
         """FreeU on every sample: h scaled in place, a new filtered hsp."""
         scale_backbone(h, b, self.version)
-        return h, fourier_filter(hsp, self.threshold, s)
+        return h, fourier_filter(hsp, self.threshold, s, self.filter_method)
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
         stage = self.stages.get(int(h.shape[1]))

@@ -1,6 +1,6 @@
 """Microbenchmark of exact ways to compute FreeU's low-frequency filter (threshold 1).
 
-    python scripts/bench_freeu_filter.py [--device cpu|cuda] [--repeats 15] [--dtype float32]
+    python scripts/bench_freeu_filter.py [--device cpu|cuda] [--repeats 15] [--dtype float32] [--threads 1]
 
 Variants, all the same maths (max abs error against a float64 FFT reference is printed too):
   comfy       ComfyUI's Fourier_filter (fftn, fftshift, full-size mask, ifftshift, ifftn); only
@@ -9,6 +9,8 @@ Variants, all the same maths (max abs error against a float64 FFT reference is p
   rfft        rfft2 times a cached symmetrised half-spectrum mask, irfft2
   proj-dense  projection on the 9-function real basis: coef = x Bk, y = x + coef R (FewStep default)
   proj-sep    projection with per-axis bases (the large-threshold path)
+  proj-mixed  fp16/bf16 input read directly by a matmul with fp32 output (the "auto" choice where
+              available: CUDA with a recent PyTorch)
 Skip-feature sizes are SDXL's at 1024² (batch 2 = one CFG call). Interleaved repeats, medians.
 """
 from __future__ import annotations
@@ -76,12 +78,21 @@ def main():
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--tiny", action="store_true", help="small shapes (a quick check)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     threshold, scale = 1, 0.2
     variants = {"fft": fourier_filter_fft, "rfft": fourier_filter_rfft,
                 "proj-dense": lambda x, t, s: fourier_filter(x, t, s, method="dense"),
                 "proj-sep": lambda x, t, s: fourier_filter(x, t, s, method="separable")}
+    if dtype != torch.float32:
+        try:  # reads fp16/bf16 directly; needs torch.mm(..., out_dtype=float32) (CUDA, recent torch)
+            fourier_filter(torch.zeros(1, 1, 4, 4, device=device, dtype=dtype) + 1, 1, 0.5, method="mixed")
+            variants["proj-mixed"] = lambda x, t, s: fourier_filter(x, t, s, method="mixed")
+        except (RuntimeError, TypeError, NotImplementedError) as exc:
+            print(f"(proj-mixed unavailable here: {str(exc).splitlines()[0][:80]})", file=sys.stderr)
     comfy = comfy_filter()
     if comfy is not None:
         variants = {"comfy": comfy, **variants}

@@ -32,16 +32,18 @@ TINY_SD15_UNET = {
 def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
     """Fills every parameter in place: N(0, 1/fan_in) for weights, small normal biases/norms.
     ComfyUI's layers skip initialisation (weights load from checkpoints), so this is needed."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gens = {}
     with torch.no_grad():
         for name, p in module.named_parameters():
+            # Drawn on the parameter's own device (an SDXL UNet has 2.6e9 weights).
+            gen = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+            values = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32)
             if p.ndim >= 2:
-                std = 1.0 / math.sqrt(p[0].numel())
-                values = torch.randn(p.shape, generator=gen) * std
+                values *= 1.0 / math.sqrt(p[0].numel())
             elif name.endswith("weight"):  # norms
-                values = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+                values = 1.0 + 0.1 * values
             else:
-                values = 0.02 * torch.randn(p.shape, generator=gen)
+                values *= 0.02
             p.copy_(values.to(p.dtype))
 
 
