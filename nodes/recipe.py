@@ -66,12 +66,27 @@ class FewStepFSchedulerRecipe:
             },
         }
 
-    def build(self, model, resolution, steps, solver, unipc_order=AUTO, analytic_first_step=AUTO, freeu=AUTO,
-              freeu_start_index=-1, p1=1.2, p2=0.0, grid_points=0, stop_index=-1, b1=1.1, b2=1.1, s1=0.9, s2=0.2):
+    SIGMA_GRAPH = {"live": True, "function": "graph", "freeu": "graph_freeu"}
+
+    def build(self, model, resolution, steps, solver, **options):
+        return build_outputs(model, self.recipe(resolution, steps, solver, **options))
+
+    def graph(self, model, resolution, steps, solver, **options):
+        """The editor's graph: the same SIGMAS as build(), without patching the model."""
+        sigmas, _, _ = plan(model, self.recipe(resolution, steps, solver, **options))
+        return (model, sigmas, None, "")
+
+    def graph_freeu(self, sigmas, model, resolution, steps, solver, **options):
+        _, _, window = plan(model, self.recipe(resolution, steps, solver, **options))
+        return {"start": window.sigma_on, "end": 0.0, "unit": "sigma"} if window.on_indices else None
+
+    @staticmethod
+    def recipe(resolution, steps, solver, unipc_order=AUTO, analytic_first_step=AUTO, freeu=AUTO,
+               freeu_start_index=-1, p1=1.2, p2=0.0, grid_points=0, stop_index=-1, b1=1.1, b2=1.1, s1=0.9, s2=0.2):
         from ..samplers.recipe import PAPER_FREEU, build_recipe
         if resolution not in RESOLUTION_CHOICES:
             raise ValueError(f"resolution must be one of {list(RESOLUTION_CHOICES)}, got {resolution!r}")
-        recipe = build_recipe(
+        return build_recipe(
             RESOLUTION_CHOICES[resolution], steps, solver,
             p1=None if abs(p1 - 1.2) < 1e-12 else p1, p2=_override(p2, 0.0), grid_points=_override(grid_points, 0),
             stop_index=_override(stop_index, -1),
@@ -81,14 +96,13 @@ class FewStepFSchedulerRecipe:
             freeu_start=_override(freeu_start_index, -1),
             b1=None if b1 == PAPER_FREEU["b1"] else b1, b2=None if b2 == PAPER_FREEU["b2"] else b2,
             s1=None if s1 == PAPER_FREEU["s1"] else s1, s2=None if s2 == PAPER_FREEU["s2"] else s2)
-        return build_outputs(model, recipe)
 
 
-def build_outputs(model, recipe):
+def plan(model, recipe):
+    """(sigmas, AFS sigma or None, FreeU window) of a recipe on this model; patches nothing."""
     from ..samplers.recipe import freeu_window, recipe_sigmas, solver_grid
     from ..samplers.unipc import timestep_midpoint
     from ._model_time import VP, time_table
-    from .freeu import FewStepFreeU
     table, kind = time_table(model.get_model_object("model_sampling"), "the F-scheduler recipe")
     if kind != VP and recipe.solver == "unipc_fs":
         raise ValueError("solver: the paper's UniPC (noise-prediction form) needs an SD1.5/SDXL-style "
@@ -97,6 +111,12 @@ def build_outputs(model, recipe):
     sigmas = recipe_sigmas(recipe, table, interpolation)
     afs_sigma = timestep_midpoint(float(sigmas[0]), float(sigmas[1]), table, interpolation) if recipe.afs else None
     window = freeu_window(solver_grid(sigmas, recipe.afs, afs_sigma), recipe.freeu_start, recipe.afs)
+    return sigmas, afs_sigma, window
+
+
+def build_outputs(model, recipe):
+    from .freeu import FewStepFreeU
+    sigmas, afs_sigma, window = plan(model, recipe)
     out_model = model
     if window.on_indices:
         # FreeU v1 (the paper's), threshold 1, on for every call with sigma <= sigma_on

@@ -23,6 +23,10 @@ A node opts in with one class attribute:
                    # "sigma": σ bounds, start >= end); or "freeu": "method_name", a method
                    # (self, sigmas, **inputs) -> {"start", "end", "unit"} or None, for nodes that
                    # derive the window themselves (e.g. a recipe preset)
+    SIGMA_GRAPH = {"live": True, "function": "method_name"}
+                   # the route calls this method (same inputs, same outputs) instead of FUNCTION:
+                   # for nodes whose FUNCTION does more than the graph needs (the recipe patches
+                   # the model with FreeU, which the reference model cannot take)
     SIGMA_GRAPH = {}                              # drawn after each run from its UI message
                    # {"ui": {"fewstep_sigmas": [...]}} (the Preview Sigmas node does this)
 Routes are registered on ComfyUI's PromptServer at import when a server exists; importing the pack
@@ -99,12 +103,12 @@ def node_inputs(cls) -> dict:
 def check_spec(node_id: str, cls, spec) -> dict:
     """A node's SIGMA_GRAPH, checked, with what the browser needs to send. ValueError naming the
     node for a declaration that cannot work."""
-    allowed = {"live", "freeu"}
+    allowed = {"live", "freeu", "function"}
     if not isinstance(spec, dict) or set(spec) - allowed:
         raise ValueError(f"{node_id}.SIGMA_GRAPH must be a dict with keys from {sorted(allowed)}")
     if not spec.get("live"):
-        if "freeu" in spec:
-            raise ValueError(f"{node_id}.SIGMA_GRAPH: freeu needs live=True")
+        if "freeu" in spec or "function" in spec:
+            raise ValueError(f"{node_id}.SIGMA_GRAPH: freeu and function need live=True")
         return {"live": False}
     if "SIGMAS" not in getattr(cls, "RETURN_TYPES", ()):
         raise ValueError(f"{node_id}.SIGMA_GRAPH: live graphs need a SIGMAS output")
@@ -118,6 +122,8 @@ def check_spec(node_id: str, cls, spec) -> dict:
         "widgets": [n for n, (k, _, _) in inputs.items() if k in WIDGET_TYPES + ("COMBO",)],
         "models": {n: req for n, (k, _, req) in inputs.items() if k == "MODEL"},
     }
+    if "function" in spec and not callable(getattr(cls, spec["function"], None)):
+        raise ValueError(f"{node_id}.SIGMA_GRAPH function {spec['function']!r} does not exist")
     freeu = spec.get("freeu")
     if isinstance(freeu, str):
         if not callable(getattr(cls, freeu, None)):
@@ -292,7 +298,7 @@ def compute(query) -> dict:
     call = {k: (reference_model(v) if k in models else v) for k, v in kwargs.items()}
     node = cls()
     try:
-        result = getattr(node, cls.FUNCTION)(**call)
+        result = getattr(node, spec.get("function", cls.FUNCTION))(**call)
     except ValueError as e:
         raise RouteError(str(e), _named_parameter(str(e), list(kwargs))) from None
     if isinstance(result, dict):

@@ -78,6 +78,23 @@ def test_fscheduler_graph_marks_sigma_stop(sg):
     assert [round(s, 4) for s in out["sigmas"]][:3] == [14.6146, 5.2124, 2.4311]
 
 
+@pytest.mark.parametrize("resolution, steps, on", [("1024 (SDXL)", 8, [5, 6, 7]),
+                                                   ("1024 (SDXL)", 6, [3, 4, 5]),
+                                                   ("512 (SD1.5)", 6, [4, 5]),
+                                                   ("512 (SD1.5)", 8, [])])
+def test_recipe_graph_shows_published_schedule_and_freeu_window(sg, comfy, resolution, steps, on):
+    """The recipe's graph runs its `graph` method (no FreeU patch on the reference model) and shades
+    the calls whose sigma passes the recipe's gate: the paper's start indices (fscheduler.md §2)."""
+    nodes, _ = comfy
+    out = sg.compute(q(node="FewStepFSchedulerRecipe", resolution=resolution, steps=steps, solver="unipc_fs"))
+    lab_model = lab(comfy)
+    want = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]().build(lab_model, resolution, steps, "unipc_fs",
+                                                                        freeu="off")[1]
+    assert out["sigmas"] == pytest.approx([float(s) for s in want], abs=1e-6)
+    assert out["sigma_stop"] == pytest.approx(float(want[-1]))
+    assert (out["freeu"] or {"steps": []})["steps"] == on
+
+
 def test_reference_models_are_lab_model_sampling(sg, comfy):
     for name, lo, hi in (("sd_discrete", 0.0291672, 14.614642), ("edm", 0.002, 80.0)):
         ms = sg.reference_model(name).get_model_object("model_sampling")
