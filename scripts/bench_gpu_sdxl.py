@@ -143,8 +143,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--best", default="fewstep_dpmpp_3m:fewstep_fscheduler_1024",
-                    help="the pack's best dropdown sampler:scheduler at 8 steps (from the lab benchmark)")
+    ap.add_argument("--best", nargs="+", default=["fewstep_dpmpp_2m:fewstep_fscheduler_1024"],
+                    help="the pack's best dropdown sampler:scheduler pairs at 8 steps (from the lab benchmark)")
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
@@ -188,7 +188,6 @@ def main():
     # 2. full runs
     latent = {"samples": torch.zeros(1, 4, side, side)}
     recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]()
-    best_sampler, best_sched = args.best.split(":")
 
     def ksampler(sampler, scheduler, steps):
         def run():
@@ -213,9 +212,11 @@ def main():
         "ComfyUI dpmpp_2m + karras, 20 steps": ksampler("dpmpp_2m", "karras", 20),
         "FewStep recipe, 8 steps (UniPC + AFS + FreeU window)": recipe_run(8),
         "FewStep recipe, 6 steps (UniPC + AFS + FreeU window)": recipe_run(6),
-        f"FewStep {best_sampler} + {best_sched}, 8 steps": ksampler(best_sampler, best_sched, 8),
         "ComfyUI dpmpp_2m + karras, 8 steps": ksampler("dpmpp_2m", "karras", 8),
     }
+    for pair in args.best:
+        best_sampler, best_sched = pair.split(":")
+        variants[f"FewStep {best_sampler} + {best_sched}, 8 steps"] = ksampler(best_sampler, best_sched, 8)
     times = interleaved(variants, repeats)
     base = times["ComfyUI dpmpp_2m + karras, 20 steps"]
     print("## Full sampling runs (batch 1, CFG, through ComfyUI's sampling code)\n")
