@@ -27,12 +27,11 @@ from functools import lru_cache
 
 import torch
 
+from .constants import AB_ORDERS, RK_METHODS  # noqa: F401  (re-exported)
 from .common import Stepper, step_order, steps, to_d
 from .validation import (check_choice, check_multistep_length, check_order, check_positive,
                          check_sigmas)
 
-AB_ORDERS = (1, 2, 3)
-RK_METHODS = ("euler", "heun", "kutta", "rk4")
 _QUAD_POINTS = 24
 
 # Butcher tableaux (c, a, b) for dx/dsigma.

@@ -1,5 +1,5 @@
 """Samplers, schedules and nodes inside the real ComfyUI (in-process), on the exact-denoiser lab model."""
-import sys
+import importlib
 import types
 
 import pytest
@@ -15,7 +15,7 @@ FS_SCHEDULERS = ["fewstep_timestep_power", "fewstep_fscheduler_512", "fewstep_fs
 @pytest.fixture(scope="module")
 def env(comfy):
     nodes, pack = comfy
-    mods = types.SimpleNamespace(**{name: sys.modules[f"{pack.__name__}.{path}"] for name, path in [
+    mods = types.SimpleNamespace(**{name: importlib.import_module(f"{pack.__name__}.{path}") for name, path in [
         ("dpmpp", "samplers.dpmpp"), ("deis", "samplers.deis"), ("edm", "samplers.edm"),
         ("schedules", "samplers.schedules"), ("exact", "samplers.exact"), ("dropdowns", "nodes.dropdowns"),
         ("ksa", "nodes.ksampler_advanced")]})
@@ -79,6 +79,21 @@ def test_pure_schedule_helpers_agree_with_comfy_model_sampling(env):
     assert torch.allclose(sch.table_sigma(t, ms.sigmas).float(), ms.sigma(t), rtol=2e-6)
     sig = torch.tensor([0.05, 0.3, 1.7, 9.0])
     assert torch.equal(sch.table_timestep(sig, ms.sigmas).round().long(), ms.timestep(sig).long())
+
+
+def test_schedule_nodes_match_dropdowns_presets_and_core_karras(env):
+    import comfy.samplers
+    ms = env.sd.get_model_object("model_sampling")
+    fs_node = env.M["FewStepFSchedulerSigmas"]()
+    for preset in ("512x5", "512x6", "512x8", "1024x5", "1024x6", "1024x8"):
+        res, steps = (int(v) for v in preset.split("x"))
+        from_dropdown = comfy.samplers.calculate_sigmas(ms, f"fewstep_fscheduler_{res}", steps)
+        from_node = fs_node.build(env.sd, preset, 1, 1.0, 1.0, 2, 1, -1.0, "auto")[0]
+        assert torch.equal(from_dropdown, from_node), preset
+        assert from_node.numel() == steps + 1 and from_node[-1] > 0
+    core = comfy.samplers.calculate_sigmas(ms, "karras", 9)
+    ours = env.M["FewStepKarrasSigmas"]().build(9, 0.0, 0.0, 7.0, True, 1.0, env.sd)[0]
+    assert torch.allclose(core, ours, rtol=2e-6, atol=0)
 
 
 # ---------------------------------------------------------------- identities with ComfyUI's own samplers
