@@ -97,7 +97,7 @@ SAMPLER_RULE = {
     "euler": "euler", "ddim": "euler", "dpmpp_1s": "euler", "fewstep_dpmpp_1s": "euler",
     "dpmpp_2m": "dpmpp_2m", "fewstep_dpmpp_2m": "dpmpp_2m",
 }
-MULTISTEP_HINTS = ("2m", "3m", "deis", "ipndm", "lms", "multistep", "uni_pc", "tab", "rhoab")
+MULTISTEP_HINTS = ("2m", "3m", "deis", "ipndm", "lms", "multistep", "uni_pc", "unipc", "tab", "rhoab")
 COSTS = ("jump", "bound")
 
 
