@@ -27,6 +27,7 @@ from ..samplers.schedules import karras_sigmas
 from . import _schedule_cache as cache
 from ._model_time import describe, sigma_range
 from ._registry import add_scheduler
+from .preview_sigmas import sigma_ui
 
 CATEGORY = "FewStep/schedules"
 SCHEDULER_NAME = "fewstep_optimized"
@@ -60,6 +61,11 @@ class _Guarded:
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+
+def _out(sigmas, model, report):
+    """Node result plus the UI message the editor's sigma graph draws after the run."""
+    return {"ui": sigma_ui(sigmas), "result": (sigmas, model, report)}
 
 
 def _finite(v):
@@ -175,6 +181,7 @@ class FewStepOptimizeSchedule:
     RETURN_TYPES = ("SIGMAS", "MODEL", "STRING")
     RETURN_NAMES = ("sigmas", "model", "report")
     FUNCTION = "optimise"
+    SIGMA_GRAPH = {}  # needs model calls: drawn after the run from the UI message (nodes/sigma_graph.py)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -244,8 +251,8 @@ class FewStepOptimizeSchedule:
             if str(steps) in old.get("selected", {}):
                 out = attach(model, old, path)
                 sig, how = cache.schedule_from(old, steps)
-                return (torch.tensor(sig, dtype=torch.float32), out,
-                        _report(old, steps, path, f"cached, {how}", time.perf_counter() - t0))
+                return _out(torch.tensor(sig, dtype=torch.float32), out,
+                            _report(old, steps, path, f"cached, {how}", time.perf_counter() - t0))
 
         result = self._run(model, positive, negative, cfg, shape, steps, sampler, mc_samples, holdout, int(seed),
                            grid, int(teacher_substeps), hi, lo, int(refine_sweeps), int(refine_candidates),
@@ -255,7 +262,7 @@ class FewStepOptimizeSchedule:
             cache.write(path, record)
         out = attach(model, record, path)
         sig, how = cache.schedule_from(record, steps)
-        return torch.tensor(sig, dtype=torch.float32), out, _report(record, steps, path if use_cache else "(off)", how)
+        return _out(torch.tensor(sig, dtype=torch.float32), out, _report(record, steps, path if use_cache else "(off)", how))
 
     @staticmethod
     def _run(model, positive, negative, cfg, shape, steps, sampler, mc, holdout, seed, grid, substeps, hi, lo,
@@ -313,6 +320,7 @@ class FewStepLoadOptimizedSchedule:
     RETURN_TYPES = ("SIGMAS", "MODEL", "STRING")
     RETURN_NAMES = ("sigmas", "model", "report")
     FUNCTION = "load"
+    SIGMA_GRAPH = {}  # drawn after the run from the UI message
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -346,7 +354,7 @@ class FewStepLoadOptimizedSchedule:
                     f"{os.path.basename(path)} was optimised for another model (or other LoRAs/patches); pick "
                     f"'{LATEST}' or run 'Optimise Schedule (FewStep)' for this model")
         sig, how = cache.schedule_from(record, steps)
-        return torch.tensor(sig, dtype=torch.float32), attach(model, record, path), _report(record, int(steps), path, how)
+        return _out(torch.tensor(sig, dtype=torch.float32), attach(model, record, path), _report(record, int(steps), path, how))
 
 
 def optimized_scheduler(model_sampling, steps):

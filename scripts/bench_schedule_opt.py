@@ -269,7 +269,7 @@ def run_sdxl(args):
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     sig, _, report = node.optimise(model, pos, neg, 7.0, size, size, steps, "dpmpp_2m", mc, 0, grid=grid,
-                                   use_cache=False)
+                                   use_cache=False)["result"]
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t

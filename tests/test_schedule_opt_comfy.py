@@ -29,10 +29,18 @@ def env(comfy, tmp_path):
     e.load = M["FewStepLoadOptimizedSchedule"]()
     e.net = lambda model=None: (model or e.model).model.diffusion_model
     e.files = lambda: sorted(os.listdir(tmp_path / "fewstep" / "schedules")) if (tmp_path / "fewstep" / "schedules").exists() else []
-    e.run = lambda model=None, cfg=1.0, steps=3, sampler="dpmpp_2m", mc=2, seed=0, **kw: e.opt.optimise(
+    e.optimise = lambda *a, **kw: _result(e.opt.optimise(*a, **kw))
+    e.load_ = lambda *a: _result(e.load.load(*a))
+    e.run = lambda model=None, cfg=1.0, steps=3, sampler="dpmpp_2m", mc=2, seed=0, **kw: e.optimise(
         model or e.model, e.cond, e.cond, cfg, 64, 64, steps, sampler, mc, seed, **{**SMALL, **kw})
     yield e
     folder_paths.set_user_directory(old)
+
+
+def _result(out):
+    """Nodes return {"ui": ..., "result": (...)}; the UI carries the sigmas for the editor graph."""
+    assert out["ui"]["fewstep_sigmas"] == [float(v) for v in out["result"][0].double().tolist()]
+    return out["result"]
 
 
 def _calculate(model, steps):
@@ -72,9 +80,9 @@ def test_key_changes_make_new_files(env):
     # cfg = 1 skips the negative prompt, so it is not part of the key; at cfg 3 it is.
     other_neg = [[torch.ones((1, 1, 8)), {}]]
     calls = env.net().calls
-    env.opt.optimise(env.model, env.cond, other_neg, 1.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
+    env.optimise(env.model, env.cond, other_neg, 1.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
     assert env.net().calls == calls
-    env.opt.optimise(env.model, env.cond, other_neg, 3.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
+    env.optimise(env.model, env.cond, other_neg, 3.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
     assert env.net().calls > calls and len(env.files()) == 6
     # A different model (other data set) and a patched model are other keys.
     other = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 8, 0.3, 1, "sd_discrete")[0]
@@ -119,20 +127,20 @@ def test_dropdown_scheduler_uses_the_schedule_of_the_current_model(env):
 
 def test_load_node_latest_by_name_and_wrong_model(env):
     sig, _, _ = env.run()
-    got, model_out, report = env.load.load(env.model, "latest for this model", 3)
+    got, model_out, report = env.load_(env.model, "latest for this model", 3)
     assert torch.allclose(got, sig) and "selected" in report
     assert torch.allclose(_calculate(model_out, 3), sig)
     name = env.files()[0]
     assert name in env.load.INPUT_TYPES()["required"]["schedule"][0]
-    got2, _, _ = env.load.load(env.model, name, 3)
+    got2, _, _ = env.load_(env.model, name, 3)
     assert torch.allclose(got2, sig)
     other = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 8, 0.3, 9, "sd_discrete")[0]
     with pytest.raises(ValueError, match="another model"):
-        env.load.load(other, name, 3)
+        env.load_(other, name, 3)
     with pytest.raises(ValueError, match="no optimised schedule for this model"):
-        env.load.load(other, "latest for this model", 3)
+        env.load_(other, "latest for this model", 3)
     with pytest.raises(ValueError, match="not a FewStep schedule file name"):
-        env.load.load(env.model, "../../etc/passwd.json", 3)
+        env.load_(env.model, "../../etc/passwd.json", 3)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "edit_key", "bad_sigmas", "wrong_format"])
@@ -156,11 +164,11 @@ def test_damaged_cache_files_give_clear_errors(env, damage):
     with pytest.raises(ValueError, match="Delete it"):
         env.run()
     with pytest.raises(ValueError, match="Delete it"):
-        env.load.load(env.model, path.name, 3)
+        env.load_(env.model, path.name, 3)
     assert env.net().calls == calls  # refused before any model call
     # 'latest' skips the damaged file rather than failing on it.
     with pytest.raises(ValueError, match="no optimised schedule for this model"):
-        env.load.load(env.model, "latest for this model", 3)
+        env.load_(env.model, "latest for this model", 3)
 
 
 def test_bad_inputs_are_refused_before_any_model_call(env):
@@ -168,9 +176,9 @@ def test_bad_inputs_are_refused_before_any_model_call(env):
     with pytest.raises(ValueError, match="larger than the candidate grid"):
         env.run(steps=20)
     with pytest.raises(ValueError, match="negative: the conditioning is empty"):
-        env.opt.optimise(env.model, env.cond, [], 5.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
+        env.optimise(env.model, env.cond, [], 5.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
     with pytest.raises(ValueError, match="positive: the conditioning is empty"):
-        env.opt.optimise(env.model, [], env.cond, 1.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
+        env.optimise(env.model, [], env.cond, 1.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
     with pytest.raises(ValueError, match="sigma_max=80 is outside the model's sigma range"):
         env.run(sigma_max=80.0)
     with pytest.raises(ValueError, match="sigma_min=0.001 is outside"):
@@ -183,7 +191,7 @@ def test_bad_inputs_are_refused_before_any_model_call(env):
         env.run(refine_sweeps=1)
     assert env.net().calls == calls and env.files() == []
     # Empty negative is fine at cfg 1 (CFG does not use it).
-    env.opt.optimise(env.model, env.cond, [], 1.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
+    env.optimise(env.model, env.cond, [], 1.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
 
 
 def test_cancel_stops_cleanly_and_writes_nothing(env):
@@ -210,7 +218,7 @@ def test_cancel_stops_cleanly_and_writes_nothing(env):
 
 
 def test_refinement_and_latent_input(env):
-    sig, _, report = env.opt.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0,
+    sig, _, report = env.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0,
                                       latent={"samples": torch.zeros(1, 4, 6, 6)}, grid=12, holdout=2,
                                       refine_sweeps=1, refine_candidates=2)
     rec = json.loads((env.user / "fewstep" / "schedules" / env.files()[0]).read_text())
