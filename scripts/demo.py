@@ -7,7 +7,11 @@ model over HTTP, and write to the output folder:
   fewstep_lab_*.png      the plain KSampler example (example_workflows/lab_ksampler_api.json)
 
 Workflows posted: example_workflows/lab_accuracy_api.json (one per sampler x NFE, fields filled in)
-and example_workflows/lab_ksampler_api.json.
+and example_workflows/lab_ksampler_api.json. Rows: euler, dpmpp_2m and uni_pc on karras, plus the
+best ComfyUI and FewStep dropdown combinations at NFE 5-8 from docs/lab_accuracy.csv (written by
+scripts/bench_lab_accuracy.py) when it exists, else up to three FewStep samplers. The accuracy node
+builds sigmas the BasicScheduler way (no KSampler penultimate-sigma drop for uni_pc / dpm_2), so
+those rows can differ slightly from the benchmark's.
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ def best_from_benchmark(samplers, schedulers, nfes=(5, 6, 8)):
     with open(path) as fh:
         for r in csv.DictReader(fh):
             if r["dataset"] == "shapes" and int(r["nfe"]) in nfes and r["sampler"] in samplers \
-                    and r["schedule"] in schedulers and math.isfinite(float(r["rmse_mean"])):
+                    and r["schedule"] in schedulers and math.isfinite(float(r["rmse_mean"])) \
+                    and not r.get("same_as"):
                 errs.setdefault((r["origin"], r["sampler"], r["schedule"]), {})[int(r["nfe"])] = float(r["rmse_mean"])
     rows = []
     for origin in ("ComfyUI", "FewStep"):
