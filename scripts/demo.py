@@ -36,6 +36,13 @@ WORKFLOWS = REPO / "example_workflows"
 CORE_ROWS = [("euler", "karras"), ("dpmpp_2m", "karras"), ("uni_pc", "karras")]
 
 
+def combo_options(spec):
+    """Dropdown choices from /object_info: V1 nodes send [[choices], {...}], V3 nodes ["COMBO", {"options": [...]}]."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    return spec[1].get("options", []) if len(spec) > 1 else []
+
+
 def progress(done, total, t0, note=""):
     width = 24
     filled = int(width * done / max(total, 1))
@@ -64,25 +71,28 @@ def best_from_benchmark(samplers, schedulers, nfes=(5, 6, 8)):
         full = [(k, v) for k, v in errs.items() if k[0] == origin and len(v) == len(nfes)]
         if full:
             (_, sampler, sched), _ = min(full, key=lambda kv: sum(math.log(e) for e in kv[1].values()))
-            rows.append((sampler, sched))
+            rows.append((sampler, sched, origin))
     return rows
 
 
+PACK_PREFERRED = ("fewstep_dpmpp_3m", "fewstep_deis_tab3", "fewstep_dpmpp_2m")
+
+
 def choose_rows(samplers, schedulers, quick):
+    """(sampler, schedule, why) rows of the grid."""
     if quick:
-        return CORE_ROWS[:2]
-    rows = list(CORE_ROWS)
-    for row in best_from_benchmark(samplers, schedulers):
-        if row not in rows:
-            rows.append(row)
-    pack_samplers = [s for s in samplers if s.startswith("fewstep_")]
-    pack_sched = next((s for s in schedulers if s.startswith("fewstep_")), "karras")
-    for s in pack_samplers:
-        if len(rows) >= 6:
+        return [(s, sch, "common") for s, sch in CORE_ROWS[:2]]
+    rows = [(s, sch, "common") for s, sch in CORE_ROWS]
+    for s, sch, origin in best_from_benchmark(samplers, schedulers):
+        if all((s, sch) != r[:2] for r in rows):
+            rows.append((s, sch, f"best {origin} at NFE 5-8 in BENCHMARKS.md"))
+    pack = [s for s in PACK_PREFERRED if s in samplers] + [s for s in samplers if s.startswith("fewstep_")]
+    for s in pack:
+        if len(rows) >= 5:
             break
-        if not any(r[0] == s for r in rows):
-            rows.append((s, pack_sched))
-    return rows[:6]
+        if all(r[0] != s for r in rows):
+            rows.append((s, "karras", "FewStep sampler"))
+    return rows
 
 
 def wait_all(server, pending: dict, t0):
@@ -145,12 +155,14 @@ def main(argv=None):
             server.start()
             print(f"[demo] server up after {time.time() - t0:.1f} s", flush=True)
             info = server.get("/object_info/FewStepLabAccuracy")["FewStepLabAccuracy"]
-            schedulers = info["input"]["required"]["scheduler"][0]
-            samplers = server.get("/object_info/KSamplerSelect")["KSamplerSelect"]["input"]["required"]["sampler_name"][0]
+            schedulers = combo_options(info["input"]["required"]["scheduler"])
+            samplers = combo_options(
+                server.get("/object_info/KSamplerSelect")["KSamplerSelect"]["input"]["required"]["sampler_name"])
             rows = choose_rows(samplers, schedulers, args.quick)
             template = json.loads((WORKFLOWS / "lab_accuracy_api.json").read_text())
             pending = {}
-            for sampler, sched in rows:
+            for sampler, sched, why in rows:
+                print(f"[demo] row: {sampler} + {sched} ({why})", flush=True)
                 for n in nfes:
                     p = copy.deepcopy(template)
                     p["2"]["inputs"]["sampler_name"] = sampler
@@ -173,7 +185,7 @@ def main(argv=None):
             results = wait_all(server, pending, t0)
 
             # Grid: rows = sampler + schedule, columns = NFE, last column = the exact ODE sample.
-            row_labels = [f"{s} + {sch}" for s, sch in rows]
+            row_labels = [f"{s} + {sch}" for s, sch, _ in rows]
             cells, captions, errors, exact = [], [], {}, None
             for label in row_labels:
                 row, caps = [], []
