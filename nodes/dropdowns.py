@@ -3,8 +3,6 @@ parameters; the parameterised versions are the SAMPLER and SIGMAS nodes). Names 
 workflows and API prompts refer to them. The list is in README ("Samplers and schedules")."""
 import functools
 
-from ..samplers.catalog import SOLVERS
-from ..samplers.schedules import fscheduler_sigmas, timestep_power_sigmas
 from ._model_time import VP, time_table
 from ._registry import add_sampler, add_scheduler
 
@@ -26,18 +24,21 @@ DROPDOWN_SAMPLERS = {
 }
 
 
-def _dropdown_sampler(name, spec):
-    options = dict(spec.options)
-    if spec.multistep:
-        # KSamplerAdvanced splits and small step counts are routine here: run short chunks at lower order.
-        options["allow_short_schedule"] = True
+def _dropdown_sampler(name, key):
+    """The solver behind a dropdown entry; its module loads on first use, not at ComfyUI start-up."""
 
-    @functools.wraps(spec.fn)
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
+        from ..samplers.catalog import SOLVERS
+        spec = SOLVERS[key]
+        options = dict(spec.options)
+        if spec.multistep:
+            # KSamplerAdvanced splits and small step counts are routine here: run short chunks at lower order.
+            options["allow_short_schedule"] = True
         return spec.fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
                        **{**options, **kwargs})
 
     sample.__name__ = f"sample_{name}"
+    sample.__qualname__ = sample.__name__
     return sample
 
 
@@ -52,11 +53,13 @@ def fscheduler_for_steps(resolution: int, steps: int) -> dict:
 
 
 def timestep_power_scheduler(model_sampling, steps):
+    from ..samplers.schedules import timestep_power_sigmas
     table, _ = time_table(model_sampling, "fewstep_timestep_power")
     return timestep_power_sigmas(steps, table, rho_t=1.2)
 
 
 def _fscheduler(resolution, model_sampling, steps):
+    from ..samplers.schedules import fscheduler_sigmas
     table, kind = time_table(model_sampling, f"fewstep_fscheduler_{resolution}")
     return fscheduler_sigmas(steps, table, interpolation="alphas_cumprod" if kind == VP else "log_sigma",
                              **fscheduler_for_steps(resolution, steps))
@@ -71,7 +74,7 @@ DROPDOWN_SCHEDULERS = {
 
 def setup():
     for name, key in DROPDOWN_SAMPLERS.items():
-        add_sampler(name, _dropdown_sampler(name, SOLVERS[key]))
+        add_sampler(name, _dropdown_sampler(name, key))
     for name, handler in DROPDOWN_SCHEDULERS.items():
         add_scheduler(name, handler, use_ms=True)
 

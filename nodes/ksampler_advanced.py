@@ -9,7 +9,6 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..samplers.validation import check_non_negative, check_sigmas, check_steps
 
 
 def cut_schedule(sigmas, start_at_step, end_at_step, force_full_denoise):
@@ -62,6 +61,7 @@ class FewStepKSamplerAdvanced:
     def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                latent_image, start_at_step, end_at_step, return_with_leftover_noise, sampler=None, sigmas=None,
                denoise=1.0):
+        from ..samplers.validation import check_non_negative, check_sigmas, check_steps
         steps = check_steps(steps)
         start_at_step = int(check_non_negative(start_at_step, "start_at_step"))
         end_at_step = int(check_non_negative(end_at_step, "end_at_step"))

@@ -3,11 +3,7 @@ option of each solver family. They wrap the pure solvers in ComfyUI's KSAMPLER, 
 scaling, inpaint masks and previews."""
 import comfy.samplers
 
-from ..samplers.deis import AB_ORDERS, RK_METHODS, sample_deis_rhoab, sample_deis_rhork, sample_deis_tab
-from ..samplers.dpmpp import sample_dpmpp_1s, sample_dpmpp_2m, sample_dpmpp_2s, sample_dpmpp_3m
-from ..samplers.edm import sample_edm
-from ..samplers.validation import (check_choice, check_non_negative, check_order, check_positive,
-                                   check_range)
+from ..samplers.constants import AB_ORDERS, DPMPP_SOLVERS, RK_METHODS
 
 CATEGORY = "FewStep/samplers"
 _LOF = ("BOOLEAN", {"default": False, "tooltip": "Drop to order 1 on the last step (and 2 on the one before for "
@@ -31,7 +27,7 @@ class FewStepSamplerDPMPP:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "solver": (["1s", "2s", "2m", "3m"], {"default": "2m", "tooltip": "Which DPM-Solver++ variant."}),
+            "solver": (list(DPMPP_SOLVERS), {"default": "2m", "tooltip": "Which DPM-Solver++ variant."}),
             "r": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 1.0, "step": 0.01,
                             "tooltip": "2S only: intermediate point at lambda + r h (0.5 = midpoint in log-sigma)."}),
             "lower_order_final": _LOF,
@@ -39,12 +35,14 @@ class FewStepSamplerDPMPP:
         }}
 
     def get_sampler(self, solver, r=0.5, lower_order_final=False, allow_short_schedule=False):
-        check_choice(solver, ("1s", "2s", "2m", "3m"), "solver")
+        from ..samplers import dpmpp  # solvers load on first use, not at ComfyUI start-up
+        from ..samplers.validation import check_choice, check_range
+        check_choice(solver, DPMPP_SOLVERS, "solver")
         if solver == "1s":
-            return (make_sampler(sample_dpmpp_1s),)
+            return (make_sampler(dpmpp.sample_dpmpp_1s),)
         if solver == "2s":
-            return (make_sampler(sample_dpmpp_2s, r=check_range(r, "r", 0.0, 1.0, low_open=True)),)
-        fn = sample_dpmpp_2m if solver == "2m" else sample_dpmpp_3m
+            return (make_sampler(dpmpp.sample_dpmpp_2s, r=check_range(r, "r", 0.0, 1.0, low_open=True)),)
+        fn = dpmpp.sample_dpmpp_2m if solver == "2m" else dpmpp.sample_dpmpp_3m
         return (make_sampler(fn, lower_order_final=bool(lower_order_final),
                              allow_short_schedule=bool(allow_short_schedule)),)
 
@@ -74,15 +72,17 @@ class FewStepSamplerDEIS:
 
     def get_sampler(self, method, order=3, rk_method="kutta", lower_order_final=False, allow_short_schedule=False,
                     beta_min=0.1, beta_d=19.9):
+        from ..samplers import deis
+        from ..samplers.validation import check_choice, check_order, check_positive
         check_choice(method, ("tab", "rhoab", "rhork"), "method")
         if method == "rhork":
-            return (make_sampler(sample_deis_rhork, method=check_choice(rk_method, RK_METHODS, "rk_method")),)
+            return (make_sampler(deis.sample_deis_rhork, method=check_choice(rk_method, RK_METHODS, "rk_method")),)
         options = dict(order=check_order(order, AB_ORDERS, family=f"DEIS {method}"),
                        lower_order_final=bool(lower_order_final), allow_short_schedule=bool(allow_short_schedule))
         if method == "tab":
             options.update(beta_min=check_positive(beta_min, "beta_min"), beta_d=check_positive(beta_d, "beta_d"))
-            return (make_sampler(sample_deis_tab, **options),)
-        return (make_sampler(sample_deis_rhoab, **options),)
+            return (make_sampler(deis.sample_deis_tab, **options),)
+        return (make_sampler(deis.sample_deis_rhoab, **options),)
 
 
 class FewStepSamplerEDM:
@@ -109,6 +109,8 @@ class FewStepSamplerEDM:
         }}
 
     def get_sampler(self, alpha=1.0, s_churn=0.0, s_tmin=0.0, s_tmax=1000.0, s_noise=1.0):
+        from ..samplers.edm import sample_edm
+        from ..samplers.validation import check_non_negative, check_range
         check_range(alpha, "alpha", 0.0, 1.0, low_open=True)
         check_non_negative(s_churn, "s_churn")
         check_non_negative(s_noise, "s_noise")

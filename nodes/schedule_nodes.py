@@ -1,8 +1,6 @@
 """SIGMAS nodes: Karras, timestep-power and F-scheduler schedules with every parameter exposed."""
 
-from ..samplers.schedules import (FSCHEDULER_PRESETS, denoise_tail, fscheduler_sigmas, karras_sigmas,
-                                  timestep_power_sigmas)
-from ..samplers.validation import check_choice, check_non_negative
+from ..samplers.constants import FSCHEDULER_PRESETS, INTERPOLATIONS
 from ._model_time import VP, sigma_range, time_table
 
 CATEGORY = "FewStep/schedules"
@@ -45,6 +43,8 @@ class FewStepKarrasSigmas:
         }}
 
     def build(self, steps, sigma_max, sigma_min, rho, append_zero=True, denoise=1.0, model=None):
+        from ..samplers.schedules import denoise_tail, karras_sigmas
+        from ..samplers.validation import check_non_negative
         lo, hi = check_non_negative(sigma_min, "sigma_min"), check_non_negative(sigma_max, "sigma_max")
         if lo == 0 or hi == 0:
             if model is None:
@@ -75,12 +75,13 @@ class FewStepTimestepPowerSigmas:
                                 "tooltip": "Last timestep before the trailing 0; -1 = 0 (the model's sigma_min)."}),
             "append_zero": ("BOOLEAN", {"default": True, "tooltip": "On: steps points t_max..t_min, then sigma 0. "
                                         "Off: steps+1 points ending at sigma(t_min) > 0."}),
-            "interpolation": (["log_sigma", "alphas_cumprod"], {"default": "log_sigma",
+            "interpolation": (list(INTERPOLATIONS), {"default": "log_sigma",
                               "tooltip": "sigma(t) between training steps: log-sigma (ComfyUI) or alphas_cumprod (paper code)."}),
             "denoise": _DENOISE,
         }}
 
     def build(self, model, steps, rho_t, t_max, t_min, append_zero, interpolation, denoise=1.0):
+        from ..samplers.schedules import denoise_tail, timestep_power_sigmas
         table, _ = time_table(_model_sampling(model), "the timestep-power schedule")
         make = lambda n: timestep_power_sigmas(n, table, rho_t, _time_t(t_max, "t_max"), _time_t(t_min, "t_min"),
                                                append_zero, interpolation)
@@ -120,8 +121,10 @@ class FewStepFSchedulerSigmas:
         }}
 
     def build(self, model, preset, steps, p1, p2, grid_points, stop_index, t_max, interpolation, denoise=1.0):
+        from ..samplers.schedules import denoise_tail, fscheduler_sigmas
+        from ..samplers.validation import check_choice
         table, kind = time_table(_model_sampling(model), "the F-scheduler")
-        check_choice(interpolation, ("auto", "alphas_cumprod", "log_sigma"), "interpolation")
+        check_choice(interpolation, ("auto",) + INTERPOLATIONS, "interpolation")
         if interpolation == "auto":
             interpolation = "alphas_cumprod" if kind == VP else "log_sigma"
         params = dict(steps=steps, p1=p1, p2=p2, grid_points=grid_points, stop_index=stop_index)

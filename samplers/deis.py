@@ -16,7 +16,9 @@ approximate eps over the step:
   that ends at sigma = 0 is an Euler step (the slope is undefined at sigma = 0).
 
 Order 1 of either AB variant is DDIM = Euler in sigma space. Multistep orders warm up from 1; with
-lower_order_final (default) the last steps drop to orders 2, 1 (dpm-solver convention).
+lower_order_final the last steps drop to orders 2, 1 (dpm-solver convention). As in every FewStep
+solver, a move to sigma = 0 is first order and returns the denoised estimate; a schedule that ends
+at sigma > 0 (F-scheduler) keeps the full order on its last move.
 """
 from __future__ import annotations
 
@@ -25,12 +27,11 @@ from functools import lru_cache
 
 import torch
 
+from .constants import AB_ORDERS, RK_METHODS  # noqa: F401  (re-exported)
 from .common import Stepper, step_order, steps, to_d
 from .validation import (check_choice, check_multistep_length, check_order, check_positive,
                          check_sigmas)
 
-AB_ORDERS = (1, 2, 3)
-RK_METHODS = ("euler", "heun", "kutta", "rk4")
 _QUAD_POINTS = 24
 
 # Butcher tableaux (c, a, b) for dx/dsigma.
@@ -92,6 +93,9 @@ def _sample_ab(model, x, sigmas, extra_args, callback, disable, order, lower_ord
         eps = to_d(x, s[i], denoised)
         tau = s[i] if time_fn is None else time_fn(s[i])
         history = (history + [(tau, eps)])[-order:]
+        if s[i + 1] == 0:  # the move to 0 is first order: it lands on the denoised estimate
+            x = denoised
+            continue
         k = min(step_order(order, i, n, lower_order_final), len(history))
         used = history[-k:]
         weights = lagrange_weights([t for t, _ in used], s[i], s[i + 1], time_fn)

@@ -61,9 +61,9 @@ def sample_dpmpp_2s(model, x, sigmas, extra_args=None, callback=None, disable=No
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None,
                     lower_order_final=False, allow_short_schedule=False):
     """DPM-Solver++(2M), multistep second order (the paper's Algorithm 2, as in k-diffusion):
-    D_eff = (1 + 1/(2 r)) D_i - 1/(2 r) D_{i-1}, r = h_{i-1} / h_i. The first step is first order;
-    with lower_order_final (default) so is the last step, whether it ends at 0 or at sigma > 0.
-    On a schedule ending at 0 this is ComfyUI's dpmpp_2m. 1 NFE/step."""
+    D_eff = (1 + 1/(2 r)) D_i - 1/(2 r) D_{i-1}, r = h_{i-1} / h_i. The first step and a step to
+    sigma = 0 are first order; with lower_order_final so is the last step when it ends at sigma > 0.
+    With the defaults this is ComfyUI's dpmpp_2m on any schedule. 1 NFE/step."""
     check_sigmas(sigmas)
     check_multistep_length(sigmas, 2, allow_short_schedule, solver="DPM++ 2M")
     run = Stepper(model, x, sigmas, extra_args, callback)

@@ -1,5 +1,4 @@
 """Schedules (pure maths, no ComfyUI): published values, formulas' properties, bad inputs."""
-import math
 
 import pytest
 import torch
