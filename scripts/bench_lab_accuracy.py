@@ -304,7 +304,7 @@ def publish(rows, meta, write=True):
         w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         w.writeheader()
         for r in sorted(rows, key=lambda r: (r["dataset"], r["nfe"], r["rmse_mean"])):
-            w.writerow({k: r[k] for k in CSV_COLUMNS})
+            w.writerow({k: (f"{r[k]:.5g}" if isinstance(r[k], float) else r[k]) for k in CSV_COLUMNS})
     (docs / "lab_accuracy.json").write_text(json.dumps(meta, indent=1) + "\n")
     write_section(REPO / "BENCHMARKS.md", md)
     print(f"[bench] wrote BENCHMARKS.md, {plot_path.relative_to(REPO)}, docs/lab_accuracy.csv, docs/lab_accuracy.json")
