@@ -25,6 +25,7 @@ class FewStepKarrasSigmas:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "build"
+    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (nodes/sigma_graph.py)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -61,6 +62,7 @@ class FewStepTimestepPowerSigmas:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "build"
+    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (nodes/sigma_graph.py)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -96,6 +98,7 @@ class FewStepFSchedulerSigmas:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "build"
+    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (nodes/sigma_graph.py)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -5,6 +5,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 eval "$(bash "$ROOT/scripts/host.sh")"
 export COMFYUI_PATH FEWSTEP_PYTHON
+bash "$ROOT/scripts/browser.sh"   # Debian Chromium for tests/test_browser_*.py (once)
 cd "$ROOT"
 start=$(date +%s)
 set +e

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,9 @@ sys.path.insert(0, str(REPO / "tests"))
 def comfy(tmp_path_factory):
     """(nodes, pack): the real ComfyUI imported in-process with the pack loaded by ComfyUI."""
     from comfy_host import load_inprocess
-    return load_inprocess(tmp_path_factory.mktemp("comfy-base"))
+    # FEWSTEP_TEST_DEVICE=gpu runs the in-process tests on ComfyUI's own device choice.
+    cpu = os.environ.get("FEWSTEP_TEST_DEVICE", "cpu") == "cpu"
+    return load_inprocess(tmp_path_factory.mktemp("comfy-base"), cpu=cpu)
 
 
 @pytest.fixture(scope="session")
