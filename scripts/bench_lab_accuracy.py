@@ -49,10 +49,9 @@ def load_comfy(device: str):
         if spec is None or not spec.submodule_search_locations:
             sys.exit("ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout (or run through scripts/host.sh)")
         os.environ["COMFYUI_PATH"] = str(Path(list(spec.submodule_search_locations)[0]).parent)
-    os.environ["FEWSTEP_TEST_DEVICE"] = device
-    sys.path.insert(0, str(REPO / "tests"))
-    from comfy_host import load_inprocess
-    return load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-")))
+    sys.path.insert(0, str(REPO / "scripts"))
+    from comfy_inprocess import load_inprocess
+    return load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-")), cpu=(device == "cpu"))
 
 
 class Entry:
