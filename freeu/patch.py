@@ -51,6 +51,7 @@ class FreeUPatch:
         return (f"FreeUPatch(stages={self.stages}, threshold={self.threshold}, version={self.version!r}, "
                 f"window={self.window})")
 
+    @torch.compiler.disable  # a host-side decision; compiled UNets take it as a graph break
     def gate(self, transformer_options: dict, batch: int):
         """True (all samples on), False (all off) or a bool mask over the batch."""
         if self.window.covers_everything:
