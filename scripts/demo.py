@@ -4,10 +4,10 @@ model over HTTP, and write to the output folder:
   lab_grid.png           samples of a few samplers x model calls (NFE), next to the exact ODE sample
   lab_error_vs_nfe.png   their measured error (RMSE vs the exact sample) against NFE
   lab_accuracy_plot.png  the accuracy node's own plot for one run
-  fewstep_lab_*.png      the plain KSampler example (example_workflows/lab_ksampler_api.json)
+  fewstep_lab_*.png      the plain KSampler example (example_workflows/api/lab_ksampler_api.json)
 
-Workflows posted: example_workflows/lab_accuracy_api.json (one per sampler x NFE, fields filled in)
-and example_workflows/lab_ksampler_api.json. Rows: euler, dpmpp_2m and uni_pc on karras, plus the
+Workflows posted: example_workflows/api/lab_accuracy_api.json (one per sampler x NFE, fields filled in)
+and example_workflows/api/lab_ksampler_api.json. Rows: euler, dpmpp_2m and uni_pc on karras, plus the
 best ComfyUI and FewStep dropdown combinations at NFE 5-8 from docs/lab_accuracy.csv (written by
 scripts/bench_lab_accuracy.py) when it exists, else up to three FewStep samplers. The accuracy node
 builds sigmas the BasicScheduler way (no KSampler penultimate-sigma drop for uni_pc / dpm_2), so
@@ -32,7 +32,7 @@ from comfy_server import REPO, ComfyServer  # noqa: E402
 sys.path.insert(0, str(REPO))
 from samplers.plotting import Series, image_grid, line_plot  # noqa: E402  (Pillow only, no ComfyUI)
 
-WORKFLOWS = REPO / "example_workflows"
+WORKFLOWS = REPO / "example_workflows" / "api"  # API-format twins (headless use)
 CORE_ROWS = [("euler", "karras"), ("dpmpp_2m", "karras"), ("uni_pc", "karras")]
 
 
@@ -181,7 +181,7 @@ def main(argv=None):
                 raise RuntimeError(f"/prompt refused the KSampler workflow: {json.dumps(body)[:1500]}")
             pending[body["prompt_id"]] = "ksampler example"
             print(f"[demo] queued {len(pending)} API workflows: {len(rows)} samplers x NFE {nfes} "
-                  f"(example_workflows/lab_accuracy_api.json) + example_workflows/lab_ksampler_api.json", flush=True)
+                  f"(example_workflows/api/lab_accuracy_api.json) + example_workflows/api/lab_ksampler_api.json", flush=True)
             results = wait_all(server, pending, t0)
 
             # Grid: rows = sampler + schedule, columns = NFE, last column = the exact ODE sample.
