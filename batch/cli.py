@@ -20,7 +20,7 @@ The output folder holds manifest.jsonl (one JSON line per job event) and one sub
 Running the same command again resumes: jobs recorded done are never sent again.
 
 example:
-  python -m batch example_workflows/lab_ksampler_api.json --server 127.0.0.1:8188 --server 127.0.0.1:8189 \\
+  python -m batch example_workflows/api/lab_ksampler_api.json --server 127.0.0.1:8188 --server 127.0.0.1:8189 \\
       --sweep KSampler.sampler_name=euler,dpmpp_2m --sweep KSampler.steps=4,6,8 --set "Empty Latent.width=64" \\
       --out runs/sampler-steps
 exit status: 0 every job done, 1 some job failed or was not run, 2 bad input (nothing sent)."""

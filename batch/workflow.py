@@ -14,7 +14,7 @@ class InputError(ValueError):
 
 EXPORT_HINT = ("The batch runner needs the API format. In ComfyUI open the workflow and use "
                "Workflow menu > Export (API) (older frontends: Settings > enable 'Dev mode', then "
-               "'Save (API Format)'); the example_workflows/*_api.json files are in that format.")
+               "'Save (API Format)'); the example_workflows/api/*_api.json files are in that format.")
 
 
 def load_workflow(path) -> dict:

@@ -68,6 +68,9 @@ def _axis_projector(n: int, freqs, sign: float) -> torch.Tensor:
     return out / n
 
 
+# Bases are built on the host, once per size: torch.compile (ComfyUI's TorchCompileModel) must not
+# trace into them, so these builders run eagerly and their results enter the graph as inputs.
+@torch.compiler.disable
 @lru_cache(maxsize=256)
 def low_frequency_operator(height: int, width: int, threshold: int):
     """The filter's change as basis matrices, float64 on the CPU, built once per size:
@@ -99,6 +102,7 @@ def _dense_operator(height: int, width: int, threshold: int):
 _device_cache: dict = {}
 
 
+@torch.compiler.disable
 def _on_device(key, build):
     hit = _device_cache.get(key)
     if hit is None:

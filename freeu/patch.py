@@ -51,6 +51,7 @@ class FreeUPatch:
         return (f"FreeUPatch(stages={self.stages}, threshold={self.threshold}, version={self.version!r}, "
                 f"window={self.window})")
 
+    @torch.compiler.disable  # a host-side decision; compiled UNets take it as a graph break
     def gate(self, transformer_options: dict, batch: int):
         """True (all samples on), False (all off) or a bool mask over the batch."""
         if self.window.covers_everything:
@@ -61,8 +62,10 @@ class FreeUPatch:
                                "(transformer_options['sigmas'] is missing)")
         if not torch.is_tensor(sigmas):
             sigmas = torch.as_tensor(sigmas)
+        # ComfyUI runs prompts under torch.inference_mode(), whose tensors have no version counter.
+        version = None if sigmas.is_inference() else sigmas._version
         last = self._last
-        if last is not None and last[0] is sigmas and last[1] == sigmas._version:
+        if last is not None and last[0] is sigmas and last[1] == version:
             decision = last[2]
         else:
             # One small device-to-host read per model call; the other output blocks reuse it.
@@ -73,7 +76,7 @@ class FreeUPatch:
                 decision = False
             else:
                 decision = torch.tensor(flags, dtype=torch.bool)
-            self._last = (sigmas, sigmas._version, decision)
+            self._last = (sigmas, version, decision)
         if isinstance(decision, torch.Tensor):
             if batch % decision.numel() != 0:
                 raise RuntimeError(f"FewStep FreeU: batch {batch} is not a multiple of the "

@@ -36,9 +36,8 @@ class Stepper:
         self.s = [float(v) for v in sigmas.detach().to("cpu", torch.float64)]
 
     def denoise(self, x, sigma):
-        if not torch.is_tensor(sigma):
-            sigma = torch.tensor(sigma, dtype=self.sigmas.dtype, device=self.sigmas.device)
-        return self.model(x, sigma * self.s_in, **self.extra_args)
+        # A python-float sigma scales s_in on the device: no host-to-device copy (a sync on CUDA).
+        return self.model(x, (sigma if torch.is_tensor(sigma) else float(sigma)) * self.s_in, **self.extra_args)
 
     def report(self, i, x, denoised, sigma_hat=None):
         if self.callback is not None:

@@ -272,4 +272,5 @@ def compile_check(nodes, recipe, patcher, pos, neg, latent, device):
 
 
 if __name__ == "__main__":
-    main()
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        main()

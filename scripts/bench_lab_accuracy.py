@@ -1,7 +1,7 @@
 """Ground-truth sampler benchmark on the exact-denoiser lab: error vs model calls (NFE).
 
 Every deterministic sampler x scheduler — ComfyUI's own and FewStep's (`fewstep_*` dropdown
-entries plus the pack's SAMPLER / SIGMAS nodes at their defaults, found at run time) — runs
+entries, found at run time; --with-nodes adds the pack's SAMPLER / SIGMAS nodes at their defaults) — runs
 through ComfyUI's real sampling path on the lab MODEL at equal model calls (NFE 5, 6, 8, 10, 15,
 20 by default: a sampler with two calls per step gets half the steps; combinations that cannot
 make exactly N calls are skipped). Each output is compared with the exact probability-flow ODE
@@ -49,10 +49,9 @@ def load_comfy(device: str):
         if spec is None or not spec.submodule_search_locations:
             sys.exit("ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout (or run through scripts/host.sh)")
         os.environ["COMFYUI_PATH"] = str(Path(list(spec.submodule_search_locations)[0]).parent)
-    os.environ["FEWSTEP_TEST_DEVICE"] = device
-    sys.path.insert(0, str(REPO / "tests"))
-    from comfy_host import load_inprocess
-    return load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-")))
+    sys.path.insert(0, str(REPO / "scripts"))
+    from comfy_inprocess import load_inprocess
+    return load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-")), cpu=(device == "cpu"))
 
 
 class Entry:
@@ -85,7 +84,7 @@ def _fill_defaults(cls, model, steps):
     return kwargs
 
 
-def discover(pack, runner):
+def discover(pack, runner, with_nodes=False):
     import comfy.samplers
     discard = comfy.samplers.KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS
     samplers, schedulers = [], []
@@ -96,7 +95,7 @@ def discover(pack, runner):
         origin = "FewStep" if name.startswith("fewstep_") else "ComfyUI"
         schedulers.append(Entry(name, origin, lambda model, steps, discard_pen, n=name:
                                 runner.schedule_sigmas(model, n, steps, discard_pen)))
-    for node_id, cls in sorted(pack.NODE_CLASS_MAPPINGS.items()):
+    for node_id, cls in sorted(pack.NODE_CLASS_MAPPINGS.items()) if with_nodes else ():
         returns = tuple(getattr(cls, "RETURN_TYPES", ()))
         if not hasattr(cls, "INPUT_TYPES") or not hasattr(cls, "FUNCTION"):
             continue
@@ -146,16 +145,25 @@ def main(argv=None):
     ap.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE))
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--schedule", default="sd_discrete", choices=["sd_discrete", "edm"], help="lab model noise schedule")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=64,
+                    help="samples per run (64: at NFE 5 the error is mostly the rate of trajectories that end in "
+                         "the wrong mixture component, and 16 samples left 2x seed-to-seed swings)")
     ap.add_argument("--size", type=int, default=16, help="latent height/width (4 channels)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda to run the lab model on the GPU")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: the lab's matrices are tiny, and extra threads only "
                          "spin when the cores are shared)")
+    ap.add_argument("--with-nodes", action="store_true",
+                    help="also the pack's SAMPLER / SIGMAS nodes at their default settings (these mostly repeat "
+                         "dropdown entries, so they are off by default)")
     ap.add_argument("--only", default="", help="regex: keep only samplers/schedules whose name matches (quick looks)")
+    ap.add_argument("--render", action="store_true",
+                    help="only rebuild BENCHMARKS.md section and plot from docs/lab_accuracy.csv/.json")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md / docs/")
     args = ap.parse_args(argv)
+    if args.render:
+        return render_saved()
     if min(args.nfe) < 1 or args.batch < 1 or args.size < 2:
         ap.error("--nfe values and --batch must be >= 1, --size >= 2")
 
@@ -169,7 +177,7 @@ def main(argv=None):
     reference = sys.modules[pack.__name__ + ".samplers.reference"]
     lab = sys.modules[pack.__name__ + ".nodes.lab"]
 
-    samplers, schedulers = discover(pack, runner)
+    samplers, schedulers = discover(pack, runner, args.with_nodes)
     if args.only:
         rx = re.compile(args.only)
         samplers = [s for s in samplers if rx.search(s.name)] or samplers
@@ -203,9 +211,8 @@ def main(argv=None):
         denoiser = runner.lab_denoiser(model)
         sigma_min = float(model.get_model_object("model_sampling").sigma_min)
         noise = runner.make_noise(args.seed, args.batch, args.size)
-        runs, starts = [], {}
+        jobs = []
         for s in deterministic:
-            sampler = s.make(model)
             for sch in schedulers:
                 for n, steps in plan[(s.name, sch.name)].items():
                     if steps is None:
@@ -213,66 +220,137 @@ def main(argv=None):
                     try:
                         sig = sch.make(model, steps, s.discard_penultimate)
                         accuracy.check_sigmas(sig)
-                        run = runner.run_sampler(model, sampler, sig.float(), noise, args.seed)
                     except Exception as e:
                         print(f"[bench] {s.name} + {sch.name} @ {n}: {type(e).__name__}: {e}", file=sys.stderr)
                         continue
-                    if run.log.nfe != n:
-                        continue  # probe and full-size run disagree: not an equal-NFE point
-                    kind, s_end = accuracy.end_convention(sig.double().tolist(), run.output, run.log)
-                    starts.setdefault(round(float(sig[0]), 9), run.x_start)
-                    runs.append(dict(sampler=s, schedule=sch, nfe=n, steps=steps, sigmas=sig.double().tolist(),
-                                     output=run.output, kind=kind, s_end=s_end))
-        # One certified reference per starting sigma, with every end point any run needs.
-        by_start = {}
-        for r in runs:
-            by_start.setdefault(round(r["sigmas"][0], 9), []).append(r)
-        for s0, group in by_start.items():
-            points = {sigma_min} | {r["s_end"] for r in group}
-            ref = reference.reference_states(denoiser, starts[s0], group[0]["sigmas"][0], points)
-            d = lambda x, s: denoiser(x, torch.full((x.shape[0],), s, dtype=torch.float64))
-            sample = d(ref.at(sigma_min), sigma_min)
-            for r in group:
-                out = r["output"].double()
-                endpoint = d(ref.at(r["s_end"]), r["s_end"]) if r["kind"] == "denoise" else ref.at(r["s_end"])
-                e = reference.per_sample_rmse(out, sample)
-                ee = reference.per_sample_rmse(out, endpoint)
-                finite = bool(torch.isfinite(out).all())
-                rows.append(dict(dataset=ds, sampler=r["sampler"].name, schedule=r["schedule"].name,
-                                 origin="FewStep" if "FewStep" in (r["sampler"].origin, r["schedule"].origin) else "ComfyUI",
-                                 nfe=r["nfe"], steps=r["steps"],
-                                 rmse_mean=float(e.mean()) if finite else math.inf,
-                                 rmse_median=float(e.median()) if finite else math.inf,
-                                 endpoint_rmse_mean=float(ee.mean()) if finite else math.inf,
-                                 end=("%s@%.4g" % (r["kind"], r["s_end"])), ref_discrepancy=ref.discrepancy))
-        print(f"[bench] {ds}: {len(runs)} runs scored after {time.time() - t_start:.0f} s", flush=True)
+                    jobs.append((s, sch, n, steps, sig.float()))
+        # One certified reference per starting sigma, holding every end point a run can need (the last
+        # sigma, or the one before a final 0, or 0); others are solved on demand.
+        refs, starts = {}, {}
+        for _, _, _, _, sig in jobs:
+            key = round(float(sig[0]), 9)
+            starts.setdefault(key, (float(sig[0]), runner.start_latent(model, sig, noise), set()))
+            tail = sig.double().tolist()
+            starts[key][2].update({tail[-1]} if tail[-1] > 0 else {tail[-2], 0.0})
+        for key, (s0, x0, points) in starts.items():
+            refs[key] = reference.reference_states(denoiser, x0, s0, points | {sigma_min})
+
+        def state(key, sigma):
+            ref = refs[key]
+            if float(sigma) not in ref.states:
+                s0, x0, _ = starts[key]
+                ref.states.update(reference.reference_states(denoiser, x0, s0, [float(sigma)]).states)
+            return ref.at(float(sigma))
+
+        d = lambda x, s: denoiser(x, torch.full((x.shape[0],), s, dtype=torch.float64))
+        samples = {key: d(refs[key].at(sigma_min), sigma_min) for key in refs}
+        for s, sch, n, steps, sig in jobs:
+            try:
+                run = runner.run_sampler(model, s.make(model), sig, noise, args.seed)
+            except Exception as e:
+                print(f"[bench] {s.name} + {sch.name} @ {n}: {type(e).__name__}: {e}", file=sys.stderr)
+                continue
+            if run.log.nfe != n:
+                continue  # probe and full-size run disagree: not an equal-NFE point
+            key = round(float(sig[0]), 9)
+            kind, s_end = accuracy.end_convention(sig.double().tolist(), run.output, run.log)
+            out = run.output.double()
+            finite = bool(torch.isfinite(out).all())
+            endpoint = d(state(key, s_end), s_end) if kind == "denoise" else state(key, s_end)
+            e = reference.per_sample_rmse(out, samples[key])
+            ee = reference.per_sample_rmse(out, endpoint)
+            rows.append(dict(dataset=ds, sampler=s.name, schedule=sch.name,
+                             origin="FewStep" if "FewStep" in (s.origin, sch.origin) else "ComfyUI",
+                             nfe=n, steps=steps,
+                             rmse_mean=float(e.mean()) if finite else math.inf,
+                             rmse_median=float(e.median()) if finite else math.inf,
+                             rmse_se=float(e.std() / math.sqrt(len(e))) if finite and len(e) > 1 else math.nan,
+                             endpoint_rmse_mean=float(ee.mean()) if finite else math.inf,
+                             end="%s@%.4g" % (kind, s_end), ref_discrepancy=refs[key].discrepancy,
+                             errs=e, same_as=""))
+        mark_builtin_duplicates([r for r in rows if r["dataset"] == ds])
+        print(f"[bench] {ds}: {sum(r['dataset'] == ds for r in rows)} runs scored after {time.time() - t_start:.0f} s", flush=True)
 
     elapsed = time.time() - t_start
+    try:
+        from comfyui_version import __version__ as comfy_version
+    except ImportError:
+        comfy_version = "unknown"
     meta = dict(args=vars(args), elapsed_s=elapsed, stochastic=[s.name for s in stochastic],
+                comfy_version=comfy_version, torch=torch.__version__, machine=platform.machine(),
+                date=datetime.date.today().isoformat(),
                 samplers=[(s.name, s.origin) for s in deterministic], schedules=[(s.name, s.origin) for s in schedulers])
-    md = markdown(rows, meta)
-    print(md)
-    if not args.no_write:
-        docs = REPO / "docs"
-        docs.mkdir(exist_ok=True)
-        plot_path = docs / "lab_accuracy.png"
-        error_plot(rows, args).save(plot_path)
-        with open(docs / "lab_accuracy.csv", "w", newline="") as fh:
-            cols = ["dataset", "origin", "sampler", "schedule", "nfe", "steps", "rmse_mean", "rmse_median",
-                    "endpoint_rmse_mean", "end", "ref_discrepancy"]
-            w = csv.DictWriter(fh, fieldnames=cols)
-            w.writeheader()
-            for r in sorted(rows, key=lambda r: (r["dataset"], r["nfe"], r["rmse_mean"])):
-                w.writerow({k: r[k] for k in cols})
-        write_section(REPO / "BENCHMARKS.md", md)
-        print(f"[bench] wrote BENCHMARKS.md, {plot_path.relative_to(REPO)}, docs/lab_accuracy.csv")
+    publish(rows, meta, write=not args.no_write)
     print(f"[bench] total {time.time() - t_start:.0f} s")
     return rows
 
 
+CSV_COLUMNS = ["dataset", "origin", "sampler", "schedule", "nfe", "steps", "rmse_mean", "rmse_median", "rmse_se",
+               "endpoint_rmse_mean", "end", "ref_discrepancy", "same_as"]
+
+
+def publish(rows, meta, write=True):
+    """Prints the markdown; with write, also BENCHMARKS.md (own section), the plot, the CSV and its meta."""
+    md = markdown(rows, meta)
+    print(md)
+    if not write:
+        return
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    plot_path = docs / "lab_accuracy.png"
+    error_plot(rows, meta["args"]["nfe"], meta["args"]["datasets"]).save(plot_path)
+    with open(docs / "lab_accuracy.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in sorted(rows, key=lambda r: (r["dataset"], r["nfe"], r["rmse_mean"])):
+            w.writerow({k: (f"{r[k]:.5g}" if isinstance(r[k], float) else r[k]) for k in CSV_COLUMNS})
+    (docs / "lab_accuracy.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_section(REPO / "BENCHMARKS.md", md)
+    print(f"[bench] wrote BENCHMARKS.md, {plot_path.relative_to(REPO)}, docs/lab_accuracy.csv, docs/lab_accuracy.json")
+
+
+def render_saved():
+    """Rebuilds the tables and the plot from docs/lab_accuracy.csv + .json (no sampling)."""
+    meta = json.loads((REPO / "docs" / "lab_accuracy.json").read_text())
+    rows = []
+    with open(REPO / "docs" / "lab_accuracy.csv") as fh:
+        for r in csv.DictReader(fh):
+            for k in ("rmse_mean", "rmse_median", "rmse_se", "endpoint_rmse_mean", "ref_discrepancy"):
+                r[k] = float(r[k])
+            r["nfe"], r["steps"] = int(r["nfe"]), int(r["steps"])
+            rows.append(r)
+    publish(rows, meta)
+
+
+def mark_builtin_duplicates(rows):
+    """A FewStep row whose every per-sample error equals a ComfyUI row's at the same NFE (the pack part
+    changed nothing: e.g. dpm_fast ignores intermediate sigmas, fewstep_dpmpp_2m is dpmpp_2m) is not
+    credited to FewStep; same_as names the built-in twin."""
+    import bisect
+    import torch
+    by_nfe = {}
+    for r in rows:
+        if r["origin"] == "ComfyUI" and math.isfinite(r["rmse_mean"]):
+            by_nfe.setdefault(r["nfe"], []).append(r)
+    for lst in by_nfe.values():
+        lst.sort(key=lambda r: r["rmse_mean"])
+    for r in rows:
+        if r["origin"] != "FewStep" or not math.isfinite(r["rmse_mean"]):
+            continue
+        lst = by_nfe.get(r["nfe"], [])
+        means = [c["rmse_mean"] for c in lst]
+        # float32 rounding differs between two codings of one method: ~1e-5 relative on each error
+        i = bisect.bisect_left(means, r["rmse_mean"] * (1 - 1e-4) - 1e-6)
+        while i < len(lst) and lst[i]["rmse_mean"] <= r["rmse_mean"] * (1 + 1e-4) + 1e-6:
+            if torch.allclose(r["errs"], lst[i]["errs"], rtol=1e-4, atol=1e-6):
+                r["same_as"] = f"{lst[i]['sampler']} + {lst[i]['schedule']}"
+                break
+            i += 1
+
+
 def best(rows, dataset, nfe, origin):
     cands = [r for r in rows if r["dataset"] == dataset and r["nfe"] == nfe and r["origin"] == origin
-             and math.isfinite(r["rmse_mean"])]
+             and math.isfinite(r["rmse_mean"]) and not r["same_as"]]
     return min(cands, key=lambda r: r["rmse_mean"]) if cands else None
 
 
@@ -282,27 +360,27 @@ def _gmean(vals):
 
 def top_combos(rows, dataset, origin, nfes, k):
     """Combos present at every NFE, ranked by the geometric mean of their error."""
-    combos = {}
+    combos, twin = {}, {}
     for r in rows:
         if r["dataset"] == dataset and r["origin"] == origin and math.isfinite(r["rmse_mean"]) and r["rmse_mean"] > 0:
             combos.setdefault((r["sampler"], r["schedule"]), {})[r["nfe"]] = r["rmse_mean"]
-    full = {c: v for c, v in combos.items() if all(n in v for n in nfes)}
-    return sorted(full.items(), key=lambda cv: _gmean(list(cv[1].values())))[:k]
+            twin.setdefault((r["sampler"], r["schedule"]), []).append(bool(r["same_as"]))
+    full = {c: v for c, v in combos.items() if all(n in v for n in nfes) and not all(twin[c])}
+    out = []
+    for combo, errs in sorted(full.items(), key=lambda cv: _gmean(list(cv[1].values()))):
+        # one result under two names (cfg_pp twins at cfg 1, node defaults) is listed once
+        if not any(all(abs(errs[n] - e[n]) <= 1e-3 * e[n] for n in nfes) for _, e in out):
+            out.append((combo, errs))
+    return out[:k]
 
 
 def markdown(rows, meta) -> str:
     args = meta["args"]
     nfes = sorted(set(args["nfe"]))
-    import torch
-    import comfy
-    try:
-        from comfyui_version import __version__ as comfy_version
-    except ImportError:
-        comfy_version = "unknown"
     lines = [SECTION_START, "## Lab accuracy: error vs model calls (exact-denoiser lab)", ""]
     lines += [
-        f"Measured {datetime.date.today().isoformat()} with `python scripts/bench_lab_accuracy.py` "
-        f"(ComfyUI {comfy_version}, torch {torch.__version__}, {platform.machine()} {args['device']}, "
+        f"Measured {meta['date']} with `python scripts/bench_lab_accuracy.py` "
+        f"(ComfyUI {meta['comfy_version']}, torch {meta['torch']}, {meta['machine']} {args['device']}, "
         f"{meta['elapsed_s']:.0f} s). Lab model `{args['schedule']}` (sigma 0.0292-14.61), latent 4x{args['size']}x{args['size']}, "
         f"batch {args['batch']}, noise seed {args['seed']}. Data sets: "
         + ", ".join(f"`{k}` ({v[1]} components, spread {v[2]})" for k, v in DATASETS.items() if k in args["datasets"]) + ".",
@@ -311,11 +389,16 @@ def markdown(rows, meta) -> str:
         "ODE from the same initial latent to sigma_min, then the final denoise (float64, adaptive RK45, two "
         "tolerances must agree). Equal model calls (NFE), not equal steps; a sampler/schedule that cannot make "
         "exactly N calls has no entry at N. \"FewStep\" = a pack sampler or a pack schedule is involved; "
-        "\"ComfyUI\" = both built in. Target: FewStep's best <= 0.5 x ComfyUI's best at NFE 5, 6, 8.",
+        "\"ComfyUI\" = both built in; a FewStep combination that reproduces a built-in result exactly (e.g. "
+        "dpm_fast ignores the intermediate sigmas; fewstep_dpmpp_2m is the same method as dpmpp_2m) is not credited "
+        "to FewStep. ± is the standard error of the batch mean. Target: FewStep's best <= 0.5 x ComfyUI's best at "
+        "NFE 5, 6, 8.",
         "",
         f"Deterministic samplers ranked: {len(meta['samplers'])} "
         f"({sum(o == 'FewStep' for _, o in meta['samplers'])} FewStep); schedules: {len(meta['schedules'])} "
-        f"({sum(o == 'FewStep' for _, o in meta['schedules'])} FewStep). Stochastic, not ranked: "
+        f"({sum(o == 'FewStep' for _, o in meta['schedules'])} FewStep). FewStep samplers: "
+        + (", ".join(n for n, o in meta["samplers"] if o == "FewStep") or "none") + "; FewStep schedules: "
+        + (", ".join(n for n, o in meta["schedules"] if o == "FewStep") or "none") + ". Stochastic, not ranked: "
         + (", ".join(meta["stochastic"]) or "none") + ".",
         "",
     ]
@@ -329,9 +412,9 @@ def markdown(rows, meta) -> str:
             target = ("met" if ratio is not None and ratio <= 0.5 else "missed") if n in (5, 6, 8) else ""
             if p is None and n in (5, 6, 8):
                 target = "no FewStep entry"
-            lines.append(
-                f"| {n} | {c['sampler'] + ' + ' + c['schedule'] if c else '-'} | {c['rmse_mean']:.4g} |" if c else f"| {n} | - | - |")
-            lines[-1] += (f" {p['sampler']} + {p['schedule']} | {p['rmse_mean']:.4g} |" if p else " - | - |")
+            lines.append(f"| {n} | {c['sampler']} + {c['schedule']} | {c['rmse_mean']:.3g} ± {c['rmse_se']:.1g} |"
+                         if c else f"| {n} | - | - |")
+            lines[-1] += (f" {p['sampler']} + {p['schedule']} | {p['rmse_mean']:.3g} ± {p['rmse_se']:.1g} |" if p else " - | - |")
             lines[-1] += f" {ratio:.2f} | {target} |" if ratio is not None else f" - | {target} |"
         lines.append("")
         for origin in ("ComfyUI", "FewStep"):
@@ -360,12 +443,12 @@ def write_section(path: Path, md: str):
     path.write_text(text)
 
 
-def error_plot(rows, args):
+def error_plot(rows, nfes, datasets):
     sys.path.insert(0, str(REPO))
     from samplers.plotting import Series, hstack, line_plot
-    nfes = sorted(set(args.nfe))
+    nfes = sorted(set(nfes))
     panels = []
-    for ds in args.datasets:
+    for ds in datasets:
         series = []
         for origin, color, dash in (("ComfyUI", "#1f77b4", False), ("FewStep", "#d62728", False)):
             pts = [(n, best(rows, ds, n, origin)) for n in nfes]
@@ -373,19 +456,18 @@ def error_plot(rows, args):
             if pts:
                 series.append(Series(f"{origin} best at each NFE", [n for n, _ in pts], [e for _, e in pts],
                                      color=color, width=3))
-        extra = [("ComfyUI", 2, "#6baed6"), ("FewStep", 2, "#fc9272")]
-        for origin, k, color in extra:
-            for (sampler, sched), errs in top_combos(rows, ds, origin, nfes, k):
+        shades = {"ComfyUI": ("#6baed6", "#08519c"), "FewStep": ("#fc9272", "#a50f15")}
+        for origin, colors in shades.items():
+            for ((sampler, sched), errs), color in zip(top_combos(rows, ds, origin, nfes, 2), colors):
                 series.append(Series(f"{sampler} + {sched}", nfes, [errs[n] for n in nfes], color=color, dash=True,
                                      marker="s" if origin == "FewStep" else "^", width=1.5))
-                color = "#2171b5" if origin == "ComfyUI" else "#cb181d"
-        for combo in (("euler", "karras"), ("dpmpp_2m", "karras")):
-            pts = [(r["nfe"], r["rmse_mean"]) for r in rows if r["dataset"] == ds and (r["sampler"], r["schedule"]) == combo]
-            pts.sort()
+        for combo, marker in ((("euler", "karras"), "o"), (("dpmpp_2m", "karras"), "s")):
+            pts = sorted((r["nfe"], r["rmse_mean"]) for r in rows
+                         if r["dataset"] == ds and (r["sampler"], r["schedule"]) == combo)
             if pts:
-                series.append(Series(" + ".join(combo), [n for n, _ in pts], [e for _, e in pts], color="#7f7f7f",
-                                     dash=True, marker="o", width=1.2))
-        panels.append(line_plot(series, title=f"lab `{ds}`: error vs model calls", xlabel="NFE (model calls)",
+                series.append(Series(" + ".join(combo) + " (common default)", [n for n, _ in pts],
+                                     [e for _, e in pts], color="#8c8c8c", dash=True, marker=marker, width=1.2))
+        panels.append(line_plot(series, title=f"lab data set {ds}: error vs model calls", xlabel="NFE (model calls)",
                                 ylabel="RMSE vs exact ODE sample", xlog=True, ylog=True, xticks=nfes,
                                 size=(760, 460)))
     return hstack(panels)

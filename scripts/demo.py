@@ -4,10 +4,14 @@ model over HTTP, and write to the output folder:
   lab_grid.png           samples of a few samplers x model calls (NFE), next to the exact ODE sample
   lab_error_vs_nfe.png   their measured error (RMSE vs the exact sample) against NFE
   lab_accuracy_plot.png  the accuracy node's own plot for one run
-  fewstep_lab_*.png      the plain KSampler example (example_workflows/lab_ksampler_api.json)
+  fewstep_lab_*.png      the plain KSampler example (example_workflows/api/lab_ksampler_api.json)
 
-Workflows posted: example_workflows/lab_accuracy_api.json (one per sampler x NFE, fields filled in)
-and example_workflows/lab_ksampler_api.json.
+Workflows posted: example_workflows/api/lab_accuracy_api.json (one per sampler x NFE, fields filled in)
+and example_workflows/api/lab_ksampler_api.json. Rows: euler, dpmpp_2m and uni_pc on karras, plus the
+best ComfyUI and FewStep dropdown combinations at NFE 5-8 from docs/lab_accuracy.csv (written by
+scripts/bench_lab_accuracy.py) when it exists, else up to three FewStep samplers. The accuracy node
+builds sigmas the BasicScheduler way (no KSampler penultimate-sigma drop for uni_pc / dpm_2), so
+those rows can differ slightly from the benchmark's.
 """
 from __future__ import annotations
 
@@ -28,8 +32,15 @@ from comfy_server import REPO, ComfyServer  # noqa: E402
 sys.path.insert(0, str(REPO))
 from samplers.plotting import Series, image_grid, line_plot  # noqa: E402  (Pillow only, no ComfyUI)
 
-WORKFLOWS = REPO / "example_workflows"
+WORKFLOWS = REPO / "example_workflows" / "api"  # API-format twins (headless use)
 CORE_ROWS = [("euler", "karras"), ("dpmpp_2m", "karras"), ("uni_pc", "karras")]
+
+
+def combo_options(spec):
+    """Dropdown choices from /object_info: V1 nodes send [[choices], {...}], V3 nodes ["COMBO", {"options": [...]}]."""
+    if isinstance(spec[0], list):
+        return spec[0]
+    return spec[1].get("options", []) if len(spec) > 1 else []
 
 
 def progress(done, total, t0, note=""):
@@ -52,32 +63,36 @@ def best_from_benchmark(samplers, schedulers, nfes=(5, 6, 8)):
     with open(path) as fh:
         for r in csv.DictReader(fh):
             if r["dataset"] == "shapes" and int(r["nfe"]) in nfes and r["sampler"] in samplers \
-                    and r["schedule"] in schedulers and math.isfinite(float(r["rmse_mean"])):
+                    and r["schedule"] in schedulers and math.isfinite(float(r["rmse_mean"])) \
+                    and not r.get("same_as"):
                 errs.setdefault((r["origin"], r["sampler"], r["schedule"]), {})[int(r["nfe"])] = float(r["rmse_mean"])
     rows = []
     for origin in ("ComfyUI", "FewStep"):
         full = [(k, v) for k, v in errs.items() if k[0] == origin and len(v) == len(nfes)]
         if full:
             (_, sampler, sched), _ = min(full, key=lambda kv: sum(math.log(e) for e in kv[1].values()))
-            rows.append((sampler, sched))
+            rows.append((sampler, sched, origin))
     return rows
 
 
+PACK_PREFERRED = ("fewstep_dpmpp_3m", "fewstep_deis_tab3", "fewstep_dpmpp_2m")
+
+
 def choose_rows(samplers, schedulers, quick):
+    """(sampler, schedule, why) rows of the grid."""
     if quick:
-        return CORE_ROWS[:2]
-    rows = list(CORE_ROWS)
-    for row in best_from_benchmark(samplers, schedulers):
-        if row not in rows:
-            rows.append(row)
-    pack_samplers = [s for s in samplers if s.startswith("fewstep_")]
-    pack_sched = next((s for s in schedulers if s.startswith("fewstep_")), "karras")
-    for s in pack_samplers:
-        if len(rows) >= 6:
+        return [(s, sch, "common") for s, sch in CORE_ROWS[:2]]
+    rows = [(s, sch, "common") for s, sch in CORE_ROWS]
+    for s, sch, origin in best_from_benchmark(samplers, schedulers):
+        if all((s, sch) != r[:2] for r in rows):
+            rows.append((s, sch, f"best {origin} at NFE 5-8 in BENCHMARKS.md"))
+    pack = [s for s in PACK_PREFERRED if s in samplers] + [s for s in samplers if s.startswith("fewstep_")]
+    for s in pack:
+        if len(rows) >= 5:
             break
-        if not any(r[0] == s for r in rows):
-            rows.append((s, pack_sched))
-    return rows[:6]
+        if all(r[0] != s for r in rows):
+            rows.append((s, "karras", "FewStep sampler"))
+    return rows
 
 
 def wait_all(server, pending: dict, t0):
@@ -140,12 +155,14 @@ def main(argv=None):
             server.start()
             print(f"[demo] server up after {time.time() - t0:.1f} s", flush=True)
             info = server.get("/object_info/FewStepLabAccuracy")["FewStepLabAccuracy"]
-            schedulers = info["input"]["required"]["scheduler"][0]
-            samplers = server.get("/object_info/KSamplerSelect")["KSamplerSelect"]["input"]["required"]["sampler_name"][0]
+            schedulers = combo_options(info["input"]["required"]["scheduler"])
+            samplers = combo_options(
+                server.get("/object_info/KSamplerSelect")["KSamplerSelect"]["input"]["required"]["sampler_name"])
             rows = choose_rows(samplers, schedulers, args.quick)
             template = json.loads((WORKFLOWS / "lab_accuracy_api.json").read_text())
             pending = {}
-            for sampler, sched in rows:
+            for sampler, sched, why in rows:
+                print(f"[demo] row: {sampler} + {sched} ({why})", flush=True)
                 for n in nfes:
                     p = copy.deepcopy(template)
                     p["2"]["inputs"]["sampler_name"] = sampler
@@ -164,11 +181,11 @@ def main(argv=None):
                 raise RuntimeError(f"/prompt refused the KSampler workflow: {json.dumps(body)[:1500]}")
             pending[body["prompt_id"]] = "ksampler example"
             print(f"[demo] queued {len(pending)} API workflows: {len(rows)} samplers x NFE {nfes} "
-                  f"(example_workflows/lab_accuracy_api.json) + example_workflows/lab_ksampler_api.json", flush=True)
+                  f"(example_workflows/api/lab_accuracy_api.json) + example_workflows/api/lab_ksampler_api.json", flush=True)
             results = wait_all(server, pending, t0)
 
             # Grid: rows = sampler + schedule, columns = NFE, last column = the exact ODE sample.
-            row_labels = [f"{s} + {sch}" for s, sch in rows]
+            row_labels = [f"{s} + {sch}" for s, sch, _ in rows]
             cells, captions, errors, exact = [], [], {}, None
             for label in row_labels:
                 row, caps = [], []

@@ -3,7 +3,7 @@ into the UI format (what ComfyUI's template browser loads) and its API-format tw
 plus the checks the tests run against a server's /object_info.
 
 Regenerate after changing a node's inputs (starts a headless ComfyUI to read /object_info):
-    python scripts/workflow_templates.py            # writes example_workflows/fewstep_*.json
+    python scripts/workflow_templates.py            # writes example_workflows/fewstep_*.json and api/ twins
 """
 from __future__ import annotations
 
@@ -304,7 +304,8 @@ def write_all(object_info: dict, out_dir: Path = OUT_DIR) -> list:
     written = []
     for name in TEMPLATES:
         for suffix, data in (("", ui_workflow(name, object_info)), ("_api", api_prompt(name))):
-            path = out_dir / f"{name}{suffix}.json"
+            # API twins go to api/: the template browser lists example_workflows/*.json as UI graphs
+            path = (out_dir / "api" if suffix else out_dir) / f"{name}{suffix}.json"
             path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
             written.append(path)
     return written

@@ -16,7 +16,7 @@ from batch.sweep import coerce, expand, raw_values
 from batch.workflow import check_api_format, job_key, load_workflow, resolve_node
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = json.loads((REPO / "example_workflows" / "lab_ksampler_api.json").read_text())
+WORKFLOW = json.loads((REPO / "example_workflows" / "api" / "lab_ksampler_api.json").read_text())
 # /object_info entries in the server's own shapes: old-style combo (a list) and new-style ("COMBO", options)
 INFO = {
     "KSampler": {"input": {"required": {

@@ -24,7 +24,7 @@ from batch.manifest import read_records
 from batch.sweep import expand
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW = REPO / "example_workflows" / "lab_ksampler_api.json"
+WORKFLOW = REPO / "example_workflows" / "api" / "lab_ksampler_api.json"
 SMALL = ["Empty Latent.width=64", "Empty Latent.height=64", "Empty Latent.batch_size=1"]  # 8x8 latent
 FAST = Options(timeout=120, job_retries=2, server_retries=2, backoff=0.2, poll=1.0)
 WAIT = 120  # bound on every wait inside the event hooks

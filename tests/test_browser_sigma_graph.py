@@ -220,7 +220,7 @@ def test_preview_node_draws_core_sigmas_after_the_run(page):
     assert before["ink"] > 50  # ... but the "run the prompt" message is
     # the widget is not part of the workflow or the prompt
     prompt = page.js(f"{APP}.graphToPrompt().then(p => p.output)")
-    api_twin = json.loads((REPO / "example_workflows" / "sigma_preview_api.json").read_text())
+    api_twin = json.loads((REPO / "example_workflows" / "api" / "sigma_preview_api.json").read_text())
     assert {k: v["inputs"] for k, v in prompt.items()} == {k: v["inputs"] for k, v in api_twin.items()}
     saved = page.js(f"{APP}.graph.serialize().nodes.find(n => n.id === 3).widgets_values")
     assert not saved

@@ -65,7 +65,7 @@ print(ok, time.perf_counter() - t0)
 
 
 def test_example_workflow_runs_over_http(server):
-    prompt = json.loads((REPO / "example_workflows" / "lab_ksampler_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "lab_ksampler_api.json").read_text())
     entry = server.run_prompt(prompt)
     images = entry["outputs"]["6"]["images"]
     assert len(images) == 4
@@ -77,7 +77,7 @@ def test_example_workflow_runs_over_http(server):
 
 
 def test_bad_workflow_is_refused_with_node_errors(server):
-    prompt = json.loads((REPO / "example_workflows" / "lab_ksampler_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "lab_ksampler_api.json").read_text())
     prompt["1"]["inputs"]["components"] = 0
     status, body = server.post("/prompt", {"prompt": prompt})
     assert status == 400 and "1" in body.get("node_errors", {}), body

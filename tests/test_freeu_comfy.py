@@ -157,8 +157,9 @@ def recorders(log):
     return before, after
 
 
+@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])  # ComfyUI's executor: inference_mode
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_gating_on_heun_through_ksampler(comfy, unet, version):
+def test_gating_on_heun_through_ksampler(comfy, unet, version, grad_mode):
     gen = torch.Generator().manual_seed(228)
     """Heun evaluates σ_k twice (corrector of step k-1, then step k): a window from step k must
     be on for both — deciding by σ, not by counting calls."""
@@ -175,7 +176,7 @@ def test_gating_on_heun_through_ksampler(comfy, unet, version):
     assert len(output_block_patches(model)) == 3
     cond = [[torch.randn(1, 3, 16, generator=gen), {}]]
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
-    with torch.no_grad():
+    with getattr(torch, grad_mode)():
         out = nodes.common_ksampler(model, 3, steps, 2.0, "heun", "karras", cond, cond, latent)[0]["samples"]
     assert torch.isfinite(out).all()
     calls = sorted({s for s, _, _ in log}, reverse=True)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_accuracy_workflow_over_http(server):
-    prompt = json.loads((REPO / "example_workflows" / "lab_accuracy_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "lab_accuracy_api.json").read_text())
     prompt["3"]["inputs"].update(batch_size=4, steps=6)
     entry = server.run_prompt(prompt)
     acc = entry["outputs"]["3"]["fewstep_accuracy"][0]

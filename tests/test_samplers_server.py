@@ -47,7 +47,7 @@ def _load_latent(server, entry, node):
 def test_fscheduler_split_workflow_over_http(server):
     """The example workflow: F-scheduler SIGMAS + DPM++ 1S SAMPLER into FewStep KSampler Advanced, once
     in one node and once split at end_at_step into two chained nodes: the same latent."""
-    prompt = json.loads((REPO / "example_workflows" / "fewstep_fscheduler_split_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "fewstep_fscheduler_split_api.json").read_text())
     entry = server.run_prompt(prompt)
     full, split = _load_latent(server, entry, "9"), _load_latent(server, entry, "10")
     assert full.shape == (2, 4, 8, 8) and torch.isfinite(full).all()
@@ -58,7 +58,7 @@ def test_fscheduler_split_workflow_over_http(server):
 @pytest.mark.parametrize("sampler, scheduler", [("fewstep_deis_tab3", "fewstep_fscheduler_1024"),
                                                 ("fewstep_edm_stochastic", "fewstep_timestep_power")])
 def test_ksampler_with_fewstep_dropdown_names_over_http(server, sampler, scheduler):
-    prompt = json.loads((REPO / "example_workflows" / "lab_ksampler_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "lab_ksampler_api.json").read_text())
     prompt["3"]["inputs"].update(width=64, height=64, batch_size=1)
     prompt["4"]["inputs"].update(sampler_name=sampler, scheduler=scheduler, steps=6)
     entry = server.run_prompt(prompt)
@@ -66,7 +66,7 @@ def test_ksampler_with_fewstep_dropdown_names_over_http(server, sampler, schedul
 
 
 def test_refused_schedule_reports_a_clear_error_over_http(server):
-    prompt = json.loads((REPO / "example_workflows" / "lab_ksampler_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "lab_ksampler_api.json").read_text())
     prompt["1"]["inputs"]["schedule"] = "edm"
     prompt["3"]["inputs"].update(width=64, height=64, batch_size=1)
     prompt["4"]["inputs"].update(scheduler="fewstep_fscheduler_512", steps=6)

@@ -256,7 +256,7 @@ def test_graph_equals_the_run_over_http(server):
     """The live graph's numbers (route) equal the SIGMAS the prompt computes, shown by the preview
     node; and a core scheduler's SIGMAS reach the preview unchanged."""
     import comfy.k_diffusion.sampling as kds
-    prompt = json.loads((REPO / "example_workflows" / "sigma_graphs_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "sigma_graphs_api.json").read_text())
     entry = server.run_prompt(prompt)
     node = prompt["3"]
     params = {k: str(v).lower() if isinstance(v, bool) else str(v)
@@ -266,7 +266,7 @@ def test_graph_equals_the_run_over_http(server):
     assert entry["outputs"]["4"]["fewstep_sigmas"] == pytest.approx(body["sigmas"], rel=1e-6)
     assert body["sigma_stop"] is not None
 
-    core = json.loads((REPO / "example_workflows" / "sigma_preview_api.json").read_text())
+    core = json.loads((REPO / "example_workflows" / "api" / "sigma_preview_api.json").read_text())
     values = server.run_prompt(core)["outputs"]["3"]["fewstep_sigmas"]
     assert values == pytest.approx(kds.get_sigmas_karras(8, 0.0291675, 14.614642).tolist(), rel=1e-4)
     assert values[-1] == 0 and all(math.isfinite(v) for v in values)
