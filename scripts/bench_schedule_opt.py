@@ -144,7 +144,8 @@ def run_lab(args):
                     return f"{float((errs[col] < k).double().mean()):.0%}"
                 rows.append(dict(ds=ds, sampler=sampler, n=n, errs={c: (float(e.mean()), float(e.median())) for c, e in errs.items()},
                                  pick=res.chosen, win=win("optimised"), win_r=win("+refine")))
-                schedules[(ds, sampler, n)] = (res.sigmas, ref_r.sigmas)
+                dp_best = min((v for v in res.dp), key=lambda v: res.train_errors[v])
+                schedules[(ds, sampler, n)] = (res.sigmas, ref_r.sigmas, dp_best, res.dp[dp_best].schedule(n))
                 timings.append((ds, sampler, n, t_opt, res.calls, t_ref, ref_r.calls))
                 r = rows[-1]["errs"]
                 print(f"[bench] {ds} {sampler} N={n}: Karras {r['Karras'][0]:.4f}  opt {r['optimised'][0]:.4f} "
@@ -187,10 +188,12 @@ def markdown(rows, schedules, timings, args):
     for ds, sampler, n, t_opt, calls, t_ref, rcalls in timings:
         out.append(f"| {ds} | {sampler} | {n} | {t_opt:.1f} | {calls} | {t_ref:.1f} | {rcalls} |")
     out += ["", "Schedules (sigmas) for the SD/SDXL range on the default lab model (shapes), DPM++ 2M:", ""]
-    for (ds, sampler, n), (opt, refd) in schedules.items():
+    fmt = lambda t: ", ".join(f"{v:.4f}" for v in t.tolist())  # noqa: E731
+    for (ds, sampler, n), (opt, refd, dp_name, dp_path) in schedules.items():
         if ds == "shapes" and sampler == "dpmpp_2m" and n in (6, 8):
-            out.append(f"- N={n} optimised: `{', '.join(f'{v:.4f}' for v in opt.tolist())}`")
-            out.append(f"- N={n} +refine: `{', '.join(f'{v:.4f}' for v in refd.tolist())}`")
+            out.append(f"- N={n} best DP path ({dp_name}): `{fmt(dp_path)}`")
+            out.append(f"- N={n} optimised (selected): `{fmt(opt)}`")
+            out.append(f"- N={n} +refine: `{fmt(refd)}`")
     out.append(SECTION_END)
     return "\n".join(out)
 
