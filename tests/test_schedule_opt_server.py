@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_schedule_opt_workflow_runs_over_http(server):
     info = server.get("/object_info/KSampler")["KSampler"]["input"]["required"]
     assert "fewstep_optimized" in info["scheduler"][0]
-    prompt = json.loads((REPO / "example_workflows" / "lab_schedule_opt_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "lab_schedule_opt_api.json").read_text())
     entry = server.run_prompt(prompt)
     assert len(entry["outputs"]["6"]["images"]) == 4
     files = list((server.base / "user" / "fewstep" / "schedules").glob("*.json"))
@@ -20,7 +20,7 @@ def test_schedule_opt_workflow_runs_over_http(server):
 
 
 def test_dropdown_without_a_schedule_reports_how_to_make_one(server):
-    prompt = json.loads((REPO / "example_workflows" / "lab_schedule_opt_api.json").read_text())
+    prompt = json.loads((REPO / "example_workflows" / "api" / "lab_schedule_opt_api.json").read_text())
     del prompt["7"]
     prompt["1"]["inputs"]["seed"] = 123  # a model no schedule was made for
     prompt["4"]["inputs"]["model"] = ["1", 0]
