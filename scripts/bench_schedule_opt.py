@@ -248,11 +248,10 @@ def build_sdxl(tiny: bool, dtype, seed=0):
 
 
 def run_sdxl(args):
-    os.environ["FEWSTEP_TEST_DEVICE"] = "cpu" if args.tiny else "cuda"
     _comfy_path()
     sys.path.insert(0, str(REPO / "tests"))
     from comfy_host import load_inprocess
-    nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-sdxl-")))
+    nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-sdxl-")), cpu=args.tiny)
     dtype = torch.float32 if args.tiny else torch.float16
     model = build_sdxl(args.tiny, dtype)
     ctx = 64 if args.tiny else 2048
