@@ -212,48 +212,16 @@ def write_section(path: Path, md: str):
 # ---------------------------------------------------------------------------------------------
 # SDXL timing through the real node
 
-TINY_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-             "model_channels": 32, "num_res_blocks": [1, 1], "transformer_depth": [0, 1], "channel_mult": [1, 2],
-             "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": 64,
-             "num_head_channels": 16, "transformer_depth_output": [0, 0, 1, 1], "use_temporal_attention": False,
-             "use_temporal_resblock": False}
-SDXL_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-             "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-             "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
-             "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
-             "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-             "use_temporal_attention": False, "use_temporal_resblock": False}
-
-
-def build_sdxl(tiny: bool, dtype, seed=0):
-    """SDXL (or a tiny SDXL-shaped) UNet through ComfyUI's own classes, random weights, in a ModelPatcher."""
-    import comfy.model_management as mm
-    import comfy.model_patcher
-    import comfy.supported_models
-    cfg_dict = dict(TINY_UNET if tiny else SDXL_UNET, dtype=dtype)
-    cfg = comfy.supported_models.SDXL(cfg_dict)
-    cfg.set_inference_dtype(dtype, None)
-    offload = mm.unet_offload_device()
-    model = cfg.get_model({}, "", device=offload)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # ComfyUI's layers skip init (weights come from files): give them small random values
-        for name, p in model.diffusion_model.named_parameters():
-            if p.ndim == 1:
-                p.fill_(1.0 if "norm" in name and name.endswith("weight") else 0.0)
-            else:
-                fan_in = p[0].numel()
-                p.copy_((torch.randn(p.shape, generator=g) / math.sqrt(fan_in)).to(p.dtype))
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=offload)
-
-
 def run_sdxl(args):
     _comfy_path()
     sys.path.insert(0, str(REPO / "tests"))
     from comfy_host import load_inprocess
     nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-sdxl-")), cpu=args.tiny)
     dtype = torch.float32 if args.tiny else torch.float16
-    model = build_sdxl(args.tiny, dtype)
+    sys.path.insert(0, str(REPO / "scripts"))
+    import random_unet
+    model = random_unet.build(random_unet.TINY_SDXL_UNET if args.tiny else random_unet.SDXL_UNET, dtype=dtype,
+                              family="sdxl")
     ctx = 64 if args.tiny else 2048
     g = torch.Generator().manual_seed(1)
     size = 64 if args.tiny else 1024

@@ -19,6 +19,16 @@ SDXL_UNET = {
     "use_temporal_attention": False, "use_temporal_resblock": False,
 }
 
+# SDXL's block structure (label embedding, linear transformers) at a width a CPU runs in milliseconds.
+TINY_SDXL_UNET = {
+    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+    "model_channels": 32, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+    "transformer_depth": [0, 1], "transformer_depth_middle": 1, "transformer_depth_output": [0, 0, 1, 1],
+    "use_spatial_transformer": True, "use_linear_in_transformer": True, "context_dim": 64,
+    "num_head_channels": 16, "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816,
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
 TINY_SD15_UNET = {
     "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
     "model_channels": 32, "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 4],

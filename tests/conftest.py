@@ -29,3 +29,13 @@ def server(tmp_path_factory):
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: extra torch threads only spin when the cores are shared (restored after)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,13 +13,7 @@ from samplers.reference import (ReferenceNotConverged, per_sample_rmse, referenc
 SIGMA_MAX, SIGMA_MIN = 14.6146, 0.0292
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: extra torch threads only spin when the cores are shared (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def x_start(shape=(4, 4, 4, 4), sigma=SIGMA_MAX, seed=0):

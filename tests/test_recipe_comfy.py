@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from comfy_host import recording
+
 from test_recipe_math import PUBLISHED_FREEU, PUBLISHED_SIGMAS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # random_unet
@@ -24,15 +26,6 @@ def recipe(nodes, model, res, steps, solver="unipc_fs", **kw):
     return nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]().build(model, RES.get(res, res), steps, solver, **kw)
 
 
-def recording(model):
-    m = model.clone()
-    m.seen = []
-
-    def wrapper(apply, args):
-        m.seen.append(float(args["timestep"].reshape(-1)[0]))
-        return apply(args["input"], args["timestep"], **args["c"])
-    m.set_model_unet_function_wrapper(wrapper)
-    return m
 
 
 def run(model, sampler, sigmas, cond, shape=(1, 4, 8, 8), cfg=1.0, seed=0):

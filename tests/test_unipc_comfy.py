@@ -5,6 +5,8 @@ import sys
 import pytest
 import torch
 
+from comfy_host import recording
+
 # Published 1024² schedules (fscheduler.md §1.3), used here only as sigma lists to sample along.
 SDXL_6 = [14.6146, 5.2124, 2.4311, 1.3238, 0.7560, 0.3937, 0.0600]
 SDXL_8 = [14.6146, 6.5481, 3.4672, 2.0671, 1.3238, 0.8711, 0.5597, 0.3171, 0.0600]
@@ -14,16 +16,6 @@ def lab(nodes, dataset="shapes", components=8, spread=0.05):
     return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build(dataset, components, spread, 0, "sd_discrete")[0]
 
 
-def recording(model):
-    """A clone whose every UNet call appends its sigma to .seen (through ComfyUI's wrapper hook)."""
-    m = model.clone()
-    m.seen = []
-
-    def wrapper(apply, args):
-        m.seen.append(float(args["timestep"].reshape(-1)[0]))
-        return apply(args["input"], args["timestep"], **args["c"])
-    m.set_model_unet_function_wrapper(wrapper)
-    return m
 
 
 def sample(nodes, model, sampler, sigmas, seed=3, shape=(2, 4, 8, 8), cfg=1.0):
