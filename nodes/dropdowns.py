@@ -43,13 +43,13 @@ def _dropdown_sampler(name, key):
 
 
 def fscheduler_for_steps(resolution: int, steps: int) -> dict:
-    """Published F-scheduler settings extended to any step count: 512px uses K(8, 5)[6] up to 6 steps and
-    K(12, 7)[9] above; 1024px uses K(12, 12)[9] up to 5 steps and K(12, 12)[10] above (p1 = 1.2)."""
-    if resolution == 512:
-        return dict(p1=1.2, p2=5.0, grid_points=8, stop_index=6) if steps <= 6 else \
-            dict(p1=1.2, p2=7.0, grid_points=12, stop_index=9)
-    return dict(p1=1.2, p2=12.0, grid_points=12, stop_index=9) if steps <= 5 else \
-        dict(p1=1.2, p2=12.0, grid_points=12, stop_index=10)
+    """Published F-scheduler settings extended to any step count by the recipe's grid rule
+    (samplers/recipe.grid_preset): 512px uses K(8, 5)[6] up to 6 steps and K(12, 7)[9] above;
+    1024px uses K(12, 12)[9] up to 5 steps and K(12, 12)[10] above (p1 = 1.2)."""
+    from ..samplers.recipe import grid_preset
+    from ..samplers.schedules import FSCHEDULER_PRESETS
+    name, _ = grid_preset(str(resolution), steps)
+    return {k: v for k, v in FSCHEDULER_PRESETS[name].items() if k != "steps"}
 
 
 def timestep_power_scheduler(model_sampling, steps):

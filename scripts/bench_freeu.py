@@ -21,19 +21,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def import_comfy(path: str | None, want_cpu: bool):
-    root = path or os.environ.get("COMFYUI_PATH")
-    if not root or not (Path(root) / "comfy").is_dir():
-        sys.exit("set COMFYUI_PATH (or --comfyui) to a ComfyUI checkout")
-    sys.path.insert(0, root)
-    import comfy.options
-    comfy.options.enable_args_parsing(False)  # keep ComfyUI away from this script's argv
-    import comfy.cli_args
-    if want_cpu:
-        comfy.cli_args.args.cpu = True
-    import comfy.model_management  # noqa: F401
-
-
 def comfy_node_patch(node_cls, model, b1, b2, s1, s2):
     """The output_block_patch function ComfyUI's own FreeU node installs (V1 or V3 node class)."""
     node = node_cls()
@@ -55,7 +42,9 @@ def main():
     args = ap.parse_args()
 
     import torch
-    import_comfy(args.comfyui, want_cpu=not torch.cuda.is_available())
+    sys.path.insert(0, str(REPO / "scripts"))
+    from gpu_env import setup_comfy, time_ms
+    setup_comfy(cpu=not torch.cuda.is_available(), root=args.comfyui)
     import comfy.model_management as mm
     from comfy_extras.nodes_freelunch import FreeU, FreeU_V2
     sys.path.insert(0, str(REPO))
@@ -97,17 +86,6 @@ def main():
     }
     names = list(variants)
 
-    def timed_call(fn):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end)
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
 
     name = (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU")
     comfy_version = "?"
@@ -147,7 +125,7 @@ def main():
             samples = {n: [] for n in names}
             for r in range(repeats):
                 for n in names[r % len(names):] + names[: r % len(names)]:
-                    samples[n].append(timed_call(lambda: call(variants[n])))
+                    samples[n].append(time_ms(lambda: call(variants[n]), device))
         med = {n: statistics.median(v) for n, v in samples.items()}
         for n in names:
             rows.append((batch, n, med[n], 100 * (med[n] / med["no patch"] - 1)))

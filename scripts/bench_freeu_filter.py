@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from freeu.filter import fourier_filter, fourier_filter_fft, fourier_filter_rfft  # noqa: E402
+from gpu_env import time_ms  # noqa: E402
 
 # (skip shape, how many output blocks filter a skip of that shape in one SDXL UNet call at 1024²)
 SDXL_SKIPS = [((2, 1280, 32, 32), 2), ((2, 640, 32, 32), 1), ((2, 640, 64, 64), 2), ((2, 320, 64, 64), 1),
@@ -55,23 +57,6 @@ def reference(x, threshold, scale):
     return torch.fft.ifftn(torch.fft.ifftshift(spec * mask, dim=(-2, -1)), dim=(-2, -1)).real
 
 
-def timer(device):
-    if device.type == "cuda":
-        def run(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end)
-    else:
-        def run(fn):
-            t0 = time.perf_counter()
-            fn()
-            return (time.perf_counter() - t0) * 1e3
-    return run
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -96,7 +81,7 @@ def main():
     comfy = comfy_filter()
     if comfy is not None:
         variants = {"comfy": comfy, **variants}
-    run = timer(device)
+    run = lambda fn: time_ms(fn, device)  # noqa: E731
     shapes = TINY_SKIPS if args.tiny else SDXL_SKIPS
     gen = torch.Generator().manual_seed(0)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "

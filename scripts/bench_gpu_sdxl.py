@@ -24,32 +24,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_env import setup_comfy  # noqa: E402
+from gpu_env import setup_comfy, time_ms  # noqa: E402
 
 CFG = 5.5
-
-
-class Timer:
-    """Wall time of a GPU region: CUDA events on CUDA, perf_counter elsewhere (ms)."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        if self.cuda:
-            self.a, self.b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.a.record()
-        else:
-            self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            self.b.record()
-            torch.cuda.synchronize()
-            self.ms = self.a.elapsed_time(self.b)
-        else:
-            self.ms = (time.perf_counter() - self.t0) * 1000
 
 
 def interleaved(variants: dict, repeats: int, warmup: int = 1):
@@ -79,9 +56,7 @@ def unet_call_ms(patcher, cond_pos, device, dtype, side, repeats):
         t = torch.full((batch,), 500.0, device=device)
 
         def call():
-            with torch.no_grad(), Timer(device) as tm:
-                unet(x, t, context=ctx, **kw)
-            return tm.ms
+            return time_ms(lambda: unet(x, t, context=ctx, **kw), device)
         out[batch] = interleaved({"unet": call}, repeats, warmup=3)["unet"]
         del y
     return out
@@ -102,11 +77,10 @@ def solver_maths(pack_samplers, k_sampling, device, side, steps, repeats):
 
     def run(fn):
         calls["n"] = 0
-        with torch.no_grad(), Timer(device) as tm:
-            fn(standin, x0.clone(), sigmas, extra_args={"seed": 0}, disable=True)
+        ms = time_ms(lambda: fn(standin, x0.clone(), sigmas, extra_args={"seed": 0}, disable=True), device)
         if device.type == "cuda":
             torch.cuda.set_sync_debug_mode("default")
-        return tm.ms, calls["n"]
+        return ms, calls["n"]
 
     rows = []
     model_only = interleaved({"m": lambda: _time_standin(standin, x0, sigmas, device)}, repeats)["m"]
@@ -133,10 +107,11 @@ def solver_maths(pack_samplers, k_sampling, device, side, steps, repeats):
 def _time_standin(standin, x0, sigmas, device):
     x = x0.clone()
     s = sigmas[0] * x.new_ones(x.shape[0])
-    with torch.no_grad(), Timer(device) as tm:
+
+    def calls():
         for _ in range(len(sigmas) - 1):
             standin(x, s)
-    return tm.ms
+    return time_ms(calls, device)
 
 
 def main():
@@ -190,23 +165,16 @@ def main():
     recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]()
 
     def ksampler(sampler, scheduler, steps):
-        def run():
-            with Timer(device) as tm:
-                nodes.common_ksampler(patcher, 0, steps, CFG, sampler, scheduler, pos, neg, latent)
-            return tm.ms
-        return run
+        return lambda: time_ms(
+            lambda: nodes.common_ksampler(patcher, 0, steps, CFG, sampler, scheduler, pos, neg, latent), device)
 
     def recipe_run(steps, freeu=True):
         model, sigmas, sampler, _ = recipe.build(patcher, "1024 (SDXL)", steps, "unipc_fs",
                                                  freeu="auto" if freeu else "off")
         noise = comfy.sample.prepare_noise(latent["samples"], 0)
 
-        def run():
-            with Timer(device) as tm:
-                comfy.sample.sample_custom(model, noise, CFG, sampler, sigmas, pos, neg, latent["samples"],
-                                           disable_pbar=True, seed=0)
-            return tm.ms
-        return run
+        return lambda: time_ms(lambda: comfy.sample.sample_custom(
+            model, noise, CFG, sampler, sigmas, pos, neg, latent["samples"], disable_pbar=True, seed=0), device)
 
     variants = {
         "ComfyUI dpmpp_2m + karras, 20 steps": ksampler("dpmpp_2m", "karras", 20),
