@@ -4,16 +4,21 @@ ComfyUI calls an output_block_patch as patch(h, hsp, transformer_options) before
 block of a UNet, with h the backbone features and hsp the skip features about to be concatenated;
 transformer_options["sigmas"] holds the σ of the current evaluation. The patch decides from that
 σ (not by counting calls), so 2nd-order samplers, restarts and split schedules gate correctly.
-Outside the window it returns h and hsp untouched (bit-identical to no patch)."""
+Outside the window it returns h and hsp untouched (bit-identical to no patch).
+
+On GPUs with Triton the block runs through freeu.fused (one launch per block, σ compared on the
+device, no host read); elsewhere through the torch route below, which reads σ on the host once per
+call and gives the same result."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from . import fused
 from .backbone import VERSIONS, scale_backbone
 from .filter import fourier_filter
-from .window import SigmaWindow
+from .window import SLACK, SigmaWindow
 
 ALWAYS = SigmaWindow(high=math.inf, low=0.0)
 
@@ -90,9 +95,23 @@ class FreeUPatch:
         scale_backbone(h, b, self.version)
         return h, fourier_filter(hsp, self.threshold, s, self.filter_method)
 
+    def _fused(self, h, hsp, b, s, transformer_options) -> bool:
+        if self.filter_method != "auto" or not fused.usable(h, hsp, self.threshold):
+            return False
+        if self.window.covers_everything:
+            sigmas, low, high = None, 0.0, math.inf
+        else:
+            sigmas = transformer_options.get("sigmas")
+            if sigmas is None:
+                return False  # the torch route raises the clear error
+            low, high = self.window.low * (1 - SLACK), self.window.high * (1 + SLACK)
+        return fused.freeu_block(h, hsp, b, s, self.threshold, self.version, sigmas, low, high)
+
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
         stage = self.stages.get(int(h.shape[1]))
         if stage is None:
+            return h, hsp
+        if self._fused(h, hsp, *stage, transformer_options):
             return h, hsp
         on = self.gate(transformer_options, h.shape[0])
         if on is False:

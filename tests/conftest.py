@@ -8,6 +8,10 @@ REPO = Path(__file__).resolve().parents[1]
 # The pure maths packages are importable without ComfyUI as top-level `samplers` / `freeu`.
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+if os.environ.get("FEWSTEP_TEST_DEVICE", "cpu") == "cpu":
+    # The fused FreeU kernel is checked on CPU through Triton's interpreter, which triton only
+    # honours when it is on before triton's first import (tests opt in per test).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

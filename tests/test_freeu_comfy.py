@@ -35,6 +35,41 @@ def ours(nodes, model, b1, b2, s1, s2, version, window="percent", start=0.0, end
     return node.patch(model, "custom", b1, b2, s1, s2, version, threshold, window, start, end, sigmas)[0]
 
 
+class Route:
+    def __init__(self, name):
+        self.name, self.launches = name, []
+
+    def check(self):
+        """The fused route really ran (and succeeded) where it was asked for."""
+        if self.name == "fused":
+            assert self.launches and all(self.launches)
+
+
+# Triton's interpreter runs every program in Python: the fused route gets the cases that need the
+# whole UNet or a sampler here; tests/test_freeu_fused.py covers its arithmetic case by case.
+def routes(*cases, fused):
+    """(route, *case) parameters: every case on the torch route, `fused` cases also on the kernel."""
+    return [("torch", *c) for c in cases] + [("fused", *c) for c in fused]
+
+
+@pytest.fixture(params=["torch", "fused"])
+def route(request, comfy, monkeypatch):
+    """Which implementation runs the blocks: the torch route, or the fused Triton kernel (through
+    Triton's CPU interpreter here; the same kernel runs compiled on CUDA)."""
+    r = Route(request.param)
+    if r.name == "fused":
+        pytest.importorskip("triton")
+        monkeypatch.setenv("FEWSTEP_FREEU_FUSED", "interpret")
+        mod = pack_module(comfy[1], "freeu.fused")
+        real = mod.freeu_block
+
+        def counted(*args, **kwargs):
+            r.launches.append(real(*args, **kwargs))
+            return r.launches[-1]
+        monkeypatch.setattr(mod, "freeu_block", counted)
+    return r
+
+
 @pytest.fixture(scope="module")
 def unet(comfy):
     return random_unet.tiny_sd15(device=torch.device("cpu"))
@@ -99,9 +134,10 @@ def call_unet(model, x, sigma, context):
         return model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=to)
 
 
-@pytest.mark.parametrize("hw", [(8, 8), (9, 7)])
-@pytest.mark.parametrize("name,version", [("FreeU", "v1"), ("FreeU_V2", "v2")])
-def test_whole_unet_equals_comfyui_and_is_untouched_outside_the_window(comfy, unet, hw, name, version):
+@pytest.mark.parametrize("route,hw,name,version", routes(
+    ((8, 8), "FreeU", "v1"), ((9, 7), "FreeU", "v1"), ((8, 8), "FreeU_V2", "v2"), ((9, 7), "FreeU_V2", "v2"),
+    fused=[((9, 7), "FreeU_V2", "v2")]), indirect=["route"])
+def test_whole_unet_equals_comfyui_and_is_untouched_outside_the_window(comfy, unet, hw, name, version, route):
     gen = torch.Generator().manual_seed(230)
     nodes, _ = comfy
     x = torch.randn(2, 4, *hw, generator=gen)
@@ -118,10 +154,12 @@ def test_whole_unet_equals_comfyui_and_is_untouched_outside_the_window(comfy, un
         assert torch.equal(closed, plain), (window, start, end)
     opened = call_unet(ours(nodes, unet, 1.3, 1.4, 0.9, 0.2, version, "sigma", 1.5, 1.5), x, sigma, ctx)
     assert torch.equal(opened, mine)
+    route.check()
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-def test_low_precision_unet(comfy, dtype):
+@pytest.mark.parametrize("route,dtype", routes((torch.float16,), (torch.bfloat16,), fused=[(torch.float16,)]),
+                         indirect=["route"], ids=str)
+def test_low_precision_unet(comfy, dtype, route):
     gen = torch.Generator().manual_seed(129)
     nodes, _ = comfy
     model = random_unet.tiny_sd15(dtype=dtype, device=torch.device("cpu"), seed=3)
@@ -140,6 +178,7 @@ def test_low_precision_unet(comfy, dtype):
     assert diff.max() <= 4 * eps * theirs.abs().max()
     assert diff.mean() <= 2 * eps * theirs.abs().mean()
     assert diff.mean() < 0.25 * (theirs - plain).abs().mean()
+    route.check()
 
 
 def recorders(log):
@@ -157,9 +196,11 @@ def recorders(log):
     return before, after
 
 
-@pytest.mark.parametrize("grad_mode", ["no_grad", "inference_mode"])  # ComfyUI's executor: inference_mode
-@pytest.mark.parametrize("version", ["v1", "v2"])
-def test_gating_on_heun_through_ksampler(comfy, unet, version, grad_mode):
+# ComfyUI's executor runs under inference_mode.
+@pytest.mark.parametrize("route,version,grad_mode", routes(
+    ("v1", "no_grad"), ("v1", "inference_mode"), ("v2", "no_grad"), ("v2", "inference_mode"),
+    fused=[("v2", "inference_mode")]), indirect=["route"])
+def test_gating_on_heun_through_ksampler(comfy, unet, version, grad_mode, route):
     gen = torch.Generator().manual_seed(228)
     """Heun evaluates σ_k twice (corrector of step k-1, then step k): a window from step k must
     be on for both — deciding by σ, not by counting calls."""
@@ -190,6 +231,7 @@ def test_gating_on_heun_through_ksampler(comfy, unet, version, grad_mode):
     first_on = next(i for i, s in enumerate(evals) if s <= on_sigma * (1 + 1e-5))
     assert first_on == 2 * start - 1  # the corrector of step start-1, not call number `start`
     assert any(s > on_sigma for s in calls) and any(s < on_sigma for s in calls)
+    route.check()
 
 
 def test_percent_window_uses_the_models_schedule(comfy, unet):

@@ -1,0 +1,176 @@
+"""FreeU for one decoder block in one GPU kernel launch, gated on the device.
+
+The torch route (FreeUPatch.apply) needs the σ of the call on the host, a device-to-host read in
+the middle of the UNet that stalls the CPU's queue of kernel launches, and several small kernels
+per block. Where Triton runs (CUDA and ROCm builds of PyTorch) this module does a whole block in
+one launch: each program owns one H×W plane, reads the σ of its own sample from device memory and
+leaves the plane untouched outside the window, so nothing waits on the host and a closed window
+writes nothing (bit-identical to no patch).
+
+- Skip planes (hsp): y = x + (s-1)·P(x) in place, P the projection of filter.low_frequency_operator
+  in its separable form C = Erᵀ x Ec, M = Ar C Br - Ai C Bi, P(x) = Er M Ecᵀ, accumulated in fp32
+  and rounded once to the plane's dtype: one read and one write of the plane.
+- Backbone planes (first half of h's channels): x·b (v1) or x·(1 + (b-1)·m) (v2, m the per-sample
+  min-max normalised channel-mean map). Every elementwise step is rounded to h's dtype as PyTorch's
+  own ops do, and the channel mean is torch's, so h equals the published formula bit for bit in
+  fp16/bf16 (fp32: up to the compiler fusing a multiply-add).
+
+`FEWSTEP_FREEU_FUSED=off` turns the route off; `=interpret` runs it on CPU tensors through Triton's
+interpreter (TRITON_INTERPRET=1 must be set before triton is imported), which is how the CPU test
+suite checks the kernel.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from .filter import low_frequency_operator
+
+MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 8
+MAX_WIDTH = 1024
+_TILE = 1024        # elements per loop iteration of a program
+_SCALE_BLOCK = 1024
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+_kernel = None
+_broken: set = set()        # devices where compiling or launching failed: torch route there
+_factor_cache: dict = {}
+_FACTOR_CACHE_MAX = 64
+
+
+def mode() -> str:
+    value = os.environ.get("FEWSTEP_FREEU_FUSED", "auto").strip().lower()
+    return value if value in ("auto", "off", "interpret") else "auto"
+
+
+def _device_ok(device: torch.device) -> bool:
+    m = mode()
+    if m == "off" or str(device) in _broken:
+        return False
+    if m == "interpret":
+        # Triton's interpreter must be on before triton is first imported (tests/conftest.py).
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return device.type == "cuda"
+
+
+def _load_kernel():
+    global _kernel
+    if _kernel is None:
+        from . import _triton_kernel  # imports triton: only when a fused block first runs
+        _kernel = _triton_kernel.freeu_block_kernel
+    return _kernel
+
+
+def usable(h: torch.Tensor, hsp: torch.Tensor, threshold: int) -> bool:
+    """Whether this block can take the fused route (else the caller uses the torch route)."""
+    if not _device_ok(h.device) or hsp.device != h.device:
+        return False
+    if h.ndim != 4 or hsp.ndim != 4 or h.shape[0] != hsp.shape[0] or h.shape[2:] != hsp.shape[2:]:
+        return False
+    if h.dtype not in _DTYPES or hsp.dtype not in _DTYPES:
+        return False
+    if not (h.is_contiguous() and hsp.is_contiguous()):
+        return False
+    if torch.is_grad_enabled() and (h.requires_grad or hsp.requires_grad):
+        return False  # in-place writes would break autograd: torch route
+    if not 1 <= int(threshold) <= MAX_THRESHOLD or h.shape[3] > MAX_WIDTH or h.numel() == 0:
+        return False
+    try:
+        _load_kernel()
+    except Exception as err:  # no Triton, or a Triton that does not import here
+        _broken.add(str(h.device))
+        warnings.warn(f"FewStep FreeU: fused GPU route unavailable ({err}); using the torch route")
+        return False
+    return True
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _factors(height: int, width: int, threshold: int, scale: float, device: torch.device):
+    """Padded fp32 factors of the filter's change: Er [H, PP], Ec [W, PP], (s-1)·(Ar, Ai), (Br, Bi)."""
+    key = (height, width, threshold, float(scale), str(device))
+    hit = _factor_cache.get(key)
+    if hit is not None:
+        return hit
+    er, ec, ar, ai, br, bi = low_frequency_operator(height, width, threshold)
+    pp = max(2, _pow2(max(er.shape[1], ec.shape[1])))
+
+    def pad(t, rows, cols):
+        out = torch.zeros((rows, cols), dtype=torch.float64)
+        out[: t.shape[0], : t.shape[1]] = t
+        return out
+
+    with torch.inference_mode(False):
+        er_p = pad(er, height, pp).to(device=device, dtype=torch.float32)
+        ec_p = pad(ec, width, pp).to(device=device, dtype=torch.float32)
+        a = torch.stack([pad((scale - 1.0) * ar, pp, pp), pad((scale - 1.0) * ai, pp, pp)])
+        b = torch.stack([pad(br, pp, pp), pad(bi, pp, pp)])
+        hit = (er_p, ec_p, a.to(device=device, dtype=torch.float32),
+               b.to(device=device, dtype=torch.float32), pp)
+    if len(_factor_cache) >= _FACTOR_CACHE_MAX:
+        _factor_cache.clear()
+    _factor_cache[key] = hit
+    return hit
+
+
+def _f32_at_most(value: float) -> float:
+    """Largest float32 <= value (for fp32 σ: σ <= value  <=>  σ <= this)."""
+    if math.isinf(value) or math.isnan(value):
+        return value
+    f = float(np.float32(value))
+    return f if f <= value else float(np.nextafter(np.float32(f), np.float32(-np.inf)))
+
+
+def _f32_at_least(value: float) -> float:
+    if math.isinf(value) or math.isnan(value):
+        return value
+    f = float(np.float32(value))
+    return f if f >= value else float(np.nextafter(np.float32(f), np.float32(np.inf)))
+
+
+@torch.compiler.disable  # a raw kernel launch; compiled UNets take it as a graph break
+def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshold: int, version: str,
+                sigmas, low: float, high: float) -> bool:
+    """FreeU on one block in place (h's first half scaled, hsp filtered) for the samples whose σ
+    lies in [low, high] (both already widened by the window's slack; sigmas None = every sample).
+    Returns False, having written nothing, where the fused route cannot run."""
+    batch, c_h, height, width = h.shape
+    c_hsp = hsp.shape[1]
+    half = c_h // 2
+    gated = sigmas is not None
+    if gated:
+        if not torch.is_tensor(sigmas):
+            sigmas = torch.as_tensor(sigmas)
+        sigmas = sigmas.reshape(-1)
+        if sigmas.numel() == 0 or batch % sigmas.numel() != 0:
+            raise RuntimeError(f"FewStep FreeU: batch {batch} is not a multiple of the "
+                               f"{sigmas.numel()} σ values ComfyUI passed")
+        if sigmas.device != h.device or sigmas.dtype != torch.float32:
+            sigmas = sigmas.to(device=h.device, dtype=torch.float32, non_blocking=True)
+    er, ec, a, bm, pp = _factors(height, width, threshold, s, h.device)
+    v2 = version == "v2"
+    mean = h.mean(1) if v2 and half > 0 else h   # torch's mean: the same reduction ComfyUI runs
+    bw = _pow2(width)
+    br = max(1, min(_pow2(height), _TILE // bw))
+    filter_planes = batch * c_hsp if s != 1.0 else 0
+    scale_planes = batch * half if b != 1.0 else 0
+    if filter_planes + scale_planes == 0:
+        return True
+    kernel = _load_kernel()
+    try:
+        kernel[(filter_planes + scale_planes,)](
+            h, hsp, mean, er, ec, a, bm, sigmas if gated else h,
+            sigmas.numel() if gated else 1, filter_planes, c_hsp, half, c_h, height, width,
+            float(b), float(b) - 1.0, _f32_at_least(low), _f32_at_most(high),
+            PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, num_warps=4)
+    except Exception as err:
+        _broken.add(str(h.device))
+        warnings.warn(f"FewStep FreeU: fused GPU kernel failed on {h.device} ({err}); using the torch route")
+        return False
+    return True
