@@ -11,22 +11,9 @@ def _rounded(v, like_ptr):
 
 
 @triton.jit
-def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
-                  PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr):
-    rows = tl.arange(0, BR)
-    cols = tl.arange(0, BW)
+def _mix(coef, a_ptr, b_ptr, PP: tl.constexpr):
+    """M = (s-1) (Ar C Br - Ai C Bi) for the coefficient matrix C."""
     k = tl.arange(0, PP)
-    cmask = cols < width
-    ec = tl.load(ec_ptr + cols[:, None] * PP + k[None, :], mask=cmask[:, None], other=0.0)  # [BW, PP]
-    coef = tl.zeros([PP, PP], dtype=tl.float32)
-    for r0 in range(0, height, BR):
-        r = r0 + rows
-        rmask = r < height
-        m2 = rmask[:, None] & cmask[None, :]
-        x = tl.load(base + r[:, None] * width + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        er = tl.load(er_ptr + r[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)  # [BR, PP]
-        u = tl.sum(x[:, :, None] * ec[None, :, :], axis=1)          # sum_n x[m, n] Ec[n, b]
-        coef += tl.sum(er[:, :, None] * u[:, None, :], axis=0)      # sum_m Er[m, a] u[m, b]
     sq = k[:, None] * PP + k[None, :]
     ar = tl.load(a_ptr + sq)             # (s - 1) Ar
     ai = tl.load(a_ptr + PP * PP + sq)   # (s - 1) Ai
@@ -34,33 +21,57 @@ def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
     bi = tl.load(b_ptr + PP * PP + sq)
     t_r = tl.sum(ar[:, :, None] * coef[None, :, :], axis=1)
     t_i = tl.sum(ai[:, :, None] * coef[None, :, :], axis=1)
-    mixed = tl.sum(t_r[:, :, None] * br[None, :, :], axis=1) - tl.sum(t_i[:, :, None] * bi[None, :, :], axis=1)
-    v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)          # [BW, PP]: sum_b Ec[n, b] M[a, b]
-    for r0 in range(0, height, BR):
-        r = r0 + rows
-        rmask = r < height
-        m2 = rmask[:, None] & cmask[None, :]
-        ptrs = base + r[:, None] * width + cols[None, :]
-        x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
-        er = tl.load(er_ptr + r[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)
-        corr = tl.sum(er[:, None, :] * v[None, :, :], axis=2)       # sum_a Er[m, a] V[n, a]
-        tl.store(ptrs, (x + corr).to(base.dtype.element_ty), mask=m2)
+    return tl.sum(t_r[:, :, None] * br[None, :, :], axis=1) - tl.sum(t_i[:, :, None] * bi[None, :, :], axis=1)
 
 
 @triton.jit
-def _scale_plane(base, mean_base, hw, bscale, bm1, BLOCK: tl.constexpr, V2: tl.constexpr):
+def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
+                  PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, ONE_TILE: tl.constexpr):
+    rows = tl.arange(0, BR)
+    cols = tl.arange(0, BW)
+    k = tl.arange(0, PP)
+    cmask = cols < width
+    ec = tl.load(ec_ptr + cols[:, None] * PP + k[None, :], mask=cmask[:, None], other=0.0)  # [BW, PP]
+    if ONE_TILE:  # the whole plane in one tile: read it once
+        rmask = rows < height
+        m2 = rmask[:, None] & cmask[None, :]
+        ptrs = base + rows[:, None] * width + cols[None, :]
+        x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
+        er = tl.load(er_ptr + rows[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)
+        u = tl.sum(x[:, :, None] * ec[None, :, :], axis=1)
+        mixed = _mix(tl.sum(er[:, :, None] * u[:, None, :], axis=0), a_ptr, b_ptr, PP)
+        v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)
+        corr = tl.sum(er[:, None, :] * v[None, :, :], axis=2)
+        tl.store(ptrs, (x + corr).to(base.dtype.element_ty), mask=m2)
+    else:
+        coef = tl.zeros([PP, PP], dtype=tl.float32)
+        for r0 in range(0, height, BR):
+            r = r0 + rows
+            rmask = r < height
+            m2 = rmask[:, None] & cmask[None, :]
+            x = tl.load(base + r[:, None] * width + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            er = tl.load(er_ptr + r[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)  # [BR, PP]
+            u = tl.sum(x[:, :, None] * ec[None, :, :], axis=1)          # sum_n x[m, n] Ec[n, b]
+            coef += tl.sum(er[:, :, None] * u[:, None, :], axis=0)      # sum_m Er[m, a] u[m, b]
+        mixed = _mix(coef, a_ptr, b_ptr, PP)
+        v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)          # [BW, PP]: sum_b Ec[n, b] M[a, b]
+        for r0 in range(0, height, BR):
+            r = r0 + rows
+            rmask = r < height
+            m2 = rmask[:, None] & cmask[None, :]
+            ptrs = base + r[:, None] * width + cols[None, :]
+            x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
+            er = tl.load(er_ptr + r[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)
+            corr = tl.sum(er[:, None, :] * v[None, :, :], axis=2)       # sum_a Er[m, a] V[n, a]
+            tl.store(ptrs, (x + corr).to(base.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _scale_plane(base, mean_base, lo_ptr, hi_ptr, hw, bscale, bm1, BLOCK: tl.constexpr, V2: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     if V2:
-        lo_v = tl.full([BLOCK], float("inf"), tl.float32)
-        hi_v = tl.full([BLOCK], float("-inf"), tl.float32)
-        for o in range(0, hw, BLOCK):
-            idx = o + offs
-            mask = idx < hw
-            m = tl.load(mean_base + idx, mask=mask, other=0.0).to(tl.float32)
-            lo_v = tl.minimum(lo_v, tl.where(mask, m, float("inf")))
-            hi_v = tl.maximum(hi_v, tl.where(mask, m, float("-inf")))
-        lo = tl.min(lo_v, axis=0)
-        span = _rounded(tl.max(hi_v, axis=0) - lo, mean_base)
+        lo = tl.load(lo_ptr).to(tl.float32)   # per-sample min / max of the mean map (torch.aminmax)
+        span = _rounded(tl.load(hi_ptr).to(tl.float32) - lo, mean_base)
         span = tl.where(span == 0.0, 1.0, span)
         for o in range(0, hw, BLOCK):
             idx = o + offs
@@ -79,11 +90,11 @@ def _scale_plane(base, mean_base, hw, bscale, bm1, BLOCK: tl.constexpr, V2: tl.c
 
 
 @triton.jit
-def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
+def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, lo_ptr, hi_ptr, er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
                        n_sig, filter_planes, c_hsp, half, c_h, height, width,
                        bscale, bm1, lo_sigma, hi_sigma,
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
-                       GATED: tl.constexpr, V2: tl.constexpr):
+                       GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr):
     """Programs [0, filter_planes) filter one skip plane each; the rest scale one backbone plane."""
     pid = tl.program_id(0)
     hw = height * width
@@ -98,7 +109,8 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, er_ptr, ec_ptr, a_ptr, b_ptr, s
     if on:
         if is_filter:
             _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
-                          PP, BR, BW)
+                          PP, BR, BW, ONE_TILE)
         else:
             plane = sample.to(tl.int64) * c_h + (q - sample * half)
-            _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw, hw, bscale, bm1, BLOCK, V2)
+            _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw, lo_ptr + sample,
+                         hi_ptr + sample, hw, bscale, bm1, BLOCK, V2)

@@ -34,6 +34,7 @@ MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 
 MAX_WIDTH = 1024
 _TILE = 1024        # elements per loop iteration of a program
 _SCALE_BLOCK = 1024
+_NUM_WARPS = 4
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _kernel = None
@@ -155,7 +156,11 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
             sigmas = sigmas.to(device=h.device, dtype=torch.float32, non_blocking=True)
     er, ec, a, bm, pp = _factors(height, width, threshold, s, h.device)
     v2 = version == "v2"
-    mean = h.mean(1) if v2 and half > 0 else h   # torch's mean: the same reduction ComfyUI runs
+    if v2 and half > 0 and b != 1.0:
+        mean = h.mean(1)   # torch's mean: the same reduction ComfyUI runs
+        lo, hi = torch.aminmax(mean.reshape(batch, -1), dim=1)
+    else:
+        mean = lo = hi = h
     bw = _pow2(width)
     br = max(1, min(_pow2(height), _TILE // bw))
     filter_planes = batch * c_hsp if s != 1.0 else 0
@@ -165,10 +170,11 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     kernel = _load_kernel()
     try:
         kernel[(filter_planes + scale_planes,)](
-            h, hsp, mean, er, ec, a, bm, sigmas if gated else h,
+            h, hsp, mean, lo, hi, er, ec, a, bm, sigmas if gated else h,
             sigmas.numel() if gated else 1, filter_planes, c_hsp, half, c_h, height, width,
             float(b), float(b) - 1.0, _f32_at_least(low), _f32_at_most(high),
-            PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, num_warps=4)
+            PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
+            num_warps=_NUM_WARPS)
     except Exception as err:
         _broken.add(str(h.device))
         warnings.warn(f"FewStep FreeU: fused GPU kernel failed on {h.device} ({err}); using the torch route")

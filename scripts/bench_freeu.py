@@ -30,6 +30,172 @@ def comfy_node_patch(node_cls, model, b1, b2, s1, s2):
     return patched.model_options["transformer_options"]["patches"]["output_block_patch"][-1]
 
 
+def block_tables(patcher, unet, mc, factors, device, size, context_dim, adm, batch):
+    """The patched decoder blocks on their own: the (h, hsp) shapes one UNet call hands to FreeU,
+    exactness of the fused kernel against the torch route and ComfyUI's FreeU_V2 per dtype, and the
+    time of one call's worth of blocks per implementation."""
+    import torch
+    from comfy_extras.nodes_freelunch import FreeU_V2
+    from freeu.patch import FreeUPatch
+    from gpu_env import time_ms
+
+    shapes = []
+
+    def record(h, hsp, to):
+        if int(h.shape[1]) in (2 * mc, 4 * mc):
+            shapes.append((tuple(h.shape), tuple(hsp.shape)))
+        return h, hsp
+    gen = torch.Generator(device=device).manual_seed(1)
+    dtype = next(unet.parameters()).dtype
+    x = torch.randn(batch, 4, size, size, generator=gen, device=device).to(dtype)
+    ctx = torch.randn(batch, 77, context_dim, generator=gen, device=device).to(dtype)
+    y = torch.randn(batch, adm, generator=gen, device=device).to(dtype) if adm else None
+    with torch.inference_mode():
+        unet(x, torch.full((batch,), 700.0, device=device), context=ctx, y=y,
+             transformer_options={"patches": {"output_block_patch": [record]}})
+    b1, b2, s1, s2 = factors
+    theirs = comfy_node_patch(FreeU_V2, patcher, b1, b2, s1, s2)
+    mine = FreeUPatch(mc, b1, b2, s1, s2, version="v2")
+    print(f"\nPatched blocks of one batch-{batch} UNet call (h, hsp): "
+          + ", ".join(f"{h}/{hsp[1]}ch" for h, hsp in shapes) + "\n")
+    print("| dtype | h: fused vs torch route | h: fused vs ComfyUI FreeU_V2 | hsp: fused vs torch route "
+          "(max, eps·max|y|) | hsp: fused vs ComfyUI (max, eps·max|y|) | GPU ms per call: ComfyUI FreeU_V2 | "
+          "torch route | fused | host ms per call: ComfyUI | torch route | fused |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for dt in (torch.float16, torch.bfloat16, torch.float32):
+        h_torch = h_comfy = 0.0
+        ulps_torch = ulps_comfy = 0.0
+        inputs = []
+        with torch.inference_mode():
+            for hs, hsps in shapes:
+                h = torch.randn(hs, generator=gen, device=device).to(dt)
+                hsp = torch.randn(hsps, generator=gen, device=device).to(dt)
+                inputs.append((h, hsp))
+                os.environ["FEWSTEP_FREEU_FUSED"] = "auto"
+                fh, fhsp = mine(h.clone(), hsp.clone(), {})
+                os.environ["FEWSTEP_FREEU_FUSED"] = "off"
+                th, thsp = mine(h.clone(), hsp.clone(), {})
+                ch, chsp = theirs(h.clone(), hsp.clone(), {})
+                unit = torch.finfo(dt).eps * thsp.float().abs().max()  # eps at the largest value
+                h_unit = torch.finfo(dt).eps * th.float().abs().max()
+                h_torch = max(h_torch, ((fh.float() - th.float()).abs() / h_unit).max().item())
+                h_comfy = max(h_comfy, ((fh.float() - ch.float()).abs() / h_unit).max().item())
+                ulps_torch = max(ulps_torch, ((fhsp.float() - thsp.float()).abs() / unit).max().item())
+                ulps_comfy = max(ulps_comfy, ((fhsp.float() - chsp.float()).abs() / unit).max().item())
+            gpu, host = {}, {}
+            for label, fn, route in (("comfy", theirs, "auto"), ("torch", mine, "off"), ("fused", mine, "auto")):
+                os.environ["FEWSTEP_FREEU_FUSED"] = route
+                gpu[label], host[label] = block_call_ms(fn, inputs, device)
+        os.environ["FEWSTEP_FREEU_FUSED"] = "auto"
+
+        def same(v):
+            return "bit-identical" if v == 0 else f"max {v:.2f} eps·max|h|"
+        print(f"| {str(dt).replace('torch.', '')} | {same(h_torch)} | {same(h_comfy)} | {ulps_torch:.2f} | "
+              f"{ulps_comfy:.2f} | {gpu['comfy']:.3f} | {gpu['torch']:.3f} | {gpu['fused']:.3f} | "
+              f"{host['comfy']:.3f} | {host['torch']:.3f} | {host['fused']:.3f} |")
+    print()
+    if device.type == "cuda" and os.environ.get("FEWSTEP_SWEEP"):
+        sweep_fused(mine, shapes, device, gen)
+
+
+def graph_medians(call, names, repeats, device):
+    """Median GPU ms per UNet call from CUDA-graph replays, interleaved: the launch overhead and
+    the host are out of the picture, so what remains is the work each variant adds on the GPU.
+    Variants that read σ on the host cannot be captured and are left out."""
+    import torch
+    from gpu_env import time_ms
+    graphs = {}
+    for n in names:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.stream(stream):
+                call(n)
+                with torch.cuda.graph(graph, stream=stream):
+                    call(n)
+        except Exception:
+            torch.cuda.synchronize()
+            continue
+        torch.cuda.current_stream().wait_stream(stream)
+        graphs[n] = graph
+    for g in graphs.values():
+        g.replay()
+    samples = {n: [] for n in graphs}
+    order = list(graphs)
+    for r in range(repeats):
+        for n in order[r % len(order):] + order[: r % len(order)]:
+            samples[n].append(time_ms(graphs[n].replay, device))
+    out = {n: statistics.median(v) for n, v in samples.items()}
+    del graphs
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return out
+
+
+def block_call_ms(fn, inputs, device, repeats=30):
+    """(GPU ms, host ms) for one UNet call's worth of patched blocks: GPU time from a CUDA-graph
+    replay (no launch overhead: the work itself), host time = Python + launch cost per call,
+    measured without waiting for the GPU. Inputs are scaled down so repeated in-place FreeU stays finite."""
+    import torch
+    from gpu_env import time_ms
+    work = [(h.clone().mul_(1e-3), hsp.clone()) for h, hsp in inputs]
+
+    def one_call():
+        for h, hsp in work:
+            fn(h, hsp, {})
+    for _ in range(3):
+        one_call()
+    host = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        one_call()
+        host.append(1e3 * (time.perf_counter() - t0))
+    if device.type != "cuda":
+        return statistics.median(host), statistics.median(host)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        one_call()
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(10):
+                one_call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph.replay()
+    gpu = statistics.median(time_ms(graph.replay, device) / 10 for _ in range(repeats))
+    return gpu, statistics.median(host)
+
+
+def sweep_fused(patch, shapes, device, gen):
+    """Kernel launch parameters of the fused route: GPU ms per call, fp16, v2 / filter only / scale only."""
+    import torch
+    import freeu.fused as fused
+    from freeu.patch import FreeUPatch
+    inputs = [(torch.randn(h, generator=gen, device=device).half(), torch.randn(p, generator=gen, device=device).half())
+              for h, p in shapes]
+    mc = min(patch.stages) // 2
+    only_filter = FreeUPatch(mc, 1.0, 1.0, 0.9, 0.2, version="v1")
+    only_scale = FreeUPatch(mc, 1.3, 1.4, 1.0, 1.0, version="v1")
+    print("| num_warps | tile | v2 ms | v1 ms | filter only ms | v1 scale only ms |")
+    print("|---|---|---|---|---|---|")
+    v1 = FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1")
+    for warps in (1, 2, 4):
+        for tile in (1024, 2048, 4096):
+            fused._NUM_WARPS, fused._TILE = warps, tile
+            row = [block_call_ms(p, inputs, device, repeats=10)[0] for p in (patch, v1, only_filter, only_scale)]
+            print(f"| {warps} | {tile} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    fused._NUM_WARPS, fused._TILE = 4, 1024
+
+    def mean_only(h, hsp, to):
+        torch.aminmax(h.mean(1).reshape(h.shape[0], -1), dim=1)
+        return h, hsp
+    print(f"\ntorch mean + aminmax alone (v2's structure map): {block_call_ms(mean_only, inputs, device)[0]:.3f} GPU ms per call\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny SD1.5-layout UNet and 16x16 latents (a check that runs anywhere)")
@@ -38,6 +204,7 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=None, help="timed samples per variant (default 40, 5 with --tiny)")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--no-blocks", action="store_true", help="skip the per-block exactness/timing table")
     ap.add_argument("--size", type=int, default=None, help="latent side (default 128 = 1024 px; 16 with --tiny)")
     args = ap.parse_args()
 
@@ -68,21 +235,26 @@ def main():
     build_s = time.perf_counter() - t0
 
     b1, b2, s1, s2 = 1.3, 1.4, 0.9, 0.2  # FreeU_V2 defaults = SDXL preset
+    on_window, off_window = window_from_sigma(100.0, 0.0), window_from_sigma(0.5, 0.0)
+
+    def ours(version, window=None):
+        return [FreeUPatch(mc, b1, b2, s1, s2, version=version, **({"window": window} if window else {}))]
+
+    # name -> (patches, FEWSTEP_FREEU_FUSED): "auto" takes the fused Triton route on CUDA, "off"
+    # forces the torch route (what runs where Triton is missing). A bounded window containing the
+    # call's σ makes the gate read σ: on the device (fused) or on the host (torch route).
     variants = {
-        "no patch": [],
-        "ComfyUI FreeU (v1)": [comfy_node_patch(FreeU, patcher, b1, b2, s1, s2)],
-        "ComfyUI FreeU_V2": [comfy_node_patch(FreeU_V2, patcher, b1, b2, s1, s2)],
-        "FewStep v1, window open": [FreeUPatch(mc, b1, b2, s1, s2, version="v1")],
-        "FewStep v2, window open": [FreeUPatch(mc, b1, b2, s1, s2, version="v2")],
-        # The filter through an fp32 copy of the skip features (what "auto" falls back to where a
-        # matmul cannot return fp32 from fp16/bf16 input); same result, more memory traffic.
-        "FewStep v2, window open, fp32-copy filter": [FreeUPatch(mc, b1, b2, s1, s2, version="v2",
-                                                                 filter_method="dense")],
-        # A bounded window that contains the σ: the per-call σ read (one device->host copy) is paid.
-        "FewStep v2, σ-gated, on": [FreeUPatch(mc, b1, b2, s1, s2, version="v2",
-                                               window=window_from_sigma(100.0, 0.0))],
-        "FewStep v2, σ-gated, off": [FreeUPatch(mc, b1, b2, s1, s2, version="v2",
-                                                window=window_from_sigma(0.5, 0.0))],
+        "no patch": ([], "auto"),
+        "ComfyUI FreeU (v1)": ([comfy_node_patch(FreeU, patcher, b1, b2, s1, s2)], "auto"),
+        "ComfyUI FreeU_V2": ([comfy_node_patch(FreeU_V2, patcher, b1, b2, s1, s2)], "auto"),
+        "FewStep v1, fused": (ours("v1"), "auto"),
+        "FewStep v2, fused": (ours("v2"), "auto"),
+        "FewStep v2, fused, σ-gated on": (ours("v2", on_window), "auto"),
+        "FewStep v2, fused, σ-gated off": (ours("v2", off_window), "auto"),
+        "FewStep v1, torch route": (ours("v1"), "off"),
+        "FewStep v2, torch route": (ours("v2"), "off"),
+        "FewStep v2, torch route, σ-gated on": (ours("v2", on_window), "off"),
+        "FewStep v2, torch route, σ-gated off": (ours("v2", off_window), "off"),
     }
     names = list(variants)
 
@@ -107,40 +279,60 @@ def main():
         ts = torch.full((batch,), 700.0, device=device)
         sigma = torch.full((batch,), 1.0, device=device)  # what ComfyUI's sampler puts in "sigmas"
 
-        def call(patches):
+        def call(name):
+            patches, route = variants[name]
+            os.environ["FEWSTEP_FREEU_FUSED"] = route
             to = {"patches": {"output_block_patch": patches} if patches else {}, "sigmas": sigma}
             return unet(x, ts, context=ctx, y=y, transformer_options=to)
 
         with torch.inference_mode():
-            ref = {n: call(p).float() for n, p in variants.items() if n in ("no patch", "ComfyUI FreeU_V2",
-                                                                             "FewStep v2, window open",
-                                                                             "FewStep v2, σ-gated, off")}
-            check = (ref["FewStep v2, window open"] - ref["ComfyUI FreeU_V2"]).abs().max().item()
-            closed_same = torch.equal(ref["FewStep v2, σ-gated, off"], ref["no patch"])
-            finite = bool(torch.isfinite(ref["no patch"]).all())
+            ref = {n: call(n).float() for n in ("no patch", "ComfyUI FreeU_V2", "FewStep v2, fused",
+                                                "FewStep v2, torch route", "FewStep v2, fused, σ-gated off",
+                                                "FewStep v2, torch route, σ-gated off")}
+            checks = {
+                "fused v2 vs ComfyUI FreeU_V2 max |diff|":
+                    f'{(ref["FewStep v2, fused"] - ref["ComfyUI FreeU_V2"]).abs().max().item():.3e}',
+                "torch-route v2 vs ComfyUI FreeU_V2 max |diff|":
+                    f'{(ref["FewStep v2, torch route"] - ref["ComfyUI FreeU_V2"]).abs().max().item():.3e}',
+                "FreeU_V2's own change max |diff|":
+                    f'{(ref["ComfyUI FreeU_V2"] - ref["no patch"]).abs().max().item():.3e}',
+                "σ-gated off == no patch (fused / torch route)":
+                    f'{torch.equal(ref["FewStep v2, fused, σ-gated off"], ref["no patch"])} / '
+                    f'{torch.equal(ref["FewStep v2, torch route, σ-gated off"], ref["no patch"])}',
+                "output finite": bool(torch.isfinite(ref["no patch"]).all()),
+            }
             del ref
             for _ in range(args.warmup):
-                for p in variants.values():
-                    call(p)
+                for n in names:
+                    call(n)
             samples = {n: [] for n in names}
             for r in range(repeats):
                 for n in names[r % len(names):] + names[: r % len(names)]:
-                    samples[n].append(time_ms(lambda: call(variants[n]), device))
+                    # Two back-to-back calls per sample: the second starts with the queue already fed.
+                    samples[n].append(time_ms(lambda: (call(n), call(n)), device) / 2)
+            graphed = graph_medians(call, names, repeats, device) if device.type == "cuda" else {}
+            os.environ["FEWSTEP_FREEU_FUSED"] = "auto"
         med = {n: statistics.median(v) for n, v in samples.items()}
         for n in names:
-            rows.append((batch, n, med[n], 100 * (med[n] / med["no patch"] - 1)))
-        import freeu.filter
-        print(f"batch {batch}: output finite {finite}; FewStep v2 vs ComfyUI FreeU_V2 max |diff| {check:.3e}; "
-              f"σ-gated off == no patch (bit-identical): {closed_same}; mixed-precision filter route in use: "
-              f"{freeu.filter._mixed_ok or 'n/a (fp32)'}", file=sys.stderr)
+            g = graphed.get(n)
+            rows.append((batch, n, med[n], 100 * (med[n] / med["no patch"] - 1),
+                         g, None if g is None else 100 * (g / graphed["no patch"] - 1), bool(graphed)))
+        import freeu.fused
+        checks["fused route failed on"] = sorted(freeu.fused._broken) or "nothing"
+        print(f"batch {batch}: " + "; ".join(f"{k}: {v}" for k, v in checks.items()), file=sys.stderr)
         del x, ctx, y
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    print("| batch | variant | median ms / UNet call | overhead vs no patch |")
-    print("|---|---|---|---|")
-    for batch, n, ms, over in rows:
-        print(f"| {batch} | {n} | {ms:.2f} | {'—' if n == 'no patch' else f'{over:+.2f} %'} |")
+    if not args.no_blocks:
+        block_tables(patcher, unet, mc, (b1, b2, s1, s2), device, size, context_dim, adm, args.batches[-1])
+    print("| batch | variant | GPU ms / UNet call (CUDA graph) | overhead | eager ms / UNet call | overhead |")
+    print("|---|---|---|---|---|---|")
+    for batch, n, ms, over, g, gover, graphed in rows:
+        graph_cols = ("n/a (reads σ on the host)" if graphed else "n/a", "") if g is None else \
+            (f"{g:.2f}", "—" if n == "no patch" else f"{gover:+.2f} %")
+        print(f"| {batch} | {n} | {graph_cols[0]} | {graph_cols[1]} | {ms:.2f} | "
+              f"{'—' if n == 'no patch' else f'{over:+.2f} %'} |")
 
 
 if __name__ == "__main__":
