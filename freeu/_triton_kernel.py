@@ -67,11 +67,16 @@ def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
 
 
 @triton.jit
-def _scale_plane(base, mean_base, lo_ptr, hi_ptr, hw, bscale, bm1, BLOCK: tl.constexpr, V2: tl.constexpr):
+def _scale_plane(base, mean_base, part_ptr, n_parts, hw, bscale, bm1, BLOCK: tl.constexpr, V2: tl.constexpr,
+                 PARTS: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     if V2:
-        lo = tl.load(lo_ptr).to(tl.float32)   # per-sample min / max of the mean map (torch.aminmax)
-        span = _rounded(tl.load(hi_ptr).to(tl.float32) - lo, mean_base)
+        # The sample's min / max of the mean map from the per-tile extremes channel_mean_kernel left.
+        j = tl.arange(0, PARTS)
+        pmask = j < n_parts
+        lo = tl.min(tl.load(part_ptr + j, mask=pmask, other=float("inf")), axis=0)
+        hi = tl.max(tl.load(part_ptr + n_parts + j, mask=pmask, other=float("-inf")), axis=0)
+        span = _rounded(hi - lo, mean_base)
         span = tl.where(span == 0.0, 1.0, span)
         for o in range(0, hw, BLOCK):
             idx = o + offs
@@ -90,11 +95,12 @@ def _scale_plane(base, mean_base, lo_ptr, hi_ptr, hw, bscale, bm1, BLOCK: tl.con
 
 
 @triton.jit
-def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, lo_ptr, hi_ptr, er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
+def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
                        n_sig, filter_planes, c_hsp, half, c_h, height, width,
                        bscale, bm1, lo_sigma, hi_sigma,
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
-                       GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr):
+                       GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
+                       PARTS: tl.constexpr):
     """Programs [0, filter_planes) filter one skip plane each; the rest scale one backbone plane."""
     pid = tl.program_id(0)
     hw = height * width
@@ -112,5 +118,33 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, lo_ptr, hi_ptr, er_ptr, ec_ptr,
                           PP, BR, BW, ONE_TILE)
         else:
             plane = sample.to(tl.int64) * c_h + (q - sample * half)
-            _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw, lo_ptr + sample,
-                         hi_ptr + sample, hw, bscale, bm1, BLOCK, V2)
+            _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
+                         part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, hw, bscale, bm1, BLOCK, V2, PARTS)
+
+
+@triton.jit
+def channel_mean_kernel(h_ptr, mean_ptr, part_ptr, sig_ptr, n_sig, channels, inv_channels, hw, lo_sigma, hi_sigma,
+                        BLOCK: tl.constexpr, GATED: tl.constexpr):
+    """v2's channel-mean map of one sample's tile of pixels (fp32 sum times 1/C, as torch.mean,
+    rounded to h's dtype) and the tile's min / max, for the samples whose σ is in the window."""
+    sample = tl.program_id(0)
+    tile = tl.program_id(1)
+    if GATED:
+        sig = tl.load(sig_ptr + sample % n_sig).to(tl.float32)
+        on = (sig >= lo_sigma) & (sig <= hi_sigma)
+    else:
+        on = sample >= 0
+    if on:
+        idx = tile * BLOCK + tl.arange(0, BLOCK)
+        mask = idx < hw
+        base = h_ptr + sample.to(tl.int64) * channels * hw
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for c in range(0, channels):
+            acc += tl.load(base + c * hw + idx, mask=mask, other=0.0).to(tl.float32)
+        mean = (acc * inv_channels).to(mean_ptr.dtype.element_ty)
+        tl.store(mean_ptr + sample.to(tl.int64) * hw + idx, mean, mask=mask)
+        m = mean.to(tl.float32)
+        parts = tl.num_programs(1)
+        part = part_ptr + sample.to(tl.int64) * 2 * parts
+        tl.store(part + tile, tl.min(tl.where(mask, m, float("inf")), axis=0))
+        tl.store(part + parts + tile, tl.max(tl.where(mask, m, float("-inf")), axis=0))

@@ -11,9 +11,11 @@ writes nothing (bit-identical to no patch).
   in its separable form C = Erᵀ x Ec, M = Ar C Br - Ai C Bi, P(x) = Er M Ecᵀ, accumulated in fp32
   and rounded once to the plane's dtype: one read and one write of the plane.
 - Backbone planes (first half of h's channels): x·b (v1) or x·(1 + (b-1)·m) (v2, m the per-sample
-  min-max normalised channel-mean map). Every elementwise step is rounded to h's dtype as PyTorch's
-  own ops do, and the channel mean is torch's, so h equals the published formula bit for bit in
-  fp16/bf16 (fp32: up to the compiler fusing a multiply-add).
+  min-max normalised channel-mean map, from a second small kernel that skips samples outside the
+  window). Every elementwise step is rounded to h's dtype as PyTorch's own ops do: v1 equals the
+  published formula bit for bit in fp16/bf16; v2's channel sums run in another order than
+  torch.mean, so a mean value can round the other way (then that pixel's h differs by one rounding
+  step); fp32: up to the compiler fusing a multiply-add.
 
 `FEWSTEP_FREEU_FUSED=off` turns the route off; `=interpret` runs it on CPU tensors through Triton's
 interpreter (TRITON_INTERPRET=1 must be set before triton is imported), which is how the CPU test
@@ -32,9 +34,10 @@ from .filter import low_frequency_operator
 
 MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 8
 MAX_WIDTH = 1024
-_TILE = 1024        # elements per loop iteration of a program
+_TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2048 best)
 _SCALE_BLOCK = 1024
 _NUM_WARPS = 4
+_MEAN_BLOCK = 512   # pixels per program of the channel-mean kernel
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _kernel = None
@@ -62,8 +65,12 @@ def _load_kernel():
     global _kernel
     if _kernel is None:
         from . import _triton_kernel  # imports triton: only when a fused block first runs
-        _kernel = _triton_kernel.freeu_block_kernel
+        _kernel = (_triton_kernel.freeu_block_kernel, _triton_kernel.channel_mean_kernel)
     return _kernel
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
 
 
 def usable(h: torch.Tensor, hsp: torch.Tensor, threshold: int) -> bool:
@@ -156,24 +163,31 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
             sigmas = sigmas.to(device=h.device, dtype=torch.float32, non_blocking=True)
     er, ec, a, bm, pp = _factors(height, width, threshold, s, h.device)
     v2 = version == "v2"
+    kernel, mean_kernel = _load_kernel()
+    hw = height * width
+    lo_s, hi_s = _f32_at_least(low), _f32_at_most(high)
+    sig_arg, n_sig = (sigmas, sigmas.numel()) if gated else (h, 1)
+    n_parts = 1
+    mean = parts = h
     if v2 and half > 0 and b != 1.0:
-        mean = h.mean(1)   # torch's mean: the same reduction ComfyUI runs
-        lo, hi = torch.aminmax(mean.reshape(batch, -1), dim=1)
-    else:
-        mean = lo = hi = h
+        n_parts = triton_cdiv(hw, _MEAN_BLOCK)
+        mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
+        parts = torch.empty((batch, 2, n_parts), dtype=torch.float32, device=h.device)
     bw = _pow2(width)
     br = max(1, min(_pow2(height), _TILE // bw))
     filter_planes = batch * c_hsp if s != 1.0 else 0
     scale_planes = batch * half if b != 1.0 else 0
     if filter_planes + scale_planes == 0:
         return True
-    kernel = _load_kernel()
     try:
+        if mean is not h:
+            mean_kernel[(batch, n_parts)](h, mean, parts, sig_arg, n_sig, c_h, 1.0 / c_h, hw, lo_s, hi_s,
+                                          BLOCK=_MEAN_BLOCK, GATED=gated, num_warps=4)
         kernel[(filter_planes + scale_planes,)](
-            h, hsp, mean, lo, hi, er, ec, a, bm, sigmas if gated else h,
-            sigmas.numel() if gated else 1, filter_planes, c_hsp, half, c_h, height, width,
-            float(b), float(b) - 1.0, _f32_at_least(low), _f32_at_most(high),
-            PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
+            h, hsp, mean, parts, n_parts, er, ec, a, bm, sig_arg,
+            n_sig, filter_planes, c_hsp, half, c_h, height, width,
+            float(b), float(b) - 1.0, lo_s, hi_s,
+            PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height, PARTS=_pow2(n_parts),
             num_warps=_NUM_WARPS)
     except Exception as err:
         _broken.add(str(h.device))

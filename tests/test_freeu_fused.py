@@ -52,8 +52,13 @@ def test_block_equals_the_torch_route(dtype, hw, version, threshold):
         # three times more (the factor) before the product.
         steps = 1 if version == "v1" else 4
         assert ((got_h.float() - want_h.float()).abs() <= steps * ulp(want_h)).all()
-    else:
+    elif version == "v1":
         assert torch.equal(got_h, want_h)
+    elif dtype == torch.float32:  # channel sums in another order than torch.mean: fp32 rounding
+        assert torch.allclose(got_h, want_h, rtol=1e-5, atol=0)
+    else:  # ... and in fp16 a mean value may round the other way
+        assert ((got_h.float() - want_h.float()).abs() <= ulp(want_h)).all()
+        assert (got_h != want_h).float().mean() < 0.02
     # Skip features: one rounding of the fp32 result (sums in another order than the torch route).
     slack = 16 * torch.finfo(torch.float32).eps * hsp.float().abs().max()
     assert ((got_hsp.float() - want_hsp.float()).abs() <= ulp(want_hsp) + slack).all()
