@@ -123,24 +123,51 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, er_ptr, ec_p
 
 
 @triton.jit
-def channel_mean_kernel(h_ptr, mean_ptr, part_ptr, sig_ptr, n_sig, channels, inv_channels, hw, lo_sigma, hi_sigma,
-                        BLOCK: tl.constexpr, GATED: tl.constexpr):
-    """v2's channel-mean map of one sample's tile of pixels (fp32 sum times 1/C, as torch.mean,
-    rounded to h's dtype) and the tile's min / max, for the samples whose σ is in the window."""
-    sample = tl.program_id(0)
-    tile = tl.program_id(1)
+def _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED: tl.constexpr):
     if GATED:
         sig = tl.load(sig_ptr + sample % n_sig).to(tl.float32)
         on = (sig >= lo_sigma) & (sig <= hi_sigma)
     else:
         on = sample >= 0
-    if on:
+    return on
+
+
+@triton.jit
+def channel_sum_kernel(h_ptr, sum_ptr, sig_ptr, n_sig, channels, hw, lo_sigma, hi_sigma,
+                       CHUNK: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr, GATED: tl.constexpr):
+    """Stage 1 of v2's channel mean: fp32 sums over one chunk of CHUNK channels for one tile of
+    pixels of one sample (grid: sample, pixel tile, channel chunk), for samples in the window."""
+    sample = tl.program_id(0)
+    tile = tl.program_id(1)
+    chunk = tl.program_id(2)
+    if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
         idx = tile * BLOCK + tl.arange(0, BLOCK)
-        mask = idx < hw
+        pmask = idx < hw
+        ct = tl.arange(0, CT)
         base = h_ptr + sample.to(tl.int64) * channels * hw
         acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for c in range(0, channels):
-            acc += tl.load(base + c * hw + idx, mask=mask, other=0.0).to(tl.float32)
+        for c0 in range(chunk * CHUNK, chunk * CHUNK + CHUNK, CT):
+            c = c0 + ct
+            m2 = (c < channels)[:, None] & pmask[None, :]
+            x = tl.load(base + c[:, None].to(tl.int64) * hw + idx[None, :], mask=m2, other=0.0)
+            acc += tl.sum(x.to(tl.float32), axis=0)
+        chunks = tl.num_programs(2)
+        tl.store(sum_ptr + (sample.to(tl.int64) * chunks + chunk) * hw + idx, acc, mask=pmask)
+
+
+@triton.jit
+def channel_mean_kernel(sum_ptr, mean_ptr, part_ptr, sig_ptr, n_sig, chunks, inv_channels, hw,
+                        lo_sigma, hi_sigma, BLOCK: tl.constexpr, GATED: tl.constexpr):
+    """Stage 2: the chunk sums added in a fixed order, times 1/C (as torch.mean), rounded to h's
+    dtype, and the tile's min / max of that map."""
+    sample = tl.program_id(0)
+    tile = tl.program_id(1)
+    if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
+        idx = tile * BLOCK + tl.arange(0, BLOCK)
+        mask = idx < hw
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for k in range(0, chunks):
+            acc += tl.load(sum_ptr + (sample.to(tl.int64) * chunks + k) * hw + idx, mask=mask, other=0.0)
         mean = (acc * inv_channels).to(mean_ptr.dtype.element_ty)
         tl.store(mean_ptr + sample.to(tl.int64) * hw + idx, mean, mask=mask)
         m = mean.to(tl.float32)

@@ -37,7 +37,12 @@ MAX_WIDTH = 1024
 _TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2048 best)
 _SCALE_BLOCK = 1024
 _NUM_WARPS = 4
-_MEAN_BLOCK = 512   # pixels per program of the channel-mean kernel
+# v2's channel mean: stage 1 sums _MEAN_CHUNK channels (_SUM_CT at a time) over _SUM_BLOCK pixels per
+# program, stage 2 adds the chunks over _MEAN_BLOCK pixels; enough programs to fill the GPU.
+_MEAN_CHUNK = 64
+_SUM_CT = 16
+_SUM_BLOCK = 256
+_MEAN_BLOCK = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _kernel = None
@@ -65,7 +70,8 @@ def _load_kernel():
     global _kernel
     if _kernel is None:
         from . import _triton_kernel  # imports triton: only when a fused block first runs
-        _kernel = (_triton_kernel.freeu_block_kernel, _triton_kernel.channel_mean_kernel)
+        _kernel = (_triton_kernel.freeu_block_kernel, _triton_kernel.channel_sum_kernel,
+                   _triton_kernel.channel_mean_kernel)
     return _kernel
 
 
@@ -163,7 +169,7 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
             sigmas = sigmas.to(device=h.device, dtype=torch.float32, non_blocking=True)
     er, ec, a, bm, pp = _factors(height, width, threshold, s, h.device)
     v2 = version == "v2"
-    kernel, mean_kernel = _load_kernel()
+    kernel, sum_kernel, mean_kernel = _load_kernel()
     hw = height * width
     lo_s, hi_s = _f32_at_least(low), _f32_at_most(high)
     sig_arg, n_sig = (sigmas, sigmas.numel()) if gated else (h, 1)
@@ -171,6 +177,8 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     mean = parts = h
     if v2 and half > 0 and b != 1.0:
         n_parts = triton_cdiv(hw, _MEAN_BLOCK)
+        chunks = triton_cdiv(c_h, _MEAN_CHUNK)
+        sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
         mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
         parts = torch.empty((batch, 2, n_parts), dtype=torch.float32, device=h.device)
     bw = _pow2(width)
@@ -181,7 +189,10 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
         return True
     try:
         if mean is not h:
-            mean_kernel[(batch, n_parts)](h, mean, parts, sig_arg, n_sig, c_h, 1.0 / c_h, hw, lo_s, hi_s,
+            sum_kernel[(batch, triton_cdiv(hw, _SUM_BLOCK), chunks)](
+                h, sums, sig_arg, n_sig, c_h, hw, lo_s, hi_s,
+                CHUNK=_MEAN_CHUNK, CT=_SUM_CT, BLOCK=_SUM_BLOCK, GATED=gated, num_warps=4)
+            mean_kernel[(batch, n_parts)](sums, mean, parts, sig_arg, n_sig, chunks, 1.0 / c_h, hw, lo_s, hi_s,
                                           BLOCK=_MEAN_BLOCK, GATED=gated, num_warps=4)
         kernel[(filter_planes + scale_planes,)](
             h, hsp, mean, parts, n_parts, er, ec, a, bm, sig_arg,
