@@ -25,6 +25,32 @@ def _mix(coef, a_ptr, b_ptr, PP: tl.constexpr):
 
 
 @triton.jit
+def _coefficients(x, er_ptr, ec_ptr, r, rmask, cols, cmask, PP: tl.constexpr):
+    """C[a, b] = sum_m Er[m, a] sum_n x[m, n] Ec[n, b] over one tile of rows (2-D temporaries only:
+    one weighted row sum per column basis vector)."""
+    k = tl.arange(0, PP)
+    er = tl.load(er_ptr + r[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)  # [BR, PP]
+    u = tl.zeros_like(er)
+    for b in tl.static_range(PP):
+        ec_b = tl.load(ec_ptr + cols * PP + b, mask=cmask, other=0.0)                   # [BW]
+        u_b = tl.sum(x * ec_b[None, :], axis=1)                                         # [BR]
+        u += tl.where(k[None, :] == b, u_b[:, None], 0.0)
+    return tl.sum(er[:, :, None] * u[:, None, :], axis=0)                               # [PP, PP]
+
+
+@triton.jit
+def _correction(v, er_ptr, r, rmask, PP: tl.constexpr):
+    """sum_a Er[m, a] V[n, a] for one tile of rows: PP rank-one updates."""
+    k = tl.arange(0, PP)
+    corr = tl.zeros([r.shape[0], v.shape[0]], dtype=tl.float32)
+    for a in tl.static_range(PP):
+        er_a = tl.load(er_ptr + r * PP + a, mask=rmask, other=0.0)                        # [BR]
+        v_a = tl.sum(tl.where(k[None, :] == a, v, 0.0), axis=1)                          # [BW]
+        corr += er_a[:, None] * v_a[None, :]
+    return corr
+
+
+@triton.jit
 def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
                   PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, ONE_TILE: tl.constexpr):
     rows = tl.arange(0, BR)
@@ -37,12 +63,9 @@ def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
         m2 = rmask[:, None] & cmask[None, :]
         ptrs = base + rows[:, None] * width + cols[None, :]
         x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
-        er = tl.load(er_ptr + rows[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)
-        u = tl.sum(x[:, :, None] * ec[None, :, :], axis=1)
-        mixed = _mix(tl.sum(er[:, :, None] * u[:, None, :], axis=0), a_ptr, b_ptr, PP)
-        v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)
-        corr = tl.sum(er[:, None, :] * v[None, :, :], axis=2)
-        tl.store(ptrs, (x + corr).to(base.dtype.element_ty), mask=m2)
+        mixed = _mix(_coefficients(x, er_ptr, ec_ptr, rows, rmask, cols, cmask, PP), a_ptr, b_ptr, PP)
+        v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)     # [BW, PP]: sum_b Ec[n, b] M[a, b]
+        tl.store(ptrs, (x + _correction(v, er_ptr, rows, rmask, PP)).to(base.dtype.element_ty), mask=m2)
     else:
         coef = tl.zeros([PP, PP], dtype=tl.float32)
         for r0 in range(0, height, BR):
@@ -50,20 +73,16 @@ def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
             rmask = r < height
             m2 = rmask[:, None] & cmask[None, :]
             x = tl.load(base + r[:, None] * width + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-            er = tl.load(er_ptr + r[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)  # [BR, PP]
-            u = tl.sum(x[:, :, None] * ec[None, :, :], axis=1)          # sum_n x[m, n] Ec[n, b]
-            coef += tl.sum(er[:, :, None] * u[:, None, :], axis=0)      # sum_m Er[m, a] u[m, b]
+            coef += _coefficients(x, er_ptr, ec_ptr, r, rmask, cols, cmask, PP)
         mixed = _mix(coef, a_ptr, b_ptr, PP)
-        v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)          # [BW, PP]: sum_b Ec[n, b] M[a, b]
+        v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)
         for r0 in range(0, height, BR):
             r = r0 + rows
             rmask = r < height
             m2 = rmask[:, None] & cmask[None, :]
             ptrs = base + r[:, None] * width + cols[None, :]
             x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
-            er = tl.load(er_ptr + r[:, None] * PP + k[None, :], mask=rmask[:, None], other=0.0)
-            corr = tl.sum(er[:, None, :] * v[None, :, :], axis=2)       # sum_a Er[m, a] V[n, a]
-            tl.store(ptrs, (x + corr).to(base.dtype.element_ty), mask=m2)
+            tl.store(ptrs, (x + _correction(v, er_ptr, r, rmask, PP)).to(base.dtype.element_ty), mask=m2)
 
 
 @triton.jit

@@ -183,7 +183,7 @@ def sweep_fused(patch, shapes, device, gen):
     print("| num_warps | tile | v2 ms | v1 ms | filter only ms | v1 scale only ms |")
     print("|---|---|---|---|---|---|")
     v1 = FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1")
-    for warps in (1, 2, 4):
+    for warps in (2, 4, 8):
         for tile in (1024, 2048, 4096):
             fused._NUM_WARPS, fused._TILE = warps, tile
             row = [block_call_ms(p, inputs, device, repeats=10)[0] for p in (patch, v1, only_filter, only_scale)]
@@ -194,6 +194,24 @@ def sweep_fused(patch, shapes, device, gen):
         torch.aminmax(h.mean(1).reshape(h.shape[0], -1), dim=1)
         return h, hsp
     print(f"\ntorch mean + aminmax alone (v2's structure map): {block_call_ms(mean_only, inputs, device)[0]:.3f} GPU ms per call\n")
+    from torch.profiler import ProfilerActivity, profile
+    for label, p in (("v2", patch), ("v1", v1)):
+        work = [(h.clone().mul_(1e-3), hsp.clone()) for h, hsp in inputs]
+        for h, hsp in work:
+            p(h, hsp, {})
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                for h, hsp in work:
+                    p(h, hsp, {})
+            torch.cuda.synchronize()
+        totals = {}
+        for ev in prof.key_averages():
+            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if t:
+                totals[ev.key] = totals.get(ev.key, 0) + t
+        print(f"{label} kernels, GPU µs per UNet call: " +
+              ", ".join(f"{k[:40]} {v / 10:.1f}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:6]))
 
 
 def main():
