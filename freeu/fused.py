@@ -34,12 +34,12 @@ from .filter import low_frequency_operator
 
 MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 8
 MAX_WIDTH = 1024
-_TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2048 best)
+_TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2 warps, 2048)
 _SCALE_BLOCK = 1024
-_NUM_WARPS = 4
+_NUM_WARPS = 2
 # v2's channel mean: stage 1 sums _MEAN_CHUNK channels (_SUM_CT at a time) over _SUM_BLOCK pixels per
 # program, stage 2 adds the chunks over _MEAN_BLOCK pixels; enough programs to fill the GPU.
-_MEAN_CHUNK = 64
+_MEAN_CHUNK = 16
 _SUM_CT = 16
 _SUM_BLOCK = 256
 _MEAN_BLOCK = 256

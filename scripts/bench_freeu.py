@@ -188,7 +188,7 @@ def sweep_fused(patch, shapes, device, gen):
             fused._NUM_WARPS, fused._TILE = warps, tile
             row = [block_call_ms(p, inputs, device, repeats=10)[0] for p in (patch, v1, only_filter, only_scale)]
             print(f"| {warps} | {tile} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-    fused._NUM_WARPS, fused._TILE = 4, 2048
+    fused._NUM_WARPS, fused._TILE = 2, 2048
 
     def mean_only(h, hsp, to):
         torch.aminmax(h.mean(1).reshape(h.shape[0], -1), dim=1)
