@@ -114,34 +114,6 @@ def _scale_plane(base, mean_base, part_ptr, n_parts, hw, bscale, bm1, BLOCK: tl.
 
 
 @triton.jit
-def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
-                       n_sig, filter_planes, c_hsp, half, c_h, height, width,
-                       bscale, bm1, lo_sigma, hi_sigma,
-                       PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
-                       GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
-                       PARTS: tl.constexpr):
-    """Programs [0, filter_planes) filter one skip plane each; the rest scale one backbone plane."""
-    pid = tl.program_id(0)
-    hw = height * width
-    is_filter = pid < filter_planes
-    q = pid - filter_planes
-    sample = tl.where(is_filter, pid // c_hsp, q // tl.maximum(half, 1))
-    if GATED:
-        sig = tl.load(sig_ptr + sample % n_sig).to(tl.float32)
-        on = (sig >= lo_sigma) & (sig <= hi_sigma)
-    else:
-        on = pid >= 0
-    if on:
-        if is_filter:
-            _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
-                          PP, BR, BW, ONE_TILE)
-        else:
-            plane = sample.to(tl.int64) * c_h + (q - sample * half)
-            _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
-                         part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, hw, bscale, bm1, BLOCK, V2, PARTS)
-
-
-@triton.jit
 def _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED: tl.constexpr):
     if GATED:
         sig = tl.load(sig_ptr + sample % n_sig).to(tl.float32)
@@ -152,26 +124,58 @@ def _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED: tl.constexpr):
 
 
 @triton.jit
-def channel_sum_kernel(h_ptr, sum_ptr, sig_ptr, n_sig, channels, hw, lo_sigma, hi_sigma,
-                       CHUNK: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr, GATED: tl.constexpr):
-    """Stage 1 of v2's channel mean: fp32 sums over one chunk of CHUNK channels for one tile of
-    pixels of one sample (grid: sample, pixel tile, channel chunk), for samples in the window."""
-    sample = tl.program_id(0)
-    tile = tl.program_id(1)
-    chunk = tl.program_id(2)
+def _channel_sum(base, sum_ptr, channels, hw, chunk, tile,
+                 CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr):
+    """Stage 1 of v2's channel mean: fp32 sums of one chunk of CHUNK channels over one tile of
+    pixels (sum_ptr points at this sample's and chunk's row)."""
+    idx = tile * SBLOCK + tl.arange(0, SBLOCK)
+    pmask = idx < hw
+    ct = tl.arange(0, CT)
+    acc = tl.zeros([SBLOCK], dtype=tl.float32)
+    for c0 in range(chunk * CHUNK, chunk * CHUNK + CHUNK, CT):
+        c = c0 + ct
+        m2 = (c < channels)[:, None] & pmask[None, :]
+        x = tl.load(base + c[:, None].to(tl.int64) * hw + idx[None, :], mask=m2, other=0.0)
+        acc += tl.sum(x.to(tl.float32), axis=0)
+    tl.store(sum_ptr + idx, acc, mask=pmask)
+
+
+@triton.jit
+def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum_tiles, chunks,
+                       er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
+                       n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width,
+                       bscale, bm1, lo_sigma, hi_sigma,
+                       PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
+                       GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
+                       PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr):
+    """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
+    next sum_programs add up one chunk of h's channels over one tile of pixels (v2's mean map,
+    stage 1); the rest scale one backbone plane. v2 launches the first two kinds together (both
+    only read h), then channel_mean_kernel, then the scaling."""
+    pid = tl.program_id(0)
+    hw = height * width
+    is_filter = pid < filter_planes
+    q = pid - filter_planes
+    is_sum = (q >= 0) & (q < sum_programs)
+    qs = q - sum_programs
+    per_sample = sum_tiles * chunks
+    sample = tl.where(is_filter, pid // c_hsp, tl.where(is_sum, q // tl.maximum(per_sample, 1),
+                                                         qs // tl.maximum(half, 1)))
     if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
-        idx = tile * BLOCK + tl.arange(0, BLOCK)
-        pmask = idx < hw
-        ct = tl.arange(0, CT)
-        base = h_ptr + sample.to(tl.int64) * channels * hw
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for c0 in range(chunk * CHUNK, chunk * CHUNK + CHUNK, CT):
-            c = c0 + ct
-            m2 = (c < channels)[:, None] & pmask[None, :]
-            x = tl.load(base + c[:, None].to(tl.int64) * hw + idx[None, :], mask=m2, other=0.0)
-            acc += tl.sum(x.to(tl.float32), axis=0)
-        chunks = tl.num_programs(2)
-        tl.store(sum_ptr + (sample.to(tl.int64) * chunks + chunk) * hw + idx, acc, mask=pmask)
+        if is_filter:
+            _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
+                          PP, BR, BW, ONE_TILE)
+        elif is_sum:
+            r = q - sample * per_sample
+            tile = r // chunks
+            chunk = r - tile * chunks
+            _channel_sum(h_ptr + sample.to(tl.int64) * c_h * hw,
+                         sum_ptr + (sample.to(tl.int64) * chunks + chunk) * hw, c_h, hw, chunk, tile,
+                         CHUNK, CT, SBLOCK)
+        else:
+            plane = sample.to(tl.int64) * c_h + (qs - sample * half)
+            _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
+                         part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, hw, bscale, bm1, BLOCK, V2, PARTS)
 
 
 @triton.jit

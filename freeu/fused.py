@@ -11,8 +11,9 @@ writes nothing (bit-identical to no patch).
   in its separable form C = Erᵀ x Ec, M = Ar C Br - Ai C Bi, P(x) = Er M Ecᵀ, accumulated in fp32
   and rounded once to the plane's dtype: one read and one write of the plane.
 - Backbone planes (first half of h's channels): x·b (v1) or x·(1 + (b-1)·m) (v2, m the per-sample
-  min-max normalised channel-mean map, from a second small kernel that skips samples outside the
-  window). Every elementwise step is rounded to h's dtype as PyTorch's own ops do: v1 equals the
+  min-max normalised channel-mean map: channel sums by extra programs of the filter's launch, then
+  one small kernel for the map; v2 thus takes three launches per block, every one skipping the
+  samples outside the window). Every elementwise step is rounded to h's dtype as PyTorch's own ops do: v1 equals the
   published formula bit for bit in fp16/bf16; v2's channel sums run in another order than
   torch.mean, so a mean value can round the other way (then that pixel's h differs by one rounding
   step); fp32: up to the compiler fusing a multiply-add.
@@ -70,8 +71,7 @@ def _load_kernel():
     global _kernel
     if _kernel is None:
         from . import _triton_kernel  # imports triton: only when a fused block first runs
-        _kernel = (_triton_kernel.freeu_block_kernel, _triton_kernel.channel_sum_kernel,
-                   _triton_kernel.channel_mean_kernel)
+        _kernel = (_triton_kernel.freeu_block_kernel, _triton_kernel.channel_mean_kernel)
     return _kernel
 
 
@@ -169,37 +169,44 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
             sigmas = sigmas.to(device=h.device, dtype=torch.float32, non_blocking=True)
     er, ec, a, bm, pp = _factors(height, width, threshold, s, h.device)
     v2 = version == "v2"
-    kernel, sum_kernel, mean_kernel = _load_kernel()
+    kernel, mean_kernel = _load_kernel()
     hw = height * width
     lo_s, hi_s = _f32_at_least(low), _f32_at_most(high)
     sig_arg, n_sig = (sigmas, sigmas.numel()) if gated else (h, 1)
-    n_parts = 1
-    mean = parts = h
-    if v2 and half > 0 and b != 1.0:
-        n_parts = triton_cdiv(hw, _MEAN_BLOCK)
-        chunks = triton_cdiv(c_h, _MEAN_CHUNK)
-        sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
-        mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
-        parts = torch.empty((batch, 2, n_parts), dtype=torch.float32, device=h.device)
     bw = _pow2(width)
     br = max(1, min(_pow2(height), _TILE // bw))
     filter_planes = batch * c_hsp if s != 1.0 else 0
     scale_planes = batch * half if b != 1.0 else 0
     if filter_planes + scale_planes == 0:
         return True
+    with_map = v2 and scale_planes > 0
+    n_parts = triton_cdiv(hw, _MEAN_BLOCK) if with_map else 1
+    sum_tiles = triton_cdiv(hw, _SUM_BLOCK) if with_map else 0
+    chunks = triton_cdiv(c_h, _MEAN_CHUNK) if with_map else 1
+    if with_map:
+        sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
+        mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
+        parts = torch.empty((batch, 2, n_parts), dtype=torch.float32, device=h.device)
+    else:
+        sums = mean = parts = h
+
+    def launch(n_filter, n_sum, n_scale):
+        kernel[(n_filter + n_sum + n_scale,)](
+            h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg,
+            n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width,
+            float(b), float(b) - 1.0, lo_s, hi_s,
+            PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
+            PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=_SUM_CT, SBLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS)
     try:
-        if mean is not h:
-            sum_kernel[(batch, triton_cdiv(hw, _SUM_BLOCK), chunks)](
-                h, sums, sig_arg, n_sig, c_h, hw, lo_s, hi_s,
-                CHUNK=_MEAN_CHUNK, CT=_SUM_CT, BLOCK=_SUM_BLOCK, GATED=gated, num_warps=4)
+        if with_map:
+            # The skip filter and the channel sums only read h / hsp: one launch; then the map,
+            # then the backbone scaling that needs it.
+            launch(filter_planes, batch * sum_tiles * chunks, 0)
             mean_kernel[(batch, n_parts)](sums, mean, parts, sig_arg, n_sig, chunks, 1.0 / c_h, hw, lo_s, hi_s,
                                           BLOCK=_MEAN_BLOCK, GATED=gated, num_warps=4)
-        kernel[(filter_planes + scale_planes,)](
-            h, hsp, mean, parts, n_parts, er, ec, a, bm, sig_arg,
-            n_sig, filter_planes, c_hsp, half, c_h, height, width,
-            float(b), float(b) - 1.0, lo_s, hi_s,
-            PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height, PARTS=_pow2(n_parts),
-            num_warps=_NUM_WARPS)
+            launch(0, 0, scale_planes)
+        else:
+            launch(filter_planes, 0, scale_planes)
     except Exception as err:
         _broken.add(str(h.device))
         warnings.warn(f"FewStep FreeU: fused GPU kernel failed on {h.device} ({err}); using the torch route")
