@@ -95,6 +95,7 @@ class FreeUPatch:
         scale_backbone(h, b, self.version)
         return h, fourier_filter(hsp, self.threshold, s, self.filter_method)
 
+    @torch.compiler.disable  # host-side checks and a raw kernel launch: a graph break when compiled
     def _fused(self, h, hsp, b, s, transformer_options) -> bool:
         if self.filter_method != "auto" or not fused.usable(h, hsp, self.threshold):
             return False
