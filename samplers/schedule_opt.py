@@ -506,6 +506,10 @@ class Refinement:
     calls: int
 
 
+SEARCHES = ("grid", "golden")
+_INV_PHI = (math.sqrt(5) - 1) / 2  # golden ratio conjugate
+
+
 @torch.no_grad()
 def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     x_train: torch.Tensor, ref_train: torch.Tensor,
@@ -513,24 +517,38 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
                     sweeps: int = 2, candidates: int = 8, sigma_floor: Optional[float] = None,
                     progress: Optional[Callable[[int, int], None]] = None,
                     check_cancel: Optional[Callable[[], None]] = None, objective: str = "geomean",
-                    patience: int = 2) -> Refinement:
-    """Coordinate search (AYS-style): each interior positive sigma in turn tries `candidates`
-    log-uniform values strictly between its neighbours and keeps the one with the smallest
-    training error (`score` with `objective`) of `run_sampler(x_start, sigmas)`; sigma_0 and the
-    final 0 stay fixed, the last positive sigma stays >= sigma_floor. After every sweep the
-    held-out error is measured; the schedule with the best held-out error is returned, and the
-    search stops after `patience` + 1 sweeps in a row without a held-out improvement (early
-    stopping, since the training error is only a proxy) or when a sweep moves nothing."""
+                    patience: int = 2, search: str = "grid", line_iters: int = 4) -> Refinement:
+    """Coordinate search (AYS-style) on the schedule against the actual sampler: each interior
+    positive sigma in turn moves, in log sigma, strictly between its neighbours to the value with
+    the smallest training error (`score` with `objective`) of `run_sampler(x_start, sigmas)`;
+    sigma_0 and the final 0 stay fixed, the last positive sigma stays >= sigma_floor.
+
+    search "grid":   `candidates` log-uniform trial values between the neighbours.
+    search "golden": the same coarse grid brackets the best value (a guard against the many local
+                     minima of a few-sample objective), then `line_iters` golden-section steps
+                     inside the bracket around the best point refine it to a fraction of the grid
+                     spacing (0.618^(line_iters-1) of two spacings; line_iters >= 2).
+    After every sweep the held-out error is measured; the schedule with the best held-out error is
+    returned, and the search stops after `patience` + 1 sweeps in a row without a held-out
+    improvement (early stopping: the training error is only a proxy) or when a sweep moves nothing.
+    Sampler runs per sweep: (steps-1) * (candidates [+ line_iters]) on the training noises, plus one
+    on the held-out noises; each costs `steps` model calls."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64).clone()
     if sig.ndim != 1 or sig.numel() < 2 or float(sig[-1]) != 0.0 or not (sig[1:] < sig[:-1]).all():
         raise ValueError("sigmas must be strictly decreasing and end with 0")
     if int(sweeps) < 0 or int(candidates) < 1:
         raise ValueError("sweeps must be >= 0 and candidates >= 1")
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if int(line_iters) < 0 or int(line_iters) == 1:
+        raise ValueError(f"line_iters must be 0 or >= 2 (golden-section evaluations), got {line_iters}")
+    score(torch.ones(1), objective)  # validates the objective before any model call
     floor = float(sig[-2]) / 2 if sigma_floor is None else float(sigma_floor)
     if not floor > 0:
         raise ValueError(f"sigma_floor must be > 0, got {sigma_floor}")
     steps = sig.numel() - 1
     calls = 0
+    iters = int(line_iters) if search == "golden" else 0
 
     def err(s, x, ref):
         nonlocal calls
@@ -542,7 +560,7 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
 
     have_hold = x_hold is not None and ref_hold is not None
     movable = list(range(1, steps))           # indices of positive sigmas after sigma_0
-    total = max(1, int(sweeps) * len(movable) * int(candidates))
+    total = max(1, int(sweeps) * len(movable) * (int(candidates) + iters))
     done = 0
     train_hist = [err(sig, x_train, ref_train)]
     hold_hist = [err(sig, x_hold, ref_hold)] if have_hold else []
@@ -554,18 +572,46 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
         for i in movable:
             hi = math.log(float(sig[i - 1]))
             lo = math.log(float(sig[i + 1]) if float(sig[i + 1]) > 0 else min(floor, float(sig[i])))
-            for c in range(1, int(candidates) + 1):
-                val = math.exp(hi + (lo - hi) * c / (int(candidates) + 1))
+            tried = {}  # position u in (0, 1) between hi (u=0) and lo (u=1) -> training error
+
+            def at(u):
+                nonlocal done
                 done += 1
                 if progress is not None:
                     progress(done, total)
-                if not (float(sig[i + 1]) < val < float(sig[i - 1])) or val == float(sig[i]):
-                    continue
+                val = math.exp(hi + (lo - hi) * u)
+                if not (float(sig[i + 1]) < val < float(sig[i - 1])):
+                    return math.inf
+                if val == float(sig[i]):
+                    return cur
                 trial = sig.clone()
                 trial[i] = val
-                e = err(trial, x_train, ref_train)
+                tried[u] = (err(trial, x_train, ref_train), val)
+                return tried[u][0]
+
+            spacing = 1.0 / (int(candidates) + 1)
+            grid_vals = [(at(c * spacing), c * spacing) for c in range(1, int(candidates) + 1)]
+            if iters:
+                # Golden-section search in the two grid cells around the best grid point.
+                e_best, u_best = min(grid_vals)
+                a, b = max(0.0, u_best - spacing), min(1.0, u_best + spacing)
+                c1, c2 = b - _INV_PHI * (b - a), a + _INV_PHI * (b - a)
+                f1, f2 = at(c1), at(c2)
+                for _k in range(iters - 2):
+                    if f1 <= f2:
+                        b, c2, f2 = c2, c1, f1
+                        c1 = b - _INV_PHI * (b - a)
+                        f1 = at(c1)
+                    else:
+                        a, c1, f1 = c1, c2, f2
+                        c2 = a + _INV_PHI * (b - a)
+                        f2 = at(c2)
+            if tried:
+                e, val = min(tried.values())
                 if e < cur:
-                    sig, cur = trial, e
+                    sig = sig.clone()
+                    sig[i] = val
+                    cur = e
         train_hist.append(cur)
         if torch.equal(sig, before):
             break
