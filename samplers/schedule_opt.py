@@ -691,6 +691,7 @@ class OptimisationResult:
     train_errors: dict = field(default_factory=dict)    # candidate -> training error
     holdout_errors: dict = field(default_factory=dict)  # candidate -> held-out error (if any)
     refinement: Optional[Refinement] = None
+    refined_from: Optional[str] = None              # the candidate the kept refinement started from
     teacher_calls: int = 0
     sampler_calls: int = 0
     train_reference: Optional[torch.Tensor] = None    # the teacher's outputs (fitting noises)
@@ -709,6 +710,8 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
                       holdout: int = 0, grid_size: int = 120, substeps: int = 1,
                       variants: Sequence = DEFAULT_VARIANTS, baselines: Optional[dict] = None,
                       max_steps: Optional[int] = None, refine_sweeps: int = 0, refine_candidates: int = 8,
+                      refine_objective: str = "geomean", refine_search: str = "grid", refine_line_iters: int = 4,
+                      refine_patience: int = 2, refine_starts: int = 1,
                       progress: Optional[Callable[[int, int], None]] = None,
                       check_cancel: Optional[Callable[[], None]] = None,
                       store_device=None, gram_device=None, teacher: Optional[Teacher] = None) -> OptimisationResult:
@@ -721,10 +724,13 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
     3. for `steps`: the candidates (each variant's N-step path, plus `baselines`: name -> sigmas)
        are run through the ACTUAL sampler (`run_sampler(x, sigmas)`) on the training samples; the
        lowest mean error wins (without run_sampler: the first variant's path);
-    4. optional coordinate refinement of the winner against the actual sampler, early-stopped on
-       the held-out samples (needs holdout >= 1 and run_sampler).
+    4. optional coordinate refinement of the winner against the actual sampler (`refine_schedule`
+       with refine_objective / refine_search / refine_line_iters / refine_patience), early-stopped
+       on the held-out samples (needs holdout >= 1 and run_sampler); with refine_starts = k > 1
+       the k best distinct candidates are each refined and the lowest held-out error wins.
     Model calls: teacher (grid-1)*substeps+1, selection steps*(#candidates), refinement up to
-    refine_sweeps*(steps-1)*refine_candidates*steps (+ held-out runs) — each batched over samples.
+    refine_starts*refine_sweeps*(steps-1)*(refine_candidates [+ refine_line_iters for "golden"])*steps
+    (+ held-out runs) — each batched over samples.
     A `teacher` computed before (teacher_pass on x_start over log_grid(sigma_max, sigma_min,
     grid_size)) is reused instead of a new pass: it depends on neither the steps nor the sampler."""
     _check_range(sigma_max, sigma_min)
@@ -743,6 +749,10 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
         raise ValueError("refinement needs the actual sampler and at least one held-out sample")
     if not variants:
         raise ValueError("at least one cost variant is needed")
+    if int(refine_sweeps) > 0:
+        score(torch.ones(1), refine_objective)
+        if refine_search not in SEARCHES:
+            raise ValueError(f"refine_search must be one of {SEARCHES}, got {refine_search!r}")
     variants = [tuple(v) + (False,) * (3 - len(v)) for v in variants]
     for kind, power, _ in variants:
         if kind not in COSTS:
@@ -754,7 +764,8 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
 
     n_cands = len(variants) + len(baselines or {})
     sel_calls = steps * n_cands * (2 if holdout else 1) if run_sampler is not None else 0
-    ref_calls = int(refine_sweeps) * max(steps - 1, 0) * int(refine_candidates) * steps
+    per_sigma = int(refine_candidates) + (int(refine_line_iters) if refine_search == "golden" else 0)
+    ref_calls = int(refine_sweeps) * max(steps - 1, 0) * per_sigma * steps * max(1, int(refine_starts))
     teacher_total = (grid.numel() - 1) * int(substeps) + 1
     total = teacher_total + sel_calls + ref_calls
 
@@ -799,14 +810,30 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
             _, result.holdout_errors = select_schedule(cands, counted, x_hold, hold.final, check_cancel)
         result.chosen, result.sigmas = best, cands[best]
         if int(refine_sweeps) > 0 and steps > 1:
-            base = used[0]
-            ref = refine_schedule(cands[best], run_sampler, x_train, train.final, x_hold, hold.final,
-                                  sweeps=refine_sweeps, candidates=refine_candidates,
-                                  sigma_floor=float(grid[-1]),
-                                  progress=lambda d, t: prog(base + d * steps),
-                                  check_cancel=check_cancel)
-            used[0] = base + ref.calls
-            result.refinement, result.sigmas = ref, ref.sigmas
+            # Multi-start: the coordinate search ends in a local minimum that depends on where it
+            # starts, so the `refine_starts` best distinct candidates are refined and the one with
+            # the lowest held-out error is kept.
+            order = sorted(cands, key=lambda k: (not math.isfinite(result.train_errors[k]), result.train_errors[k]))
+            starts = []
+            for name in order:
+                if not any(torch.equal(cands[name], cands[o]) for o in starts):
+                    starts.append(name)
+            starts = starts[:max(1, int(refine_starts))]
+            best_ref, best_h = None, math.inf
+            for name in starts:
+                base = used[0]
+                ref = refine_schedule(cands[name], run_sampler, x_train, train.final, x_hold, hold.final,
+                                      sweeps=refine_sweeps, candidates=refine_candidates,
+                                      sigma_floor=float(grid[-1]),
+                                      progress=lambda d, t, base=base: prog(base + d * steps),
+                                      check_cancel=check_cancel, objective=refine_objective,
+                                      search=refine_search, line_iters=refine_line_iters,
+                                      patience=refine_patience)
+                used[0] = base + ref.calls
+                h = min(ref.holdout_error)
+                if h < best_h:
+                    best_ref, best_h, result.refined_from = ref, h, name
+            result.refinement, result.sigmas = best_ref, best_ref.sigmas
     result.sampler_calls = used[0] - teacher.calls
     prog(total)
     return result
