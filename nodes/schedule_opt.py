@@ -174,7 +174,9 @@ class FewStepOptimizeSchedule:
                    "conditioning, CFG and sampler: one fine teacher pass from a few noises (through ComfyUI's own "
                    "guider, so LoRAs and patches count), a cost for every jump between candidate sigmas, an exact "
                    "dynamic program that gives the best path for every step count, then the candidates (and "
-                   "Karras) are run with your sampler and the best is kept. Results are cached as JSON in the "
+                   "Karras) are run with your sampler and the best is kept; an optional refinement (refine_sweeps, off by default: "
+                   "it costs several times the teacher pass) moves each sigma against your sampler, early-stopped on "
+                   "held-out noises. Results are cached as JSON in the "
                    "user directory: the same inputs return at once. The MODEL output makes KSampler's "
                    "'fewstep_optimized' scheduler use this schedule.")
     CATEGORY = CATEGORY
