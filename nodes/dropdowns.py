@@ -21,6 +21,7 @@ DROPDOWN_SAMPLERS = {
     "fewstep_edm_heun": "edm_heun",
     "fewstep_edm_stochastic": "edm_stochastic",
     "fewstep_edm_midpoint": "edm_alpha_0.5",
+    "fewstep_dpmpp_3s": "dpmpp_3s",
 }
 
 

@@ -174,7 +174,9 @@ class FewStepOptimizeSchedule:
                    "conditioning, CFG and sampler: one fine teacher pass from a few noises (through ComfyUI's own "
                    "guider, so LoRAs and patches count), a cost for every jump between candidate sigmas, an exact "
                    "dynamic program that gives the best path for every step count, then the candidates (and "
-                   "Karras) are run with your sampler and the best is kept. Results are cached as JSON in the "
+                   "Karras) are run with your sampler and the best is kept; an optional refinement (refine_sweeps, off by default: "
+                   "it costs several times the teacher pass) moves each sigma against your sampler, early-stopped on "
+                   "held-out noises. Results are cached as JSON in the "
                    "user directory: the same inputs return at once. The MODEL output makes KSampler's "
                    "'fewstep_optimized' scheduler use this schedule.")
     CATEGORY = CATEGORY
@@ -201,8 +203,10 @@ class FewStepOptimizeSchedule:
             "latent": ("LATENT", {"tooltip": "Optional: take the latent size from this LATENT (only its shape is used)."}),
             "grid": ("INT", {"default": 120, "min": 8, "max": 400, "tooltip": "Candidate sigmas (log-uniform between sigma_max and sigma_min); one teacher model call each."}),
             "holdout": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Extra noises not used to fit, only to report/early-stop (needed by refine)."}),
-            "refine_sweeps": ("INT", {"default": 0, "min": 0, "max": 10, "tooltip": "Coordinate-search sweeps with the actual sampler after the DP (costly: about (N-1)*candidates*N calls per sweep), early-stopped on the held-out noises."}),
-            "refine_candidates": ("INT", {"default": 8, "min": 1, "max": 32, "tooltip": "Trial values per sigma in each refinement sweep."}),
+            "refine_sweeps": ("INT", {"default": 0, "min": 0, "max": 10, "tooltip": "Coordinate-search sweeps with the actual sampler after the DP, early-stopped on the held-out noises. Costly: each sweep makes (N-1)*(candidates + 4 for golden)*N model calls, batched over mc_samples (N=8, golden, 8 candidates: 672 calls per sweep, about 5-6x the teacher pass of grid 120). 0 = off (the default: the teacher + DP + selection is about grid + 6N calls)."}),
+            "refine_candidates": ("INT", {"default": 8, "min": 1, "max": 32, "tooltip": "Trial values per sigma in each refinement sweep (the coarse grid that golden search then narrows)."}),
+            "refine_search": (list(so.SEARCHES[::-1]), {"default": "golden", "tooltip": "golden: the coarse trial grid, then 4 golden-section steps around its best value (measured on the lab: lower test error than grid at about 1.5-2x its calls, see BENCHMARKS.md 'Refinement variants'); grid: the coarse trial grid only."}),
+            "refine_objective": (list(so.OBJECTIVES), {"default": "mean", "tooltip": "What the refinement minimises over the fitting noises: mean relative error (what the benchmarks report; measured best on the lab) or its geometric mean (less swayed by rare samples that land on another mode when there are very few noises)."}),
             "teacher_substeps": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": "DPM++ 2M sub-steps per grid interval in the teacher pass (accuracy vs time)."}),
             "sigma_max": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 5000.0, "step": 0.01, "round": False, "tooltip": "Largest sigma; 0 = the model's."}),
             "sigma_min": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 5000.0, "step": 0.001, "round": False, "tooltip": "Smallest non-zero sigma; 0 = the model's."}),
@@ -212,7 +216,8 @@ class FewStepOptimizeSchedule:
 
     def optimise(self, model, positive, negative, cfg, width, height, steps, sampler, mc_samples, seed,
                  latent=None, grid=120, holdout=0, refine_sweeps=0, refine_candidates=8, teacher_substeps=1,
-                 sigma_max=0.0, sigma_min=0.0, compare_karras=True, use_cache=True):
+                 sigma_max=0.0, sigma_min=0.0, compare_karras=True, use_cache=True, refine_search="golden",
+                 refine_objective="mean"):
         t0 = time.perf_counter()
         steps, grid, mc_samples, holdout = int(steps), int(grid), int(mc_samples), int(holdout)
         if steps < 1:
@@ -225,6 +230,10 @@ class FewStepOptimizeSchedule:
             raise ValueError("mc_samples must be >= 1 and holdout >= 0")
         if int(refine_sweeps) > 0 and holdout < 1:
             raise ValueError("refine_sweeps > 0 needs holdout >= 1 (held-out noises stop the refinement)")
+        if refine_search not in so.SEARCHES:
+            raise ValueError(f"refine_search must be one of {so.SEARCHES}, got {refine_search!r}")
+        if refine_objective not in so.OBJECTIVES:
+            raise ValueError(f"refine_objective must be one of {so.OBJECTIVES}, got {refine_objective!r}")
         names = ode_samplers()
         if sampler not in names:
             raise ValueError(f"sampler: {sampler!r} is not a deterministic ODE sampler known to ComfyUI; one of {names}")
@@ -238,7 +247,9 @@ class FewStepOptimizeSchedule:
             "latent": list(shape), "cfg": round(float(cfg), 6), "sampler": sampler,
             "mc_samples": mc_samples, "holdout": holdout, "seed": int(seed), "grid": grid,
             "teacher_substeps": int(teacher_substeps), "sigma_range": [round(hi, 9), round(lo, 9)],
-            "refine": [int(refine_sweeps), int(refine_candidates)] if int(refine_sweeps) else None,
+            "refine": ([int(refine_sweeps), int(refine_candidates)] + ([] if (refine_search, refine_objective) == ("grid", "geomean")
+                                                                      else [refine_search, refine_objective])
+                       if int(refine_sweeps) else None),
             "compare_karras": bool(compare_karras),
         }
         path = os.path.join(cache.cache_dir(_user_dir()), cache.file_name(type(model.model).__name__, key))
@@ -256,7 +267,7 @@ class FewStepOptimizeSchedule:
 
         result = self._run(model, positive, negative, cfg, shape, steps, sampler, mc_samples, holdout, int(seed),
                            grid, int(teacher_substeps), hi, lo, int(refine_sweeps), int(refine_candidates),
-                           bool(compare_karras))
+                           bool(compare_karras), refine_search, refine_objective)
         record = _record(key, result, model, time.perf_counter() - t0, lo, hi, old)
         if use_cache:
             cache.write(path, record)
@@ -266,7 +277,7 @@ class FewStepOptimizeSchedule:
 
     @staticmethod
     def _run(model, positive, negative, cfg, shape, steps, sampler, mc, holdout, seed, grid, substeps, hi, lo,
-             refine_sweeps, refine_candidates, compare_karras):
+             refine_sweeps, refine_candidates, compare_karras, refine_search="golden", refine_objective="mean"):
         check = comfy.model_management.throw_exception_if_processing_interrupted
         pbar = comfy.utils.ProgressBar(1)
         ksampler = comfy.samplers.sampler_object(sampler)
@@ -289,7 +300,8 @@ class FewStepOptimizeSchedule:
             found["result"] = so.optimise_schedule(
                 denoiser, x, hi, lo, steps, sampler, run_sampler=run_sampler, holdout=holdout, grid_size=grid,
                 substeps=substeps, baselines=baselines, refine_sweeps=refine_sweeps,
-                refine_candidates=refine_candidates, progress=lambda d, t: pbar.update_absolute(d, t),
+                refine_candidates=refine_candidates, refine_search=refine_search,
+                refine_objective=refine_objective, progress=lambda d, t: pbar.update_absolute(d, t),
                 check_cancel=check, store_device=x.device, gram_device=gram_device)
             return x
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .deis import sample_deis_rhoab, sample_deis_rhork, sample_deis_tab
-from .dpmpp import sample_dpmpp_1s, sample_dpmpp_2m, sample_dpmpp_2s, sample_dpmpp_3m
+from .dpmpp import sample_dpmpp_1s, sample_dpmpp_2m, sample_dpmpp_2s, sample_dpmpp_3m, sample_dpmpp_3s
 from .edm import sample_edm_alpha, sample_edm_heun, sample_edm_stochastic
 
 
@@ -27,6 +27,7 @@ SOLVERS = {
     "dpmpp_2s": SolverSpec(sample_dpmpp_2s, {"r": 0.5}, 2, 2),
     "dpmpp_2m": SolverSpec(sample_dpmpp_2m, {}, 2, 1, True),
     "dpmpp_3m": SolverSpec(sample_dpmpp_3m, {}, 3, 1, True),
+    "dpmpp_3s": SolverSpec(sample_dpmpp_3s, {}, 3, 3),
     "deis_tab1": SolverSpec(sample_deis_tab, {"order": 1}, 1, 1, True),
     "deis_tab2": SolverSpec(sample_deis_tab, {"order": 2}, 2, 1, True),
     "deis_tab3": SolverSpec(sample_deis_tab, {"order": 3}, 3, 1, True),

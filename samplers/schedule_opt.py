@@ -506,6 +506,10 @@ class Refinement:
     calls: int
 
 
+SEARCHES = ("grid", "golden")
+_INV_PHI = (math.sqrt(5) - 1) / 2  # golden ratio conjugate
+
+
 @torch.no_grad()
 def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                     x_train: torch.Tensor, ref_train: torch.Tensor,
@@ -513,24 +517,38 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
                     sweeps: int = 2, candidates: int = 8, sigma_floor: Optional[float] = None,
                     progress: Optional[Callable[[int, int], None]] = None,
                     check_cancel: Optional[Callable[[], None]] = None, objective: str = "geomean",
-                    patience: int = 2) -> Refinement:
-    """Coordinate search (AYS-style): each interior positive sigma in turn tries `candidates`
-    log-uniform values strictly between its neighbours and keeps the one with the smallest
-    training error (`score` with `objective`) of `run_sampler(x_start, sigmas)`; sigma_0 and the
-    final 0 stay fixed, the last positive sigma stays >= sigma_floor. After every sweep the
-    held-out error is measured; the schedule with the best held-out error is returned, and the
-    search stops after `patience` + 1 sweeps in a row without a held-out improvement (early
-    stopping, since the training error is only a proxy) or when a sweep moves nothing."""
+                    patience: int = 2, search: str = "grid", line_iters: int = 4) -> Refinement:
+    """Coordinate search (AYS-style) on the schedule against the actual sampler: each interior
+    positive sigma in turn moves, in log sigma, strictly between its neighbours to the value with
+    the smallest training error (`score` with `objective`) of `run_sampler(x_start, sigmas)`;
+    sigma_0 and the final 0 stay fixed, the last positive sigma stays >= sigma_floor.
+
+    search "grid":   `candidates` log-uniform trial values between the neighbours.
+    search "golden": the same coarse grid brackets the best value (a guard against the many local
+                     minima of a few-sample objective), then `line_iters` golden-section steps
+                     inside the bracket around the best point refine it to a fraction of the grid
+                     spacing (0.618^(line_iters-1) of two spacings; line_iters >= 2).
+    After every sweep the held-out error is measured; the schedule with the best held-out error is
+    returned, and the search stops after `patience` + 1 sweeps in a row without a held-out
+    improvement (early stopping: the training error is only a proxy) or when a sweep moves nothing.
+    Sampler runs per sweep: (steps-1) * (candidates [+ line_iters]) on the training noises, plus one
+    on the held-out noises; each costs `steps` model calls."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64).clone()
     if sig.ndim != 1 or sig.numel() < 2 or float(sig[-1]) != 0.0 or not (sig[1:] < sig[:-1]).all():
         raise ValueError("sigmas must be strictly decreasing and end with 0")
     if int(sweeps) < 0 or int(candidates) < 1:
         raise ValueError("sweeps must be >= 0 and candidates >= 1")
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if int(line_iters) < 0 or int(line_iters) == 1:
+        raise ValueError(f"line_iters must be 0 or >= 2 (golden-section evaluations), got {line_iters}")
+    score(torch.ones(1), objective)  # validates the objective before any model call
     floor = float(sig[-2]) / 2 if sigma_floor is None else float(sigma_floor)
     if not floor > 0:
         raise ValueError(f"sigma_floor must be > 0, got {sigma_floor}")
     steps = sig.numel() - 1
     calls = 0
+    iters = int(line_iters) if search == "golden" else 0
 
     def err(s, x, ref):
         nonlocal calls
@@ -542,7 +560,7 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
 
     have_hold = x_hold is not None and ref_hold is not None
     movable = list(range(1, steps))           # indices of positive sigmas after sigma_0
-    total = max(1, int(sweeps) * len(movable) * int(candidates))
+    total = max(1, int(sweeps) * len(movable) * (int(candidates) + iters))
     done = 0
     train_hist = [err(sig, x_train, ref_train)]
     hold_hist = [err(sig, x_hold, ref_hold)] if have_hold else []
@@ -554,18 +572,46 @@ def refine_schedule(sigmas: torch.Tensor, run_sampler: Callable[[torch.Tensor, t
         for i in movable:
             hi = math.log(float(sig[i - 1]))
             lo = math.log(float(sig[i + 1]) if float(sig[i + 1]) > 0 else min(floor, float(sig[i])))
-            for c in range(1, int(candidates) + 1):
-                val = math.exp(hi + (lo - hi) * c / (int(candidates) + 1))
+            tried = {}  # position u in (0, 1) between hi (u=0) and lo (u=1) -> training error
+
+            def at(u):
+                nonlocal done
                 done += 1
                 if progress is not None:
                     progress(done, total)
-                if not (float(sig[i + 1]) < val < float(sig[i - 1])) or val == float(sig[i]):
-                    continue
+                val = math.exp(hi + (lo - hi) * u)
+                if not (float(sig[i + 1]) < val < float(sig[i - 1])):
+                    return math.inf
+                if val == float(sig[i]):
+                    return cur
                 trial = sig.clone()
                 trial[i] = val
-                e = err(trial, x_train, ref_train)
+                tried[u] = (err(trial, x_train, ref_train), val)
+                return tried[u][0]
+
+            spacing = 1.0 / (int(candidates) + 1)
+            grid_vals = [(at(c * spacing), c * spacing) for c in range(1, int(candidates) + 1)]
+            if iters:
+                # Golden-section search in the two grid cells around the best grid point.
+                e_best, u_best = min(grid_vals)
+                a, b = max(0.0, u_best - spacing), min(1.0, u_best + spacing)
+                c1, c2 = b - _INV_PHI * (b - a), a + _INV_PHI * (b - a)
+                f1, f2 = at(c1), at(c2)
+                for _k in range(iters - 2):
+                    if f1 <= f2:
+                        b, c2, f2 = c2, c1, f1
+                        c1 = b - _INV_PHI * (b - a)
+                        f1 = at(c1)
+                    else:
+                        a, c1, f1 = c1, c2, f2
+                        c2 = a + _INV_PHI * (b - a)
+                        f2 = at(c2)
+            if tried:
+                e, val = min(tried.values())
                 if e < cur:
-                    sig, cur = trial, e
+                    sig = sig.clone()
+                    sig[i] = val
+                    cur = e
         train_hist.append(cur)
         if torch.equal(sig, before):
             break
@@ -645,6 +691,7 @@ class OptimisationResult:
     train_errors: dict = field(default_factory=dict)    # candidate -> training error
     holdout_errors: dict = field(default_factory=dict)  # candidate -> held-out error (if any)
     refinement: Optional[Refinement] = None
+    refined_from: Optional[str] = None              # the candidate the kept refinement started from
     teacher_calls: int = 0
     sampler_calls: int = 0
     train_reference: Optional[torch.Tensor] = None    # the teacher's outputs (fitting noises)
@@ -663,6 +710,8 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
                       holdout: int = 0, grid_size: int = 120, substeps: int = 1,
                       variants: Sequence = DEFAULT_VARIANTS, baselines: Optional[dict] = None,
                       max_steps: Optional[int] = None, refine_sweeps: int = 0, refine_candidates: int = 8,
+                      refine_objective: str = "geomean", refine_search: str = "grid", refine_line_iters: int = 4,
+                      refine_patience: int = 2, refine_starts: int = 1,
                       progress: Optional[Callable[[int, int], None]] = None,
                       check_cancel: Optional[Callable[[], None]] = None,
                       store_device=None, gram_device=None, teacher: Optional[Teacher] = None) -> OptimisationResult:
@@ -675,10 +724,13 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
     3. for `steps`: the candidates (each variant's N-step path, plus `baselines`: name -> sigmas)
        are run through the ACTUAL sampler (`run_sampler(x, sigmas)`) on the training samples; the
        lowest mean error wins (without run_sampler: the first variant's path);
-    4. optional coordinate refinement of the winner against the actual sampler, early-stopped on
-       the held-out samples (needs holdout >= 1 and run_sampler).
+    4. optional coordinate refinement of the winner against the actual sampler (`refine_schedule`
+       with refine_objective / refine_search / refine_line_iters / refine_patience), early-stopped
+       on the held-out samples (needs holdout >= 1 and run_sampler); with refine_starts = k > 1
+       the k best distinct candidates are each refined and the lowest held-out error wins.
     Model calls: teacher (grid-1)*substeps+1, selection steps*(#candidates), refinement up to
-    refine_sweeps*(steps-1)*refine_candidates*steps (+ held-out runs) — each batched over samples.
+    refine_starts*refine_sweeps*(steps-1)*(refine_candidates [+ refine_line_iters for "golden"])*steps
+    (+ held-out runs) — each batched over samples.
     A `teacher` computed before (teacher_pass on x_start over log_grid(sigma_max, sigma_min,
     grid_size)) is reused instead of a new pass: it depends on neither the steps nor the sampler."""
     _check_range(sigma_max, sigma_min)
@@ -697,6 +749,10 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
         raise ValueError("refinement needs the actual sampler and at least one held-out sample")
     if not variants:
         raise ValueError("at least one cost variant is needed")
+    if int(refine_sweeps) > 0:
+        score(torch.ones(1), refine_objective)
+        if refine_search not in SEARCHES:
+            raise ValueError(f"refine_search must be one of {SEARCHES}, got {refine_search!r}")
     variants = [tuple(v) + (False,) * (3 - len(v)) for v in variants]
     for kind, power, _ in variants:
         if kind not in COSTS:
@@ -708,7 +764,8 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
 
     n_cands = len(variants) + len(baselines or {})
     sel_calls = steps * n_cands * (2 if holdout else 1) if run_sampler is not None else 0
-    ref_calls = int(refine_sweeps) * max(steps - 1, 0) * int(refine_candidates) * steps
+    per_sigma = int(refine_candidates) + (int(refine_line_iters) if refine_search == "golden" else 0)
+    ref_calls = int(refine_sweeps) * max(steps - 1, 0) * per_sigma * steps * max(1, int(refine_starts))
     teacher_total = (grid.numel() - 1) * int(substeps) + 1
     total = teacher_total + sel_calls + ref_calls
 
@@ -753,14 +810,30 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
             _, result.holdout_errors = select_schedule(cands, counted, x_hold, hold.final, check_cancel)
         result.chosen, result.sigmas = best, cands[best]
         if int(refine_sweeps) > 0 and steps > 1:
-            base = used[0]
-            ref = refine_schedule(cands[best], run_sampler, x_train, train.final, x_hold, hold.final,
-                                  sweeps=refine_sweeps, candidates=refine_candidates,
-                                  sigma_floor=float(grid[-1]),
-                                  progress=lambda d, t: prog(base + d * steps),
-                                  check_cancel=check_cancel)
-            used[0] = base + ref.calls
-            result.refinement, result.sigmas = ref, ref.sigmas
+            # Multi-start: the coordinate search ends in a local minimum that depends on where it
+            # starts, so the `refine_starts` best distinct candidates are refined and the one with
+            # the lowest held-out error is kept.
+            order = sorted(cands, key=lambda k: (not math.isfinite(result.train_errors[k]), result.train_errors[k]))
+            starts = []
+            for name in order:
+                if not any(torch.equal(cands[name], cands[o]) for o in starts):
+                    starts.append(name)
+            starts = starts[:max(1, int(refine_starts))]
+            best_ref, best_h = None, math.inf
+            for name in starts:
+                base = used[0]
+                ref = refine_schedule(cands[name], run_sampler, x_train, train.final, x_hold, hold.final,
+                                      sweeps=refine_sweeps, candidates=refine_candidates,
+                                      sigma_floor=float(grid[-1]),
+                                      progress=lambda d, t, base=base: prog(base + d * steps),
+                                      check_cancel=check_cancel, objective=refine_objective,
+                                      search=refine_search, line_iters=refine_line_iters,
+                                      patience=refine_patience)
+                used[0] = base + ref.calls
+                h = min(ref.holdout_error)
+                if h < best_h:
+                    best_ref, best_h, result.refined_from = ref, h, name
+            result.refinement, result.sigmas = best_ref, best_ref.sigmas
     result.sampler_calls = used[0] - teacher.calls
     prog(total)
     return result

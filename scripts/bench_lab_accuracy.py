@@ -9,6 +9,13 @@ sample from the same noise (samplers/accuracy.py: ODE to the model's sigma_min, 
 denoise; float64, convergence-checked). KSampler's convention is used for sigmas (dpm_2 / uni_pc
 style samplers get steps+1 sigmas with the penultimate one dropped).
 
+Schedules fitted on the lab model itself ("the user's own model" of the schedule optimiser,
+samplers/schedule_opt.py): for a few pack samplers and each NFE in --fit-nfe, the optimiser (teacher
+pass + DP + selection with Karras among the candidates + refinement against the sampler) runs on
+fitting noises of seed --fit-seed (train) and --fit-seed + 1 (held-out, early stopping), never on the
+benchmark's noises (seed --seed); the fitted schedule is then scored like every other entry, as
+`<sampler> + fewstep_optimized (fit)`. --no-fit leaves them out.
+
 Stochastic samplers (output changes with the sampler seed at fixed initial noise) are listed but
 not ranked: they do not approximate the ODE map, so their distance to it is not an accuracy.
 
@@ -39,6 +46,12 @@ DATASETS = {
     "shapes": ("shapes", 16, 0.05, 0),
     "gmm": ("gmm", 16, 0.3, 0),
 }
+# Pack samplers a schedule is fitted for, and the optimiser's settings for those fits.
+FIT_SAMPLERS = ("fewstep_dpmpp_2m", "fewstep_deis_tab3", "fewstep_unipc_fs", "fewstep_dpmpp_3m")
+FIT_DEFAULTS = dict(train=256, holdout=128, grid=120, substeps=2, sweeps=6, candidates=8, search="golden",
+                    line_iters=4, objective="mean", patience=2, starts=3)
+FIT_SCHEDULE = "fewstep_optimized (fit)"
+FIT_NFE = (5, 6, 8, 10)
 SECTION_START = "<!-- lab-accuracy:start -->"
 SECTION_END = "<!-- lab-accuracy:end -->"
 
@@ -157,6 +170,15 @@ def main(argv=None):
     ap.add_argument("--with-nodes", action="store_true",
                     help="also the pack's SAMPLER / SIGMAS nodes at their default settings (these mostly repeat "
                          "dropdown entries, so they are off by default)")
+    ap.add_argument("--no-fit", action="store_true", help="leave out the schedules fitted on the lab model")
+    ap.add_argument("--fit-samplers", nargs="+", default=list(FIT_SAMPLERS),
+                    help="pack samplers to fit a schedule for (one fit per sampler and NFE)")
+    ap.add_argument("--fit-nfe", type=int, nargs="+", default=None,
+                    help="NFE values to fit at (default: 5 6 8 10, those in --nfe; larger N costs much more fitting)")
+    ap.add_argument("--fit-seed", type=int, default=1,
+                    help="seed of the fitting noises (held-out noises: fit-seed + 1); must differ from --seed")
+    ap.add_argument("--fit-train", type=int, default=FIT_DEFAULTS["train"], help="fitting noises")
+    ap.add_argument("--fit-holdout", type=int, default=FIT_DEFAULTS["holdout"], help="held-out noises (early stopping)")
     ap.add_argument("--only", default="", help="regex: keep only samplers/schedules whose name matches (quick looks)")
     ap.add_argument("--render", action="store_true",
                     help="only rebuild BENCHMARKS.md section and plot from docs/lab_accuracy.csv/.json")
@@ -166,6 +188,9 @@ def main(argv=None):
         return render_saved()
     if min(args.nfe) < 1 or args.batch < 1 or args.size < 2:
         ap.error("--nfe values and --batch must be >= 1, --size >= 2")
+    if args.seed in (args.fit_seed, args.fit_seed + 1):
+        ap.error(f"--fit-seed {args.fit_seed} would fit on the benchmark's test noises (seed {args.seed})")
+    args.fit_nfe = sorted(set(FIT_NFE if args.fit_nfe is None else args.fit_nfe) & set(args.nfe))
 
     t_start = time.time()
     nodes, pack = load_comfy(args.device)
@@ -176,6 +201,7 @@ def main(argv=None):
     accuracy = sys.modules[pack.__name__ + ".samplers.accuracy"]
     reference = sys.modules[pack.__name__ + ".samplers.reference"]
     lab = sys.modules[pack.__name__ + ".nodes.lab"]
+    schedule_opt = importlib.import_module(pack.__name__ + ".samplers.schedule_opt")
 
     samplers, schedulers = discover(pack, runner, args.with_nodes)
     if args.only:
@@ -205,6 +231,7 @@ def main(argv=None):
     print(f"[bench] NFE plan ready after {time.time() - t_start:.0f} s", flush=True)
 
     rows = []  # dicts: dataset, sampler, schedule, origin, nfe, steps, rmse_mean, rmse_median, ...
+    fits = []  # one dict per fitted schedule: dataset, sampler, nfe, sigmas, model calls, seconds
     for ds in args.datasets:
         dataset, comps, spread, dseed = DATASETS[ds]
         model = lab.build_lab_model(dataset, comps, spread, dseed, args.schedule)
@@ -224,6 +251,12 @@ def main(argv=None):
                         print(f"[bench] {s.name} + {sch.name} @ {n}: {type(e).__name__}: {e}", file=sys.stderr)
                         continue
                     jobs.append((s, sch, n, steps, sig.float()))
+        if not args.no_fit:
+            by_name = {e.name: e for e in deterministic}
+            for name, n, sig, info in fit_schedules(model, runner, schedule_opt, args, [m for m in args.fit_samplers if m in by_name]):
+                info["dataset"] = ds
+                fits.append(info)
+                jobs.append((by_name[name], Entry(FIT_SCHEDULE, "FewStep", None), n, n, sig.float()))
         # One certified reference per starting sigma, holding every end point a run can need (the last
         # sigma, or the one before a final 0, or 0); others are solved on demand.
         refs, starts = {}, {}
@@ -279,10 +312,52 @@ def main(argv=None):
     meta = dict(args=vars(args), elapsed_s=elapsed, stochastic=[s.name for s in stochastic],
                 comfy_version=comfy_version, torch=torch.__version__, machine=platform.machine(),
                 date=datetime.date.today().isoformat(),
-                samplers=[(s.name, s.origin) for s in deterministic], schedules=[(s.name, s.origin) for s in schedulers])
+                samplers=[(s.name, s.origin) for s in deterministic], schedules=[(s.name, s.origin) for s in schedulers],
+                fit=None if args.no_fit else dict(FIT_DEFAULTS, train=args.fit_train, holdout=args.fit_holdout,
+                                                  seed=args.fit_seed, holdout_seed=args.fit_seed + 1, fits=fits))
     publish(rows, meta, write=not args.no_write)
     print(f"[bench] total {time.time() - t_start:.0f} s")
     return rows
+
+
+def fit_schedules(model, runner, so, args, names):
+    """Schedules fitted by the pack's optimiser on the lab model for each sampler in `names` and each
+    NFE in args.fit_nfe (samplers with one model call per step: N steps = N calls). Fitting noises come
+    from seeds args.fit_seed / args.fit_seed + 1, never args.seed. Yields (name, nfe, sigmas, info)."""
+    import comfy.samplers
+    import torch
+    f = FIT_DEFAULTS
+    den = runner.lab_denoiser(model)
+    ms = model.get_model_object("model_sampling")
+    hi, lo = float(ms.sigma_max), float(ms.sigma_min)
+    noise = torch.cat([runner.make_noise(args.fit_seed, args.fit_train, args.size),
+                       runner.make_noise(args.fit_seed + 1, args.fit_holdout, args.size)])
+    x_fit = runner.start_latent(model, torch.tensor([hi, 0.0]), noise)
+    t = time.time()
+    teacher = so.teacher_pass(den, x_fit, so.log_grid(hi, lo, f["grid"]), f["substeps"])
+    t_teacher = time.time() - t
+    for name in names:
+        ks = comfy.samplers.sampler_object(name)
+
+        def run(x, sig, ks=ks):
+            # the dropdown's own sampler function, on the exact denoiser in float64
+            return ks.sampler_function(den, x.clone(), sig, extra_args={}, callback=None, disable=True,
+                                       **ks.extra_options)
+        for n in args.fit_nfe:
+            t = time.time()
+            karras = runner.schedule_sigmas(model, "karras", n).double()
+            res = so.optimise_schedule(den, x_fit, hi, lo, n, name, run_sampler=run, holdout=args.fit_holdout,
+                                       grid_size=f["grid"], substeps=f["substeps"], baselines={"karras": karras},
+                                       teacher=teacher, refine_sweeps=f["sweeps"], refine_candidates=f["candidates"],
+                                       refine_objective=f["objective"], refine_search=f["search"],
+                                       refine_line_iters=f["line_iters"], refine_patience=f["patience"],
+                                       refine_starts=f["starts"])
+            info = dict(sampler=name, nfe=n, sigmas=[round(v, 6) for v in res.sigmas.tolist()], picked=res.chosen,
+                        teacher_calls=teacher.calls, sampler_calls=res.sampler_calls,
+                        seconds=round(time.time() - t + t_teacher, 2))
+            print(f"[bench] fitted {name} @ {n}: {res.chosen} + refine, {res.sampler_calls} sampler calls "
+                  f"(+{teacher.calls} teacher, shared), {info['seconds']:.1f} s", flush=True)
+            yield name, n, res.sigmas, info
 
 
 CSV_COLUMNS = ["dataset", "origin", "sampler", "schedule", "nfe", "steps", "rmse_mean", "rmse_median", "rmse_se",
@@ -417,6 +492,7 @@ def markdown(rows, meta) -> str:
             lines[-1] += (f" {p['sampler']} + {p['schedule']} | {p['rmse_mean']:.3g} ± {p['rmse_se']:.1g} |" if p else " - | - |")
             lines[-1] += f" {ratio:.2f} | {target} |" if ratio is not None else f" - | {target} |"
         lines.append("")
+        lines += fit_table(rows, meta, ds)
         for origin in ("ComfyUI", "FewStep"):
             top = top_combos(rows, ds, origin, nfes, 5)
             if not top:
@@ -430,6 +506,38 @@ def markdown(rows, meta) -> str:
     lines += ["Plot: `docs/lab_accuracy.png`; every run: `docs/lab_accuracy.csv` (also the error against each "
               "schedule's own end point, `endpoint_rmse_mean`).", SECTION_END]
     return "\n".join(lines)
+
+
+def fit_table(rows, meta, ds):
+    """Fitted schedules against the same sampler with Karras, and what each fit cost."""
+    fit = meta.get("fit")
+    fits = [f for f in (fit or {}).get("fits", []) if f["dataset"] == ds]
+    if not fits:
+        return []
+    err = {(r["sampler"], r["schedule"], r["nfe"]): r["rmse_mean"] for r in rows if r["dataset"] == ds}
+    med = {(r["sampler"], r["schedule"], r["nfe"]): r["rmse_median"] for r in rows if r["dataset"] == ds}
+    out = [f"Schedules fitted on this lab model by the pack's optimiser (`{FIT_SCHEDULE}`): teacher + DP + "
+           f"selection (Karras among the candidates) + up to {fit['sweeps']} sweeps of {fit['search']} coordinate "
+           f"search on the `{fit['objective']}` relative error from the {fit.get('starts', 1)} best candidates "
+           f"(the lowest held-out error is kept), fitted on {fit['train']} noises of seed {fit['seed']}, "
+           f"early-stopped on {fit['holdout']} held-out noises of seed {fit['holdout_seed']}; scored on the "
+           f"benchmark's own noises (seed {meta['args']['seed']}), which the fit never saw. Fit cost = model calls, "
+           f"each batched over the fitting noises (the teacher pass, {fits[0]['teacher_calls']} calls, is shared by "
+           f"all fits of a data set and included once per row here). The fit minimises the MEAN error, which on "
+           f"few-mode data is mostly the rare samples that end on another mode; the median columns show what it "
+           f"does to the typical sample.", "",
+           "| sampler | NFE | + karras | + fitted | fitted / karras | median karras | median fitted | fit calls | fit s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for f in sorted(fits, key=lambda f: (f["sampler"], f["nfe"])):
+        k = err.get((f["sampler"], "karras", f["nfe"]))
+        e = err.get((f["sampler"], FIT_SCHEDULE, f["nfe"]))
+        ratio = f"{e / k:.2f}" if k and e is not None and math.isfinite(e) else "-"
+        out.append(f"| {f['sampler']} | {f['nfe']} | {k:.3g} | " if k is not None else f"| {f['sampler']} | {f['nfe']} | - | ")
+        mk, mf = med.get((f["sampler"], "karras", f["nfe"])), med.get((f["sampler"], FIT_SCHEDULE, f["nfe"]))
+        out[-1] += (f"{e:.3g} | " if e is not None else "- | ") + f"{ratio} | " + \
+            (f"{mk:.3g} | " if mk is not None else "- | ") + (f"{mf:.3g} | " if mf is not None else "- | ") + \
+            f"{f['teacher_calls'] + f['sampler_calls']} | {f['seconds']:.0f} |"
+    return out + [""]
 
 
 def write_section(path: Path, md: str):

@@ -11,8 +11,9 @@ compares, at equal model calls (N steps = N calls for all of them), the error of
   selection with the actual sampler, Karras among the candidates, like the node) and the optimised
   schedule refined against the sampler with held-out early stopping
 against a float64, convergence-certified PF-ODE reference (samplers/reference.py) to sigma_min
-followed by the final denoise (the lab's "model sample" target). Fitting uses 32 + 16 held-out
-noises; errors are per-sample RMSE over 256 other noises.
+followed by the final denoise (the lab's "model sample" target). Fitting uses 256 + 128 held-out
+noises (by default); errors are per-sample RMSE over 256 other noises.
+Fitting noises: seed 1 (train) and seed 2 (held-out); test noises: seed 3 (never used to fit).
 
     python scripts/bench_schedule_opt.py                 # lab table, writes its BENCHMARKS.md section
     python scripts/bench_schedule_opt.py --no-write --steps 6 8 --datasets gmm256
@@ -131,7 +132,8 @@ def run_lab(args):
                 ref_r = so.refine_schedule(res.sigmas, run, x_fit[:args.train], res.train_reference,
                                            x_fit[args.train:], res.holdout_reference,
                                            sweeps=args.refine_sweeps, candidates=args.refine_candidates,
-                                           sigma_floor=lo)
+                                           sigma_floor=lo, objective=args.refine_objective,
+                                           search=args.refine_search, line_iters=args.refine_line_iters)
                 t_ref = time.perf_counter() - t
                 cols = dict(base)
                 cols["optimised"] = res.sigmas
@@ -161,8 +163,10 @@ def markdown(rows, schedules, timings, args):
            f"range 0.0292-14.61; optimiser: {args.train} fitting + {args.holdout} held-out noises, grid {args.grid}, "
            f"DPM++ 2M teacher with {args.substeps} sub-steps; candidates = DP paths of "
            f"{', '.join(so.variant_name(*v) for v in so.DEFAULT_VARIANTS)} + Karras, picked by running the "
-           f"sampler; '+refine' = {args.refine_sweeps} coordinate sweeps ({args.refine_candidates} trials per "
-           f"sigma, geometric-mean objective) early-stopped on the held-out noises (patience 2). Error = per-sample RMSE against the float64 PF-ODE "
+           f"sampler; '+refine' = up to {args.refine_sweeps} coordinate sweeps (search '{args.refine_search}': "
+           f"{args.refine_candidates} trial values per sigma" + (f" then {args.refine_line_iters} golden-section steps"
+           if args.refine_search == "golden" else "") + f"; objective: {args.refine_objective} relative error "
+           f"over the fitting noises) early-stopped on the held-out noises (patience 2). Error = per-sample RMSE against the float64 PF-ODE "
            f"reference (to sigma_min, then the final denoise) over {args.test} other noises, mean (median); all "
            f"columns use N model calls. AYS = SDXL table (Sabour et al. 2024) and GITS = coeff 1.20 tables "
            f"(Chen et al. 2024), both from ComfyUI's scheduler nodes; F-sched = pack F-scheduler, 1024px presets "
@@ -181,7 +185,8 @@ def markdown(rows, schedules, timings, args):
     out += ["", f"Target (>= 30 % lower mean error than Karras at N <= 8): optimised {hit('optimised')} of "
                 f"{len(small)} rows, +refine {hit('+refine')} of {len(small)}. The DP paths alone win where the data "
                 f"are smooth (gmm256, DPM++ 2M); on the few-mode default lab (shapes) the selection mostly keeps "
-                f"Karras and the gains come from the refinement against the sampler."]
+                f"Karras and the gains come from the refinement against the sampler. Which refinement settings "
+                f"generalise best was measured separately (section 'Refinement variants', scripts/study_refine.py)."]
     out += ["", f"Optimiser cost on the lab (CPU, exact denoiser, shared machine: timings are indicative; model calls "
                 f"are batched over the {args.train + args.holdout} fitting noises and include the teacher pass):", "",
             "| data | sampler | N | optimise s | calls | refine s | refine calls |", "|---|---|---|---|---|---|---|"]
@@ -264,13 +269,16 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="with --sdxl: a tiny SDXL-shaped UNet on the CPU")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--steps", nargs="+", type=int, default=[5, 6, 8, 10])
-    ap.add_argument("--train", type=int, default=32)
-    ap.add_argument("--holdout", type=int, default=16)
+    ap.add_argument("--train", type=int, default=256, help="fitting noises (seed 1)")
+    ap.add_argument("--holdout", type=int, default=128, help="held-out noises for early stopping (seed 2)")
     ap.add_argument("--test", type=int, default=256)
     ap.add_argument("--grid", type=int, default=120)
     ap.add_argument("--substeps", type=int, default=2)
     ap.add_argument("--refine-sweeps", type=int, default=6)
     ap.add_argument("--refine-candidates", type=int, default=8)
+    ap.add_argument("--refine-search", default="golden", choices=list(so.SEARCHES))
+    ap.add_argument("--refine-objective", default="mean", choices=list(so.OBJECTIVES))
+    ap.add_argument("--refine-line-iters", type=int, default=4)
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

@@ -307,3 +307,77 @@ def test_near_duplicate_levels_are_merged_and_rules_are_mapped():
     assert so.rule_name_for("dpmpp_2m") == "dpmpp_2m" and so.rule_is_exact("euler")
     assert so.rule_name_for("fewstep_deis_tab3") == "dpmpp_2m" and not so.rule_is_exact("fewstep_deis_tab3")
     assert so.rule_name_for("heun") == "euler"
+
+
+# ---------------------------------------------------------------------------------------------
+# Refinement search and objective
+
+def _bowl(target):
+    """A fake sampler whose relative error is (log s_1 - log target)^2 for sigmas [s_0, s_1, 0]:
+    a known optimum for the 1-D line search."""
+    def run(x, sig):
+        return x * (1 + (math.log(float(sig[1])) - math.log(target)) ** 2)
+    return run
+
+
+def test_golden_search_finds_a_known_optimum_closer_than_the_grid():
+    x = _start(4)
+    start = torch.tensor([SMAX, 3.0, 0.0], dtype=torch.float64)
+    target = 0.37
+    grid = so.refine_schedule(start, _bowl(target), x, x, x, x, sweeps=1, candidates=6, sigma_floor=SMIN,
+                              search="grid", objective="mean")
+    gold = so.refine_schedule(start, _bowl(target), x, x, x, x, sweeps=1, candidates=6, sigma_floor=SMIN,
+                              search="golden", line_iters=6, objective="mean")
+    d_grid = abs(math.log(float(grid.sigmas[1]) / target))
+    d_gold = abs(math.log(float(gold.sigmas[1]) / target))
+    cell = math.log(SMAX / SMIN) / 7   # the coarse grid's spacing in log sigma
+    assert d_gold < d_grid and d_gold <= 2 * cell * 0.618 ** 5 + 1e-12, (d_gold, d_grid)
+    # Runs counted: 1 + 1 held-out at the start, then 6 grid + 6 golden trials and one held-out run.
+    assert gold.calls == 2 * (2 + 6 + 6 + 1)
+
+
+@pytest.mark.parametrize("search,objective", [("golden", "mean"), ("grid", "mean"), ("golden", "geomean")])
+def test_refinement_never_returns_a_worse_held_out_error_than_its_start(search, objective):
+    den = _den("shapes", 8, 0.05)
+    run = lambda x, s: _run("dpmpp_2m", den, x, s)  # noqa: E731
+    x_tr, x_ho = _start(12, 1), _start(12, 2)
+    grid = so.log_grid(SMAX, SMIN, 80)
+    ref_tr, ref_ho = so.teacher_pass(den, x_tr, grid, 2).final, so.teacher_pass(den, x_ho, grid, 2).final
+    start = torch.tensor([SMAX, 4.0, 1.0, 0.25, 0.05, 0.0], dtype=torch.float64)
+    r = so.refine_schedule(start, run, x_tr, ref_tr, x_ho, ref_ho, sweeps=3, candidates=4, sigma_floor=SMIN,
+                           search=search, objective=objective)
+    h_start = so.score(so.relative_error(run(x_ho, start), ref_ho), objective)
+    h_end = so.score(so.relative_error(run(x_ho, r.sigmas), ref_ho), objective)
+    assert h_end <= h_start + 1e-15 and h_end == pytest.approx(min(r.holdout_error), rel=1e-12)
+    assert all(b <= a for a, b in zip(r.train_error, r.train_error[1:]))
+
+
+def test_multi_start_refinement_keeps_the_lowest_held_out_error():
+    den = _den("gmm", 16, 0.3)
+    run = lambda x, s: _run("dpmpp_2m", den, x, s)  # noqa: E731
+    x = _start(24, seed=4)
+    teacher = so.teacher_pass(den, x, so.log_grid(SMAX, SMIN, 40), 1)
+    kw = dict(run_sampler=run, holdout=8, grid_size=40, teacher=teacher, refine_sweeps=2, refine_candidates=3,
+              refine_objective="mean", refine_search="golden", refine_line_iters=2)
+    one = so.optimise_schedule(den, x, SMAX, SMIN, 4, "dpmpp_2m", refine_starts=1, **kw)
+    three = so.optimise_schedule(den, x, SMAX, SMIN, 4, "dpmpp_2m", refine_starts=3, **kw)
+    assert one.refined_from == one.chosen and three.refined_from in three.train_errors
+    assert min(three.refinement.holdout_error) <= min(one.refinement.holdout_error) + 1e-15
+    assert three.sampler_calls > one.sampler_calls
+
+
+def test_refinement_options_are_checked_before_any_model_call():
+    x = _start(2)
+    calls = []
+    run = lambda x, s: calls.append(1) or x  # noqa: E731
+    start = torch.tensor([SMAX, 1.0, 0.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="search"):
+        so.refine_schedule(start, run, x, x, search="newton")
+    with pytest.raises(ValueError, match="line_iters"):
+        so.refine_schedule(start, run, x, x, search="golden", line_iters=1)
+    with pytest.raises(ValueError, match="objective"):
+        so.refine_schedule(start, run, x, x, objective="max")
+    with pytest.raises(ValueError, match="refine_search"):
+        so.optimise_schedule(_den(), x, SMAX, SMIN, 2, run_sampler=run, holdout=1, grid_size=8, refine_sweeps=1,
+                             refine_search="newton")
+    assert not calls

@@ -8,7 +8,7 @@ import torch
 FS_SAMPLERS = ["fewstep_dpmpp_1s", "fewstep_dpmpp_2s", "fewstep_dpmpp_2m", "fewstep_dpmpp_3m",
                "fewstep_deis_tab2", "fewstep_deis_tab3", "fewstep_deis_rhoab2", "fewstep_deis_rhoab3",
                "fewstep_deis_rhork3", "fewstep_deis_rhork4", "fewstep_edm_heun", "fewstep_edm_stochastic",
-               "fewstep_edm_midpoint"]
+               "fewstep_edm_midpoint", "fewstep_dpmpp_3s"]
 FS_SCHEDULERS = ["fewstep_timestep_power", "fewstep_fscheduler_512", "fewstep_fscheduler_1024"]
 
 

@@ -54,11 +54,40 @@ def test_observed_order_on_gaussian_matches_theory(name):
         assert abs(order - spec.order) < 0.25, (name, order, errors)
 
 
-@pytest.mark.parametrize("name", ["edm_alpha_0.5", "edm_alpha_0.75", "edm_heun", "dpmpp_2s"])
+@pytest.mark.parametrize("name", ["edm_alpha_0.5", "edm_alpha_0.75", "edm_heun", "dpmpp_2s", "dpmpp_3s"])
 def test_observed_order_on_mixture_matches_theory(name):
     order, errors = mixture_order(SOLVERS[name])
     print(f"\n{name}: mixture order {order:.3f}, errors {errors}")
     assert abs(order - SOLVERS[name].order) < 0.25, (name, order, errors)
+
+
+def test_dpmpp_3s_needs_r2_two_thirds_for_third_order():
+    """The 3S update has no curvature term: only r2 = 2/3 cancels the h^3 error it leaves, so with
+    r2 = 1/2 the method is second order (with r1 free, the order stays 3)."""
+    from samplers.catalog import SolverSpec
+    third, _ = gaussian_order(SolverSpec(dpmpp.sample_dpmpp_3s, {"r1": 0.2}, 3, 3))
+    second, _ = gaussian_order(SolverSpec(dpmpp.sample_dpmpp_3s, {"r2": 0.5}, 2, 3))
+    assert abs(third - 3) < 0.25 and abs(second - 2) < 0.25, (third, second)
+
+
+def test_dpmpp_3s_calls_and_last_order_pattern():
+    """3 calls per step at lambda_s, lambda_s + h/3, lambda_s + 2h/3; the step to 0 is the denoised
+    estimate (1 call); last_order lowers the last move before it (DPM-Solver's 3, .., 3, 2, 1)."""
+    sig = torch.tensor([14.6, 2.0, 0.03, 0.0], dtype=torch.float64)
+    den = Counting(GaussianDenoiser(0.5))
+    dpmpp.sample_dpmpp_3s(den, _x(), sig, disable=True)
+    h = math.log(14.6 / 2.0)
+    assert len(den.sigmas) == 7
+    assert den.sigmas[:3] == pytest.approx([14.6, 14.6 * math.exp(-h / 3), 14.6 * math.exp(-2 * h / 3)], rel=1e-12)
+    for last, calls in ((2, 6), (1, 5)):
+        den = Counting(GaussianDenoiser(0.5))
+        dpmpp.sample_dpmpp_3s(den, _x(), sig, disable=True, last_order=last)
+        assert len(den.sigmas) == calls
+    # order 2 on the last move is DPM-Solver++(2S) with r = 1/2
+    one = torch.tensor([2.0, 0.03], dtype=torch.float64)
+    x = _x()
+    assert torch.allclose(dpmpp.sample_dpmpp_3s(GaussianDenoiser(0.5), x, one, disable=True, last_order=2),
+                          dpmpp.sample_dpmpp_2s(GaussianDenoiser(0.5), x, one, disable=True), rtol=1e-13)
 
 
 def test_fit_order_recovers_a_known_slope():
@@ -289,6 +318,9 @@ SIG = torch.tensor([10.0, 5.0, 1.0, 0.0])
     (lambda m: deis.sample_deis_tab(m, torch.zeros(1, 2), SIG, beta_d=0), "beta_d"),
     (lambda m: dpmpp.sample_dpmpp_2s(m, torch.zeros(1, 2), SIG, r=0), "r"),
     (lambda m: dpmpp.sample_dpmpp_2s(m, torch.zeros(1, 2), SIG, r=1.5), "r"),
+    (lambda m: dpmpp.sample_dpmpp_3s(m, torch.zeros(1, 2), SIG, r1=0.7, r2=0.6), "r1"),
+    (lambda m: dpmpp.sample_dpmpp_3s(m, torch.zeros(1, 2), SIG, r2=0), "r2"),
+    (lambda m: dpmpp.sample_dpmpp_3s(m, torch.zeros(1, 2), SIG, last_order=4), "last_order"),
     (lambda m: dpmpp.sample_dpmpp_3m(m, torch.zeros(1, 2), SIG[-3:]), "sigmas"),
     (lambda m: dpmpp.sample_dpmpp_2m(m, torch.zeros(1, 2), SIG[-2:]), "sigmas"),
     (lambda m: deis.sample_deis_tab(m, torch.zeros(1, 2), SIG[-3:], order=3), "sigmas"),

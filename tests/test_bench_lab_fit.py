@@ -1,0 +1,48 @@
+"""The lab benchmark's fitted-schedule entries (scripts/bench_lab_accuracy.py): the fit never sees the
+benchmark's test noises, and it yields valid schedules with N model calls."""
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_lab_accuracy.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_lab_accuracy_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("argv", [["--seed", "1"], ["--seed", "5", "--fit-seed", "4"]])
+def test_fit_seeds_that_overlap_the_test_seed_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        _bench().main(argv)   # refused while parsing, before ComfyUI is loaded
+    assert "test noises" in capsys.readouterr().err
+
+
+def test_fitted_schedules_use_other_noises_and_make_n_calls(comfy, monkeypatch):
+    nodes, pack = comfy
+    bench = _bench()
+    runner = sys.modules[pack.__name__ + ".nodes._lab_runner"]
+    so = sys.modules[pack.__name__ + ".samplers.schedule_opt"]
+    model = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 4, 0.3, 0, "sd_discrete")[0]
+    seeds = []
+    real = runner.make_noise
+    monkeypatch.setattr(runner, "make_noise", lambda seed, *a, **k: seeds.append(seed) or real(seed, *a, **k))
+    monkeypatch.setitem(bench.FIT_DEFAULTS, "grid", 16)
+    monkeypatch.setitem(bench.FIT_DEFAULTS, "sweeps", 1)
+    args = argparse.Namespace(seed=0, fit_seed=1, fit_train=3, fit_holdout=2, size=4, fit_nfe=[3])
+    fits = list(bench.fit_schedules(model, runner, so, args, ["fewstep_dpmpp_2m"]))
+    assert seeds == [1, 2]                      # fitting and held-out noises, never the test seed 0
+    (name, n, sig, info), = fits
+    assert name == "fewstep_dpmpp_2m" and n == 3 and info["sampler_calls"] > 0
+    assert sig.numel() == 4 and float(sig[-1]) == 0 and (sig[1:] < sig[:-1]).all()
+    import comfy.samplers
+    noise = runner.make_noise(0, 2, 4)
+    assert runner.run_sampler(model, comfy.samplers.sampler_object(name), sig.float(), noise, 0).log.nfe == 3
