@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .filter import low_frequency_operator
+from .window import check_sigma_batch
 
 MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 8
 MAX_WIDTH = 1024
@@ -75,7 +76,7 @@ def _load_kernel():
     return _kernel
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-int(a) // int(b))
 
 
@@ -162,9 +163,7 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
         if not torch.is_tensor(sigmas):
             sigmas = torch.as_tensor(sigmas)
         sigmas = sigmas.reshape(-1)
-        if sigmas.numel() == 0 or batch % sigmas.numel() != 0:
-            raise RuntimeError(f"FewStep FreeU: batch {batch} is not a multiple of the "
-                               f"{sigmas.numel()} σ values ComfyUI passed")
+        check_sigma_batch(batch, sigmas.numel())
         if sigmas.device != h.device or sigmas.dtype != torch.float32:
             sigmas = sigmas.to(device=h.device, dtype=torch.float32, non_blocking=True)
     er, ec, a, bm, pp = _factors(height, width, threshold, s, h.device)
@@ -180,9 +179,9 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     if filter_planes + scale_planes == 0:
         return True
     with_map = v2 and scale_planes > 0
-    n_parts = triton_cdiv(hw, _MEAN_BLOCK) if with_map else 1
-    sum_tiles = triton_cdiv(hw, _SUM_BLOCK) if with_map else 0
-    chunks = triton_cdiv(c_h, _MEAN_CHUNK) if with_map else 1
+    n_parts = _cdiv(hw, _MEAN_BLOCK) if with_map else 1
+    sum_tiles = _cdiv(hw, _SUM_BLOCK) if with_map else 0
+    chunks = _cdiv(c_h, _MEAN_CHUNK) if with_map else 1
     if with_map:
         sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
         mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)

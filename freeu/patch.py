@@ -18,7 +18,7 @@ import torch
 from . import fused
 from .backbone import VERSIONS, scale_backbone
 from .filter import fourier_filter
-from .window import SLACK, SigmaWindow
+from .window import SLACK, SigmaWindow, check_sigma_batch
 
 ALWAYS = SigmaWindow(high=math.inf, low=0.0)
 
@@ -83,10 +83,7 @@ class FreeUPatch:
                 decision = torch.tensor(flags, dtype=torch.bool)
             self._last = (sigmas, version, decision)
         if isinstance(decision, torch.Tensor):
-            if batch % decision.numel() != 0:
-                raise RuntimeError(f"FewStep FreeU: batch {batch} is not a multiple of the "
-                                   f"{decision.numel()} σ values ComfyUI passed")
-            # Cond and uncond chunks are concatenated, each carrying the same σ per sample.
+            check_sigma_batch(batch, decision.numel())
             return decision.repeat(batch // decision.numel())
         return decision
 

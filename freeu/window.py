@@ -26,6 +26,14 @@ class SigmaWindow:
         return self.low <= 0.0 and self.high >= UNBOUNDED
 
 
+def check_sigma_batch(batch: int, n_sigmas: int) -> None:
+    """ComfyUI concatenates cond and uncond chunks, each carrying the same σ per sample, so the
+    UNet batch must be a whole multiple of the σ values it was given."""
+    if n_sigmas == 0 or batch % n_sigmas != 0:
+        raise RuntimeError(f"FewStep FreeU: batch {batch} is not a multiple of the "
+                           f"{n_sigmas} σ values ComfyUI passed")
+
+
 def _number(name, value):
     value = float(value)
     if math.isnan(value):
