@@ -90,7 +90,7 @@ def _scale_plane(base, mean_base, part_ptr, n_parts, hw, bscale, bm1, BLOCK: tl.
                  PARTS: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     if V2:
-        # The sample's min / max of the mean map from the per-tile extremes the mean programs left.
+        # The sample's min / max of the mean map from the per-tile extremes channel_mean_kernel left.
         j = tl.arange(0, PARTS)
         pmask = j < n_parts
         lo = tl.min(tl.load(part_ptr + j, mask=pmask, other=float("inf")), axis=0)
@@ -124,56 +124,77 @@ def _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED: tl.constexpr):
 
 
 @triton.jit
-def _channel_mean(base, mean_base, part_base, n_parts, channels, inv_channels, hw, tile,
-                  CT: tl.constexpr, SBLOCK: tl.constexpr):
-    """v2's channel-mean map over one tile of pixels of one sample: fp32 sums over all channels
-    (CT at a time), times 1/C as torch.mean does, rounded to h's dtype; and the tile's min / max
-    of the rounded map, from which the scaling programs take the sample's extremes."""
+def _channel_sum(base, sum_ptr, channels, hw, chunk, tile,
+                 CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr):
+    """Stage 1 of v2's channel mean: fp32 sums of one chunk of CHUNK channels over one tile of
+    pixels (sum_ptr points at this sample's and chunk's row)."""
     idx = tile * SBLOCK + tl.arange(0, SBLOCK)
     pmask = idx < hw
     ct = tl.arange(0, CT)
     acc = tl.zeros([SBLOCK], dtype=tl.float32)
-    for c0 in range(0, channels, CT):
+    for c0 in range(chunk * CHUNK, chunk * CHUNK + CHUNK, CT):
         c = c0 + ct
         m2 = (c < channels)[:, None] & pmask[None, :]
         x = tl.load(base + c[:, None].to(tl.int64) * hw + idx[None, :], mask=m2, other=0.0)
         acc += tl.sum(x.to(tl.float32), axis=0)
-    mean = (acc * inv_channels).to(mean_base.dtype.element_ty)
-    tl.store(mean_base + idx, mean, mask=pmask)
-    m = mean.to(tl.float32)
-    tl.store(part_base + tile, tl.min(tl.where(pmask, m, float("inf")), axis=0))
-    tl.store(part_base + n_parts + tile, tl.max(tl.where(pmask, m, float("-inf")), axis=0))
+    tl.store(sum_ptr + idx, acc, mask=pmask)
 
 
 @triton.jit
-def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
-                       n_sig, mean_programs, filter_planes, c_hsp, half, c_h, height, width,
-                       bscale, bm1, inv_channels, lo_sigma, hi_sigma,
+def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum_tiles, chunks,
+                       er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
+                       n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width,
+                       bscale, bm1, lo_sigma, hi_sigma,
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
-                       PARTS: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr):
-    """Three kinds of programs, in this order: the first mean_programs build v2's channel-mean map
-    (one tile of pixels of one sample each; first, because they run longest); the next
-    filter_planes filter one skip plane each; the rest scale one backbone plane. v2 launches the
-    first two kinds together (both only read h), then the scaling that needs the map; v1 launches
-    filter and scaling together."""
+                       PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr):
+    """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
+    next sum_programs add up one chunk of h's channels over one tile of pixels (v2's mean map,
+    stage 1); the rest scale one backbone plane. v2 launches the first two kinds together (both
+    only read h), then channel_mean_kernel, then the scaling."""
     pid = tl.program_id(0)
     hw = height * width
-    is_mean = pid < mean_programs
-    q = pid - mean_programs
-    is_filter = (q >= 0) & (q < filter_planes)
-    qs = q - filter_planes
-    sample = tl.where(is_mean, pid // tl.maximum(n_parts, 1),
-                      tl.where(is_filter, q // c_hsp, qs // tl.maximum(half, 1)))
+    is_filter = pid < filter_planes
+    q = pid - filter_planes
+    is_sum = (q >= 0) & (q < sum_programs)
+    qs = q - sum_programs
+    per_sample = sum_tiles * chunks
+    sample = tl.where(is_filter, pid // c_hsp, tl.where(is_sum, q // tl.maximum(per_sample, 1),
+                                                         qs // tl.maximum(half, 1)))
     if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
-        if is_mean:
-            _channel_mean(h_ptr + sample.to(tl.int64) * c_h * hw, mean_ptr + sample.to(tl.int64) * hw,
-                          part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, c_h, inv_channels, hw,
-                          pid - sample * n_parts, CT, SBLOCK)
-        elif is_filter:
-            _filter_plane(hsp_ptr + q.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
+        if is_filter:
+            _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
                           PP, BR, BW, ONE_TILE)
+        elif is_sum:
+            r = q - sample * per_sample
+            tile = r // chunks
+            chunk = r - tile * chunks
+            _channel_sum(h_ptr + sample.to(tl.int64) * c_h * hw,
+                         sum_ptr + (sample.to(tl.int64) * chunks + chunk) * hw, c_h, hw, chunk, tile,
+                         CHUNK, CT, SBLOCK)
         else:
             plane = sample.to(tl.int64) * c_h + (qs - sample * half)
             _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
                          part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, hw, bscale, bm1, BLOCK, V2, PARTS)
+
+
+@triton.jit
+def channel_mean_kernel(sum_ptr, mean_ptr, part_ptr, sig_ptr, n_sig, chunks, inv_channels, hw,
+                        lo_sigma, hi_sigma, BLOCK: tl.constexpr, GATED: tl.constexpr):
+    """Stage 2: the chunk sums added in a fixed order, times 1/C (as torch.mean), rounded to h's
+    dtype, and the tile's min / max of that map."""
+    sample = tl.program_id(0)
+    tile = tl.program_id(1)
+    if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
+        idx = tile * BLOCK + tl.arange(0, BLOCK)
+        mask = idx < hw
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for k in range(0, chunks):
+            acc += tl.load(sum_ptr + (sample.to(tl.int64) * chunks + k) * hw + idx, mask=mask, other=0.0)
+        mean = (acc * inv_channels).to(mean_ptr.dtype.element_ty)
+        tl.store(mean_ptr + sample.to(tl.int64) * hw + idx, mean, mask=mask)
+        m = mean.to(tl.float32)
+        parts = tl.num_programs(1)
+        part = part_ptr + sample.to(tl.int64) * 2 * parts
+        tl.store(part + tile, tl.min(tl.where(mask, m, float("inf")), axis=0))
+        tl.store(part + parts + tile, tl.max(tl.where(mask, m, float("-inf")), axis=0))

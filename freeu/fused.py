@@ -11,8 +11,9 @@ writes nothing (bit-identical to no patch).
   in its separable form C = Erᵀ x Ec, M = Ar C Br - Ai C Bi, P(x) = Er M Ecᵀ, accumulated in fp32
   and rounded once to the plane's dtype: one read and one write of the plane.
 - Backbone planes (first half of h's channels): x·b (v1) or x·(1 + (b-1)·m) (v2, m the per-sample
-  min-max normalised channel-mean map, built by extra programs of the filter's launch; v2 thus
-  takes two launches per block, both skipping the samples outside the window). Every elementwise step is rounded to h's dtype as PyTorch's own ops do: v1 equals the
+  min-max normalised channel-mean map: channel sums by extra programs of the filter's launch, then
+  one small kernel for the map; v2 thus takes three launches per block, every one skipping the
+  samples outside the window). Every elementwise step is rounded to h's dtype as PyTorch's own ops do: v1 equals the
   published formula bit for bit in fp16/bf16; v2's channel sums run in another order than
   torch.mean, so a mean value can round the other way (then that pixel's h differs by one rounding
   step); fp32: up to the compiler fusing a multiply-add.
@@ -38,9 +39,12 @@ MAX_WIDTH = 1024
 _TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2 warps, 2048)
 _SCALE_BLOCK = 1024
 _NUM_WARPS = 2
-# v2's channel mean: one program per _MEAN_BLOCK pixels of a sample, _MEAN_CT channels at a time.
-_MEAN_CT = 32
-_MEAN_BLOCK = 64
+# v2's channel mean: stage 1 sums _MEAN_CHUNK channels (_SUM_CT at a time) over _SUM_BLOCK pixels per
+# program, stage 2 adds the chunks over _MEAN_BLOCK pixels; enough programs to fill the GPU.
+_MEAN_CHUNK = 16
+_SUM_CT = 16
+_SUM_BLOCK = 256
+_MEAN_BLOCK = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _kernel = None
@@ -68,7 +72,7 @@ def _load_kernel():
     global _kernel
     if _kernel is None:
         from . import _triton_kernel  # imports triton: only when a fused block first runs
-        _kernel = _triton_kernel.freeu_block_kernel
+        _kernel = (_triton_kernel.freeu_block_kernel, _triton_kernel.channel_mean_kernel)
     return _kernel
 
 
@@ -164,7 +168,7 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
             sigmas = sigmas.to(device=h.device, dtype=torch.float32, non_blocking=True)
     er, ec, a, bm, pp = _factors(height, width, threshold, s, h.device)
     v2 = version == "v2"
-    kernel = _load_kernel()
+    kernel, mean_kernel = _load_kernel()
     hw = height * width
     lo_s, hi_s = _f32_at_least(low), _f32_at_most(high)
     sig_arg, n_sig = (sigmas, sigmas.numel()) if gated else (h, 1)
@@ -176,26 +180,32 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
         return True
     with_map = v2 and scale_planes > 0
     n_parts = _cdiv(hw, _MEAN_BLOCK) if with_map else 1
+    sum_tiles = _cdiv(hw, _SUM_BLOCK) if with_map else 0
+    chunks = _cdiv(c_h, _MEAN_CHUNK) if with_map else 1
     if with_map:
+        sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
         mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
         parts = torch.empty((batch, 2, n_parts), dtype=torch.float32, device=h.device)
     else:
-        mean = parts = h
+        sums = mean = parts = h
 
-    def launch(n_mean, n_filter, n_scale):
-        kernel[(n_mean + n_filter + n_scale,)](
-            h, hsp, mean, parts, n_parts, er, ec, a, bm, sig_arg,
-            n_sig, n_mean, n_filter, c_hsp, half, c_h, height, width,
-            float(b), float(b) - 1.0, 1.0 / c_h, lo_s, hi_s,
+    def launch(n_filter, n_sum, n_scale):
+        kernel[(n_filter + n_sum + n_scale,)](
+            h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg,
+            n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width,
+            float(b), float(b) - 1.0, lo_s, hi_s,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
-            PARTS=_pow2(n_parts), CT=_MEAN_CT, SBLOCK=_MEAN_BLOCK, num_warps=_NUM_WARPS)
+            PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=_SUM_CT, SBLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS)
     try:
         if with_map:
-            # The map and the skip filter only read h / hsp: one launch; then the backbone scaling.
-            launch(batch * n_parts, filter_planes, 0)
+            # The skip filter and the channel sums only read h / hsp: one launch; then the map,
+            # then the backbone scaling that needs it.
+            launch(filter_planes, batch * sum_tiles * chunks, 0)
+            mean_kernel[(batch, n_parts)](sums, mean, parts, sig_arg, n_sig, chunks, 1.0 / c_h, hw, lo_s, hi_s,
+                                          BLOCK=_MEAN_BLOCK, GATED=gated, num_warps=4)
             launch(0, 0, scale_planes)
         else:
-            launch(0, filter_planes, scale_planes)
+            launch(filter_planes, 0, scale_planes)
     except Exception as err:
         _broken.add(str(h.device))
         warnings.warn(f"FewStep FreeU: fused GPU kernel failed on {h.device} ({err}); using the torch route")
