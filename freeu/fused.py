@@ -13,10 +13,10 @@ writes nothing (bit-identical to no patch).
 - Backbone planes (first half of h's channels): x·b (v1) or x·(1 + (b-1)·m) (v2, m the per-sample
   min-max normalised channel-mean map: channel sums by extra programs of the filter's launch, then
   one small kernel for the map; v2 thus takes three launches per block, every one skipping the
-  samples outside the window). Every elementwise step is rounded to h's dtype as PyTorch's own ops do: v1 equals the
-  published formula bit for bit in fp16/bf16; v2's channel sums run in another order than
-  torch.mean, so a mean value can round the other way (then that pixel's h differs by one rounding
-  step); fp32: up to the compiler fusing a multiply-add.
+  samples outside the window). Every elementwise step is rounded to h's dtype as PyTorch's own
+  ops do: v1 equals the published formula bit for bit in fp16/bf16; v2's channel sums run in
+  another order than torch.mean, so a mean value can round the other way (then that pixel's h
+  differs by one rounding step); fp32: up to the compiler fusing a multiply-add.
 
 `FEWSTEP_FREEU_FUSED=off` turns the route off; `=interpret` runs it on CPU tensors through Triton's
 interpreter (TRITON_INTERPRET=1 must be set before triton is imported), which is how the CPU test
@@ -109,7 +109,7 @@ def _pow2(n: int) -> int:
 
 def _factors(height: int, width: int, threshold: int, scale: float, device: torch.device):
     """Padded fp32 factors of the filter's change: Er [H, PP], Ec [W, PP], (s-1)·(Ar, Ai), (Br, Bi)."""
-    key = (height, width, threshold, float(scale), str(device))
+    key = (height, width, threshold, float(scale), device)
     hit = _factor_cache.get(key)
     if hit is not None:
         return hit
@@ -134,26 +134,26 @@ def _factors(height: int, width: int, threshold: int, scale: float, device: torc
     return hit
 
 
-def _f32_at_most(value: float) -> float:
-    """Largest float32 <= value (for fp32 σ: σ <= value  <=>  σ <= this)."""
-    if math.isinf(value) or math.isnan(value):
-        return value
-    f = float(np.float32(value))
-    return f if f <= value else float(np.nextafter(np.float32(f), np.float32(-np.inf)))
-
-
-def _f32_at_least(value: float) -> float:
-    if math.isinf(value) or math.isnan(value):
-        return value
-    f = float(np.float32(value))
-    return f if f >= value else float(np.nextafter(np.float32(f), np.float32(np.inf)))
+def device_window(low: float, high: float) -> tuple:
+    """The window [low, high] as the float32 bounds the kernel compares an fp32 σ with: the smallest
+    float32 >= low and the largest <= high, so  low <= σ <= high  holds exactly when it does in
+    double precision. Computed once per patch, not per call."""
+    def snap(value, toward):
+        if math.isinf(value) or math.isnan(value):
+            return value
+        f = np.float32(value)
+        if (float(f) < value) if toward > 0 else (float(f) > value):
+            f = np.nextafter(f, np.float32(toward * np.inf))
+        return float(f)
+    return snap(float(low), +1), snap(float(high), -1)
 
 
 @torch.compiler.disable  # a raw kernel launch; compiled UNets take it as a graph break
 def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshold: int, version: str,
                 sigmas, low: float, high: float) -> bool:
     """FreeU on one block in place (h's first half scaled, hsp filtered) for the samples whose σ
-    lies in [low, high] (both already widened by the window's slack; sigmas None = every sample).
+    lies in [low, high] (float32 bounds from device_window, already widened by the window's slack;
+    sigmas None = every sample).
     Returns False, having written nothing, where the fused route cannot run."""
     batch, c_h, height, width = h.shape
     c_hsp = hsp.shape[1]
@@ -170,7 +170,6 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     v2 = version == "v2"
     kernel, mean_kernel = _load_kernel()
     hw = height * width
-    lo_s, hi_s = _f32_at_least(low), _f32_at_most(high)
     sig_arg, n_sig = (sigmas, sigmas.numel()) if gated else (h, 1)
     bw = _pow2(width)
     br = max(1, min(_pow2(height), _TILE // bw))
@@ -193,7 +192,7 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
         kernel[(n_filter + n_sum + n_scale,)](
             h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg,
             n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width,
-            float(b), float(b) - 1.0, lo_s, hi_s,
+            float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=_SUM_CT, SBLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS)
     try:
@@ -201,7 +200,7 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
             # The skip filter and the channel sums only read h / hsp: one launch; then the map,
             # then the backbone scaling that needs it.
             launch(filter_planes, batch * sum_tiles * chunks, 0)
-            mean_kernel[(batch, n_parts)](sums, mean, parts, sig_arg, n_sig, chunks, 1.0 / c_h, hw, lo_s, hi_s,
+            mean_kernel[(batch, n_parts)](sums, mean, parts, sig_arg, n_sig, chunks, 1.0 / c_h, hw, low, high,
                                           BLOCK=_MEAN_BLOCK, GATED=gated, num_warps=4)
             launch(0, 0, scale_planes)
         else:

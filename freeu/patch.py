@@ -44,6 +44,8 @@ class FreeUPatch:
         self.threshold = int(threshold)
         self.version = version
         self.window = window
+        # The window as the kernel compares it (fp32, slack included), worked out once.
+        self._device_bounds = fused.device_window(window.low * (1 - SLACK), window.high * (1 + SLACK))
         self.filter_method = filter_method  # see fourier_filter; "auto" except in benchmarks
         self._last = None  # (sigmas tensor, its version counter, decision) of the current call
 
@@ -97,13 +99,12 @@ class FreeUPatch:
         if self.filter_method != "auto" or not fused.usable(h, hsp, self.threshold):
             return False
         if self.window.covers_everything:
-            sigmas, low, high = None, 0.0, math.inf
+            sigmas = None
         else:
             sigmas = transformer_options.get("sigmas")
             if sigmas is None:
                 return False  # the torch route raises the clear error
-            low, high = self.window.low * (1 - SLACK), self.window.high * (1 + SLACK)
-        return fused.freeu_block(h, hsp, b, s, self.threshold, self.version, sigmas, low, high)
+        return fused.freeu_block(h, hsp, b, s, self.threshold, self.version, sigmas, *self._device_bounds)
 
     def __call__(self, h: torch.Tensor, hsp: torch.Tensor, transformer_options: dict):
         stage = self.stages.get(int(h.shape[1]))
