@@ -183,12 +183,13 @@ def sweep_fused(patch, shapes, device, gen):
     print("| num_warps | tile | v2 ms | v1 ms | filter only ms | v1 scale only ms |")
     print("|---|---|---|---|---|---|")
     v1 = FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1")
+    defaults = fused._NUM_WARPS, fused._TILE  # restored after the sweep
     for warps in (2, 4, 8):
         for tile in (1024, 2048, 4096):
             fused._NUM_WARPS, fused._TILE = warps, tile
             row = [block_call_ms(p, inputs, device, repeats=10)[0] for p in (patch, v1, only_filter, only_scale)]
             print(f"| {warps} | {tile} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-    fused._NUM_WARPS, fused._TILE = 2, 2048
+    fused._NUM_WARPS, fused._TILE = defaults
 
     def mean_only(h, hsp, to):
         torch.aminmax(h.mean(1).reshape(h.shape[0], -1), dim=1)
