@@ -86,8 +86,9 @@ def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
 
 
 @triton.jit
-def _scale_plane(base, mean_base, part_ptr, n_parts, hw, bscale, bm1, BLOCK: tl.constexpr, V2: tl.constexpr,
-                 PARTS: tl.constexpr):
+def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, bscale, bm1, BLOCK: tl.constexpr,
+                 V2: tl.constexpr, PARTS: tl.constexpr):
+    """Scale elements [start, stop) of one backbone plane."""
     offs = tl.arange(0, BLOCK)
     if V2:
         # The sample's min / max of the mean map from the per-tile extremes channel_mean_kernel left.
@@ -97,18 +98,18 @@ def _scale_plane(base, mean_base, part_ptr, n_parts, hw, bscale, bm1, BLOCK: tl.
         hi = tl.max(tl.load(part_ptr + n_parts + j, mask=pmask, other=float("-inf")), axis=0)
         span = _rounded(hi - lo, mean_base)
         span = tl.where(span == 0.0, 1.0, span)
-        for o in range(0, hw, BLOCK):
+        for o in range(start, stop, BLOCK):
             idx = o + offs
-            mask = idx < hw
+            mask = idx < stop
             m = tl.load(mean_base + idx, mask=mask, other=0.0).to(tl.float32)
             norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
             factor = _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
             x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
             tl.store(base + idx, (x * factor).to(base.dtype.element_ty), mask=mask)
     else:
-        for o in range(0, hw, BLOCK):
+        for o in range(start, stop, BLOCK):
             idx = o + offs
-            mask = idx < hw
+            mask = idx < stop
             x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
             tl.store(base + idx, (x * bscale).to(base.dtype.element_ty), mask=mask)
 
@@ -141,17 +142,44 @@ def _channel_sum(base, sum_ptr, channels, hw, chunk, tile,
 
 
 @triton.jit
+def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, chunks, inv_channels, hw, tile,
+                 SBLOCK: tl.constexpr, CT: tl.constexpr):
+    """The chunk program that arrives last at this pixel tile (a counter per tile) adds up all the
+    tile's chunk sums in a fixed order whoever arrives last, stores the tile of the mean map and its
+    min / max, and sets the counter back to zero for the next call. Its acquire makes the other
+    programs' stores visible; the loads go around the SM's cache (volatile)."""
+    arrived = tl.atomic_add(cnt_ptr, 1, sem="acq_rel")
+    if arrived == chunks - 1:
+        idx = tile * SBLOCK + tl.arange(0, SBLOCK)
+        mask = idx < hw
+        k = tl.arange(0, CT)
+        acc = tl.zeros([SBLOCK], dtype=tl.float32)
+        for g in range(0, chunks, CT):
+            m2 = ((g + k) < chunks)[:, None] & mask[None, :]
+            rows = (g + k[:, None]).to(tl.int64) * hw
+            acc += tl.sum(tl.load(sum_base + rows + idx[None, :], mask=m2, other=0.0, volatile=True), axis=0)
+        mean = (acc * inv_channels).to(mean_base.dtype.element_ty)
+        tl.store(mean_base + idx, mean, mask=mask)
+        m = mean.to(tl.float32)
+        tl.store(part_base + tile, tl.min(tl.where(mask, m, float("inf")), axis=0))
+        tl.store(part_base + n_parts + tile, tl.max(tl.where(mask, m, float("-inf")), axis=0))
+        tl.atomic_xchg(cnt_ptr, 0)
+
+
+@triton.jit
 def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum_tiles, chunks,
-                       er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr,
-                       n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width,
+                       er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr, cnt_ptr, inv_channels,
+                       n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width, pieces, piece,
                        bscale, bm1, lo_sigma, hi_sigma,
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
-                       PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr):
+                       PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr,
+                       MAP_IN_SUMS: tl.constexpr):
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
     next sum_programs add up one chunk of h's channels over one tile of pixels (v2's mean map,
     stage 1); the rest scale one backbone plane. v2 launches the first two kinds together (both
-    only read h), then channel_mean_kernel, then the scaling."""
+    only read h), then the scaling; the map between them comes from the last chunk program of each
+    pixel tile (MAP_IN_SUMS) or from channel_mean_kernel, a launch of its own."""
     pid = tl.program_id(0)
     hw = height * width
     is_filter = pid < filter_planes
@@ -160,7 +188,7 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
     qs = q - sum_programs
     per_sample = sum_tiles * chunks
     sample = tl.where(is_filter, pid // c_hsp, tl.where(is_sum, q // tl.maximum(per_sample, 1),
-                                                         qs // tl.maximum(half, 1)))
+                                                         qs // tl.maximum(half * pieces, 1)))
     if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
         if is_filter:
             _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
@@ -169,28 +197,39 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
             r = q - sample * per_sample
             tile = r // chunks
             chunk = r - tile * chunks
-            _channel_sum(h_ptr + sample.to(tl.int64) * c_h * hw,
-                         sum_ptr + (sample.to(tl.int64) * chunks + chunk) * hw, c_h, hw, chunk, tile,
-                         CHUNK, CT, SBLOCK)
+            sums = sum_ptr + sample.to(tl.int64) * chunks * hw
+            _channel_sum(h_ptr + sample.to(tl.int64) * c_h * hw, sums + chunk.to(tl.int64) * hw,
+                         c_h, hw, chunk, tile, CHUNK, CT, SBLOCK)
+            if MAP_IN_SUMS:
+                _finish_tile(sums, mean_ptr + sample.to(tl.int64) * hw, part_ptr + sample.to(tl.int64) * 2 * n_parts,
+                             n_parts, cnt_ptr + sample * sum_tiles + tile, chunks, inv_channels, hw, tile,
+                             SBLOCK, CT)
         else:
-            plane = sample.to(tl.int64) * c_h + (qs - sample * half)
+            # each backbone plane in `pieces` programs of `piece` elements: a few programs per plane
+            # would leave most of the GPU idle on large planes
+            r = qs - sample * half * pieces
+            plane = sample.to(tl.int64) * c_h + r // pieces
+            start = (r % pieces) * piece
             _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
-                         part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, hw, bscale, bm1, BLOCK, V2, PARTS)
+                         part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start, tl.minimum(start + piece, hw),
+                         bscale, bm1, BLOCK, V2, PARTS)
 
 
 @triton.jit
 def channel_mean_kernel(sum_ptr, mean_ptr, part_ptr, sig_ptr, n_sig, chunks, inv_channels, hw,
-                        lo_sigma, hi_sigma, BLOCK: tl.constexpr, GATED: tl.constexpr):
-    """Stage 2: the chunk sums added in a fixed order, times 1/C (as torch.mean), rounded to h's
-    dtype, and the tile's min / max of that map."""
+                        lo_sigma, hi_sigma, BLOCK: tl.constexpr, CHUNKS: tl.constexpr, GATED: tl.constexpr):
+    """Stage 2: the chunk sums of BLOCK pixels added up (one [CHUNKS, BLOCK] load, reduced in a fixed
+    tree order: a loop over the chunks would wait on one load after another), times 1/C (as
+    torch.mean), rounded to h's dtype, and the tile's min / max of that map."""
     sample = tl.program_id(0)
     tile = tl.program_id(1)
     if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
         idx = tile * BLOCK + tl.arange(0, BLOCK)
         mask = idx < hw
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
-        for k in range(0, chunks):
-            acc += tl.load(sum_ptr + (sample.to(tl.int64) * chunks + k) * hw + idx, mask=mask, other=0.0)
+        k = tl.arange(0, CHUNKS)
+        m2 = (k < chunks)[:, None] & mask[None, :]
+        rows = (sample.to(tl.int64) * chunks + k[:, None]) * hw
+        acc = tl.sum(tl.load(sum_ptr + rows + idx[None, :], mask=m2, other=0.0), axis=0)
         mean = (acc * inv_channels).to(mean_ptr.dtype.element_ty)
         tl.store(mean_ptr + sample.to(tl.int64) * hw + idx, mean, mask=mask)
         m = mean.to(tl.float32)

@@ -38,13 +38,19 @@ MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 
 MAX_WIDTH = 1024
 _TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2 warps, 2048)
 _SCALE_BLOCK = 1024
+_SCALE_PIECE = 4096  # elements of a backbone plane per scaling program
 _NUM_WARPS = 2
-# v2's channel mean: stage 1 sums _MEAN_CHUNK channels (_SUM_CT at a time) over _SUM_BLOCK pixels per
-# program, stage 2 adds the chunks over _MEAN_BLOCK pixels; enough programs to fill the GPU.
-_MEAN_CHUNK = 16
+# v2's channel mean: stage 1 sums _MEAN_CHUNK channels (_SUM_CT at a time, a divisor of it) over
+# _SUM_BLOCK pixels per program, stage 2 adds all chunks of up to _MEAN_BLOCK pixels in one load of at
+# most _MEAN_TILE elements; enough programs to fill the GPU.
+_MEAN_CHUNK = 32
 _SUM_CT = 16
-_SUM_BLOCK = 256
+_SUM_BLOCK = 128
 _MEAN_BLOCK = 256
+_MEAN_TILE = 4096
+# 2: the last chunk program of each pixel tile builds that tile of the map (a counter per tile);
+# 3: a launch of its own builds the map.
+_V2_LAUNCHES = 2
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _kernel = None
@@ -101,6 +107,22 @@ def usable(h: torch.Tensor, hsp: torch.Tensor, threshold: int) -> bool:
         warnings.warn(f"FewStep FreeU: fused GPU route unavailable ({err}); using the torch route")
         return False
     return True
+
+
+_counters: dict = {}
+
+
+def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Per-tile arrival counters of v2's chunk programs: zero between launches (the last arrival
+    resets its own), so one zeroed buffer per device serves every call; grown when a call needs more."""
+    # one buffer per stream too: blocks running at once on two streams must not share counters
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    buf = _counters.get(key)
+    if buf is None or buf.numel() < n:
+        with torch.inference_mode(False):
+            buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _counters[key] = buf
+    return buf
 
 
 def _pow2(n: int) -> int:
@@ -178,9 +200,12 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     if filter_planes + scale_planes == 0:
         return True
     with_map = v2 and scale_planes > 0
-    n_parts = _cdiv(hw, _MEAN_BLOCK) if with_map else 1
-    sum_tiles = _cdiv(hw, _SUM_BLOCK) if with_map else 0
     chunks = _cdiv(c_h, _MEAN_CHUNK) if with_map else 1
+    sum_tiles = _cdiv(hw, _SUM_BLOCK) if with_map else 0
+    map_in_sums = _V2_LAUNCHES == 2
+    mean_block = _SUM_BLOCK if map_in_sums else max(16, min(_MEAN_BLOCK, _MEAN_TILE // _pow2(chunks)))
+    n_parts = _cdiv(hw, mean_block) if with_map else 1
+    counters = _tile_counters(h.device, batch * sum_tiles) if with_map and map_in_sums else h
     if with_map:
         sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
         mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
@@ -188,23 +213,28 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     else:
         sums = mean = parts = h
 
+    pieces = _cdiv(hw, _SCALE_PIECE)
+    piece = _cdiv(hw, pieces)
+
     def launch(n_filter, n_sum, n_scale):
         kernel[(n_filter + n_sum + n_scale,)](
-            h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg,
-            n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width,
+            h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters, 1.0 / c_h,
+            n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, pieces, piece,
             float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
-            PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=_SUM_CT, SBLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS)
+            PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
+            MAP_IN_SUMS=with_map and map_in_sums, num_warps=_NUM_WARPS)
     try:
         if with_map:
             # The skip filter and the channel sums only read h / hsp: one launch; then the map,
             # then the backbone scaling that needs it.
             launch(filter_planes, batch * sum_tiles * chunks, 0)
-            mean_kernel[(batch, n_parts)](sums, mean, parts, sig_arg, n_sig, chunks, 1.0 / c_h, hw, low, high,
-                                          BLOCK=_MEAN_BLOCK, GATED=gated, num_warps=4)
-            launch(0, 0, scale_planes)
+            if not map_in_sums:
+                mean_kernel[(batch, n_parts)](sums, mean, parts, sig_arg, n_sig, chunks, 1.0 / c_h, hw, low, high,
+                                              BLOCK=mean_block, CHUNKS=_pow2(chunks), GATED=gated, num_warps=4)
+            launch(0, 0, scale_planes * pieces)
         else:
-            launch(filter_planes, 0, scale_planes)
+            launch(filter_planes, 0, scale_planes * pieces)
     except Exception as err:
         _broken.add(str(h.device))
         warnings.warn(f"FewStep FreeU: fused GPU kernel failed on {h.device} ({err}); using the torch route")

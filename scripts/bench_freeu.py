@@ -190,10 +190,16 @@ def sweep_fused(patch, shapes, device, gen):
             row = [block_call_ms(p, inputs, device, repeats=10)[0] for p in (patch, v1, only_filter, only_scale)]
             print(f"| {warps} | {tile} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     fused._NUM_WARPS, fused._TILE = defaults
+    sweep_mean_map(patch, inputs, device)
 
     def mean_only(h, hsp, to):
         torch.aminmax(h.mean(1).reshape(h.shape[0], -1), dim=1)
         return h, hsp
+    print("| block (h / skip channels) | v1 ms | v2 ms |")
+    print("|---|---|---|")
+    for (h, p), (hs, ps) in zip(inputs, shapes):
+        row = [block_call_ms(q, [(h, p)], device, repeats=10)[0] for q in (v1, patch)]
+        print(f"| {hs} / {ps[1]} | {row[0]:.4f} | {row[1]:.4f} |")
     print(f"\ntorch mean + aminmax alone (v2's structure map): {block_call_ms(mean_only, inputs, device)[0]:.3f} GPU ms per call\n")
     from torch.profiler import ProfilerActivity, profile
     for label, p in (("v2", patch), ("v1", v1)):
@@ -215,6 +221,39 @@ def sweep_fused(patch, shapes, device, gen):
               ", ".join(f"{k[:40]} {v / 10:.1f}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:6]))
 
 
+def sweep_mean_map(patch, inputs, device):
+    """v2's channel-mean map: GPU ms per call of the v2 blocks for the stage sizes in freeu.fused
+    (channels per stage-1 program, its pixel tile, the stage-2 tile), the module's own first."""
+    import itertools
+    import freeu.fused as fused
+    names = ("_MEAN_CHUNK", "_SUM_BLOCK", "_MEAN_TILE")
+    defaults = tuple(getattr(fused, n) for n in names)
+    grid = [defaults] + [c for c in itertools.product((16, 32, 64), (128, 256, 512), (4096, 8192)) if c != defaults]
+    print("| mean chunk | sum block | mean tile | v2 ms |")
+    print("|---|---|---|---|")
+    best = None
+    for combo in grid:
+        for n, v in zip(names, combo):
+            setattr(fused, n, v)
+        ms = block_call_ms(patch, inputs, device, repeats=10)[0]
+        best = min(best or (ms, combo), (ms, combo))
+        print(f"| {combo[0]} | {combo[1]} | {combo[2]} | {ms:.3f} |")
+    for n, v in zip(names, defaults):
+        setattr(fused, n, v)
+    print(f"\nfastest: {best[1]} at {best[0]:.3f} ms (module defaults {defaults})\n")
+    from freeu.patch import FreeUPatch
+    v1 = FreeUPatch(min(patch.stages) // 2, 1.3, 1.4, 0.9, 0.2, version="v1")
+    default_piece = fused._SCALE_PIECE
+    print("| backbone elements per scaling program | v1 ms | v2 ms |")
+    print("|---|---|---|")
+    for piece in (1024, 2048, 4096, 8192, 16384):
+        fused._SCALE_PIECE = piece
+        row = [block_call_ms(q, inputs, device, repeats=10)[0] for q in (v1, patch)]
+        print(f"| {piece}{' (default)' if piece == default_piece else ''} | {row[0]:.3f} | {row[1]:.3f} |")
+    fused._SCALE_PIECE = default_piece
+    print()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny SD1.5-layout UNet and 16x16 latents (a check that runs anywhere)")
@@ -222,9 +261,13 @@ def main():
     ap.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], help="default fp16 (fp32 with --tiny)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=None, help="timed samples per variant (default 40, 5 with --tiny)")
+    ap.add_argument("--graph-repeats", type=int, default=None,
+                    help="CUDA-graph replays per variant (default 3x --repeats: cheap, and the effect is ~0.1 %%)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-blocks", action="store_true", help="skip the per-block exactness/timing table")
     ap.add_argument("--size", type=int, default=None, help="latent side (default 128 = 1024 px; 16 with --tiny)")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="CUDA: only the fused route's launch-parameter sweeps on the block shapes, then exit")
     args = ap.parse_args()
 
     import torch
@@ -238,6 +281,8 @@ def main():
     import random_unet
     from freeu.patch import FreeUPatch
     from freeu.window import window_from_sigma
+    import freeu.fused as fused
+    v2_launches = fused._V2_LAUNCHES
 
     device = mm.get_torch_device()
     dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "float16"))
@@ -270,6 +315,7 @@ def main():
         "FewStep v2, fused": (ours("v2"), "auto"),
         "FewStep v2, fused, σ-gated on": (ours("v2", on_window), "auto"),
         "FewStep v2, fused, σ-gated off": (ours("v2", off_window), "auto"),
+        "FewStep v2, fused, map in its own launch": (ours("v2"), "auto"),
         "FewStep v1, torch route": (ours("v1"), "off"),
         "FewStep v2, torch route": (ours("v2"), "off"),
         "FewStep v2, torch route, σ-gated on": (ours("v2", on_window), "off"),
@@ -291,6 +337,10 @@ def main():
           f"b1/b2/s1/s2 {b1}/{b2}/{s1}/{s2}; {repeats} interleaved samples per variant, medians.\n")
     rows = []
     gen = torch.Generator(device=device).manual_seed(0)
+    if args.sweep_only:
+        os.environ["FEWSTEP_SWEEP"] = "1"
+        block_tables(patcher, unet, mc, (b1, b2, s1, s2), device, size, context_dim, adm, args.batches[-1])
+        return
     for batch in args.batches:
         x = torch.randn(batch, 4, size, size, generator=gen, device=device).to(dtype)
         ctx = torch.randn(batch, 77, context_dim, generator=gen, device=device).to(dtype)
@@ -301,6 +351,8 @@ def main():
         def call(name):
             patches, route = variants[name]
             os.environ["FEWSTEP_FREEU_FUSED"] = route
+            # v2's mean map: by the last chunk program of each tile (default) or a launch of its own
+            fused._V2_LAUNCHES = 3 if name.endswith("map in its own launch") else v2_launches
             to = {"patches": {"output_block_patch": patches} if patches else {}, "sigmas": sigma}
             return unet(x, ts, context=ctx, y=y, transformer_options=to)
 
@@ -329,7 +381,7 @@ def main():
                 for n in names[r % len(names):] + names[: r % len(names)]:
                     # Two back-to-back calls per sample: the second starts with the queue already fed.
                     samples[n].append(time_ms(lambda: (call(n), call(n)), device) / 2)
-            graphed = graph_medians(call, names, repeats, device) if device.type == "cuda" else {}
+            graphed = graph_medians(call, names, args.graph_repeats or 3 * repeats, device) if device.type == "cuda" else {}
             os.environ["FEWSTEP_FREEU_FUSED"] = "auto"
         med = {n: statistics.median(v) for n, v in samples.items()}
         for n in names:

@@ -64,6 +64,50 @@ def test_block_equals_the_torch_route(dtype, hw, version, threshold):
     assert ((got_hsp.float() - want_hsp.float()).abs() <= ulp(want_hsp) + slack).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("chunk, ct, tile", [(16, 16, 8192), (8, 4, 8192), (8, 8, 64), (12, 8, 128)])
+@pytest.mark.parametrize("launches, piece", [(2, 4096), (2, 50), (3, 64)])
+def test_v2_channel_mean_over_many_chunks_and_tiles(monkeypatch, dtype, chunk, ct, tile, launches, piece):
+    """v2's mean map in pieces: channels split into chunks (the last one partial), chunk sizes that
+    are not a multiple of the per-iteration channel count, pixel tiles of the map down to 16; the
+    map built by the last chunk program of each tile (2 launches) or by a launch of its own (3).
+    Run twice: the tile counters must be back at zero after a call. Backbone planes scaled whole
+    or in pieces by several programs."""
+    monkeypatch.setattr(fused, "_V2_LAUNCHES", launches)
+    monkeypatch.setattr(fused, "_SCALE_PIECE", piece)  # a backbone plane in pieces (357 pixels here)
+    monkeypatch.setattr(fused, "_MEAN_CHUNK", chunk)
+    monkeypatch.setattr(fused, "_SUM_CT", ct)
+    monkeypatch.setattr(fused, "_MEAN_TILE", tile)
+    monkeypatch.setattr(fused, "_SUM_BLOCK", 64)
+    gen = torch.Generator().manual_seed(chunk * 1000 + tile)
+    h = (3 * torch.randn(2, 44, 17, 21, generator=gen) + torch.randn(2, 1, 17, 21, generator=gen)).to(dtype)
+    hsp = torch.randn(2, 3, 17, 21, generator=gen).to(dtype)
+    want_h, _ = torch_route(h, hsp, 1.3, 0.2, 1, "v2")
+    got_h = h.clone()
+    assert fused.freeu_block(got_h, hsp.clone(), 1.3, 0.2, 1, "v2", None, 0.0, math.inf)
+    again = h.clone()
+    assert fused.freeu_block(again, hsp.clone(), 1.3, 0.2, 1, "v2", None, 0.0, math.inf)
+    assert torch.equal(again, got_h)
+    assert all(int(buf.abs().sum()) == 0 for buf in fused._counters.values())
+    assert torch.equal(got_h[:, 22:], h[:, 22:])
+    if dtype == torch.float32:
+        assert torch.allclose(got_h, want_h, rtol=1e-5, atol=0)
+    else:
+        assert ((got_h.float() - want_h.float()).abs() <= ulp(want_h)).all()
+        assert (got_h != want_h).float().mean() < 0.02
+    # a wrong chunk bookkeeping (a channel counted twice or skipped) moves the map far more than that
+    assert not torch.allclose(got_h.float(), scale_backbone(h.clone(), 1.3, "v1").float(), atol=1e-2)
+
+@pytest.mark.parametrize("piece", [7, 64, 4096])
+def test_v1_backbone_planes_in_pieces(monkeypatch, piece):
+    monkeypatch.setattr(fused, "_SCALE_PIECE", piece)
+    gen = torch.Generator().manual_seed(piece)
+    h, hsp = torch.randn(3, 10, 13, 11, generator=gen).half(), torch.randn(3, 4, 13, 11, generator=gen).half()
+    want_h, _ = torch_route(h, hsp, 1.3, 0.2, 1, "v1")
+    got_h = h.clone()
+    assert fused.freeu_block(got_h, hsp.clone(), 1.3, 0.2, 1, "v1", None, 0.0, math.inf)
+    assert torch.equal(got_h, want_h)
+
 def test_gate_per_sample_matches_the_window_bit_for_bit():
     window = window_from_sigma(1.0, 0.25)
     edge = [window.high * (1 + 1e-5), window.low * (1 - 1e-5)]
