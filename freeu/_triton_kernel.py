@@ -94,14 +94,15 @@ def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, bscale, bm1, B
         # The sample's min / max of the mean map from the per-tile extremes channel_mean_kernel left.
         j = tl.arange(0, PARTS)
         pmask = j < n_parts
-        lo = tl.min(tl.load(part_ptr + j, mask=pmask, other=float("inf")), axis=0)
-        hi = tl.max(tl.load(part_ptr + n_parts + j, mask=pmask, other=float("-inf")), axis=0)
+        # volatile: in the one-launch form other programs of this launch wrote these
+        lo = tl.min(tl.load(part_ptr + j, mask=pmask, other=float("inf"), volatile=True), axis=0)
+        hi = tl.max(tl.load(part_ptr + n_parts + j, mask=pmask, other=float("-inf"), volatile=True), axis=0)
         span = _rounded(hi - lo, mean_base)
         span = tl.where(span == 0.0, 1.0, span)
         for o in range(start, stop, BLOCK):
             idx = o + offs
             mask = idx < stop
-            m = tl.load(mean_base + idx, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(mean_base + idx, mask=mask, other=0.0, volatile=True).to(tl.float32)
             norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
             factor = _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
             x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
@@ -142,8 +143,8 @@ def _channel_sum(base, sum_ptr, channels, hw, chunk, tile,
 
 
 @triton.jit
-def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, chunks, inv_channels, hw, tile,
-                 SBLOCK: tl.constexpr, CT: tl.constexpr):
+def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, done_ptr, chunks, inv_channels, hw, tile,
+                 SBLOCK: tl.constexpr, CT: tl.constexpr, ONE_LAUNCH: tl.constexpr):
     """The chunk program that arrives last at this pixel tile (a counter per tile) adds up all the
     tile's chunk sums in a fixed order whoever arrives last, stores the tile of the mean map and its
     min / max, and sets the counter back to zero for the next call. Its acquire makes the other
@@ -164,23 +165,39 @@ def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, chunks, inv_c
         tl.store(part_base + tile, tl.min(tl.where(mask, m, float("inf")), axis=0))
         tl.store(part_base + n_parts + tile, tl.max(tl.where(mask, m, float("-inf")), axis=0))
         tl.atomic_xchg(cnt_ptr, 0)
+        if ONE_LAUNCH:
+            tl.atomic_add(done_ptr, 1, sem="release")  # one more finished tile of this sample's map
 
 
 @triton.jit
 def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum_tiles, chunks,
-                       er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr, cnt_ptr, inv_channels,
+                       er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr, cnt_ptr, tick_ptr, done_ptr, exit_ptr, ordered,
+                       inv_channels,
                        n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width, pieces, piece,
                        bscale, bm1, lo_sigma, hi_sigma,
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
                        PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr,
-                       MAP_IN_SUMS: tl.constexpr):
+                       MAP_IN_SUMS: tl.constexpr, ONE_LAUNCH: tl.constexpr):
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
     next sum_programs add up one chunk of h's channels over one tile of pixels (v2's mean map,
     stage 1); the rest scale one backbone plane. v2 launches the first two kinds together (both
     only read h), then the scaling; the map between them comes from the last chunk program of each
-    pixel tile (MAP_IN_SUMS) or from channel_mean_kernel, a launch of its own."""
+    pixel tile (MAP_IN_SUMS) or from channel_mean_kernel, a launch of its own.
+
+    ONE_LAUNCH (v2 in a single launch): the chunk and scaling programs take their role from a ticket
+    (an atomic counter) instead of their program id, chunk roles first; a scaling program waits
+    until its sample's map is complete. A ticket is taken only by a program that is running, so
+    every chunk program a scaling program waits for is already running or done: the wait cannot
+    deadlock, whatever order the GPU starts programs in. The last ticket, the last arrival and the
+    last scaling program of a sample set their counters back to zero for the next call."""
     pid = tl.program_id(0)
+    if ONE_LAUNCH:
+        if pid >= filter_planes:
+            ticket = tl.atomic_add(tick_ptr, 1, sem="relaxed")
+            if ticket == ordered - 1:
+                tl.atomic_xchg(tick_ptr, 0)
+            pid = filter_planes + ticket
     hw = height * width
     is_filter = pid < filter_planes
     q = pid - filter_planes
@@ -202,17 +219,25 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
                          c_h, hw, chunk, tile, CHUNK, CT, SBLOCK)
             if MAP_IN_SUMS:
                 _finish_tile(sums, mean_ptr + sample.to(tl.int64) * hw, part_ptr + sample.to(tl.int64) * 2 * n_parts,
-                             n_parts, cnt_ptr + sample * sum_tiles + tile, chunks, inv_channels, hw, tile,
-                             SBLOCK, CT)
+                             n_parts, cnt_ptr + sample * sum_tiles + tile, done_ptr + sample, chunks, inv_channels,
+                             hw, tile, SBLOCK, CT, ONE_LAUNCH)
         else:
             # each backbone plane in `pieces` programs of `piece` elements: a few programs per plane
             # would leave most of the GPU idle on large planes
             r = qs - sample * half * pieces
             plane = sample.to(tl.int64) * c_h + r // pieces
             start = (r % pieces) * piece
+            if ONE_LAUNCH:
+                while tl.load(done_ptr + sample, volatile=True) < sum_tiles:
+                    pass
+                tl.atomic_add(done_ptr + sample, 0, sem="acquire")
             _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
                          part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start, tl.minimum(start + piece, hw),
                          bscale, bm1, BLOCK, V2, PARTS)
+            if ONE_LAUNCH:
+                if tl.atomic_add(exit_ptr + sample, 1, sem="relaxed") == half * pieces - 1:
+                    tl.atomic_xchg(done_ptr + sample, 0)  # every scaling program of the sample is past its wait
+                    tl.atomic_xchg(exit_ptr + sample, 0)
 
 
 @triton.jit

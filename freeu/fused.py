@@ -49,8 +49,9 @@ _SUM_BLOCK = 128
 _MEAN_BLOCK = 256
 _MEAN_TILE = 4096
 # 2: the last chunk program of each pixel tile builds that tile of the map (a counter per tile);
-# 3: a launch of its own builds the map.
-_V2_LAUNCHES = 2
+# 3: a launch of its own builds the map; 1: as 2, and the scaling programs of the same launch wait
+# for the map (see freeu_block_kernel).
+_V2_LAUNCHES = 1
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _kernel = None
@@ -113,9 +114,10 @@ _counters: dict = {}
 
 
 def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
-    """Per-tile arrival counters of v2's chunk programs: zero between launches (the last arrival
-    resets its own), so one zeroed buffer per device serves every call; grown when a call needs more."""
-    # one buffer per stream too: blocks running at once on two streams must not share counters
+    """The counters of v2's map (ticket, per-sample done / exited, per-tile arrivals): zero between
+    launches (the kernel resets each after its last use), so one zeroed buffer per device and stream
+    serves every call; grown when a call needs more."""
+    # blocks running at once on two streams must not share counters
     key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
     buf = _counters.get(key)
     if buf is None or buf.numel() < n:
@@ -202,10 +204,15 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     with_map = v2 and scale_planes > 0
     chunks = _cdiv(c_h, _MEAN_CHUNK) if with_map else 1
     sum_tiles = _cdiv(hw, _SUM_BLOCK) if with_map else 0
-    map_in_sums = _V2_LAUNCHES == 2
+    map_in_sums = with_map and _V2_LAUNCHES in (1, 2)
+    one_launch = map_in_sums and _V2_LAUNCHES == 1
     mean_block = _SUM_BLOCK if map_in_sums else max(16, min(_MEAN_BLOCK, _MEAN_TILE // _pow2(chunks)))
     n_parts = _cdiv(hw, mean_block) if with_map else 1
-    counters = _tile_counters(h.device, batch * sum_tiles) if with_map and map_in_sums else h
+    if map_in_sums:  # [ticket | done per sample | exited per sample | arrivals per tile]
+        buf = _tile_counters(h.device, 1 + 2 * batch + batch * sum_tiles)
+        tick, done, exited, counters = buf[:1], buf[1:1 + batch], buf[1 + batch:1 + 2 * batch], buf[1 + 2 * batch:]
+    else:
+        tick = done = exited = counters = h
     if with_map:
         sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
         mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
@@ -218,14 +225,17 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
 
     def launch(n_filter, n_sum, n_scale):
         kernel[(n_filter + n_sum + n_scale,)](
-            h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters, 1.0 / c_h,
+            h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters,
+            tick, done, exited, n_sum + n_scale, 1.0 / c_h,
             n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, pieces, piece,
             float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
-            MAP_IN_SUMS=with_map and map_in_sums, num_warps=_NUM_WARPS)
+            MAP_IN_SUMS=map_in_sums, ONE_LAUNCH=one_launch, num_warps=_NUM_WARPS)
     try:
-        if with_map:
+        if one_launch:
+            launch(filter_planes, batch * sum_tiles * chunks, scale_planes * pieces)
+        elif with_map:
             # The skip filter and the channel sums only read h / hsp: one launch; then the map,
             # then the backbone scaling that needs it.
             launch(filter_planes, batch * sum_tiles * chunks, 0)
