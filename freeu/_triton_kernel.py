@@ -91,18 +91,17 @@ def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, bscale, bm1, B
     """Scale elements [start, stop) of one backbone plane."""
     offs = tl.arange(0, BLOCK)
     if V2:
-        # The sample's min / max of the mean map from the per-tile extremes channel_mean_kernel left.
+        # The sample's min / max of the mean map from the per-tile extremes _finish_tile left.
         j = tl.arange(0, PARTS)
         pmask = j < n_parts
-        # volatile: in the one-launch form other programs of this launch wrote these
-        lo = tl.min(tl.load(part_ptr + j, mask=pmask, other=float("inf"), volatile=True), axis=0)
-        hi = tl.max(tl.load(part_ptr + n_parts + j, mask=pmask, other=float("-inf"), volatile=True), axis=0)
+        lo = tl.min(tl.load(part_ptr + j, mask=pmask, other=float("inf")), axis=0)
+        hi = tl.max(tl.load(part_ptr + n_parts + j, mask=pmask, other=float("-inf")), axis=0)
         span = _rounded(hi - lo, mean_base)
         span = tl.where(span == 0.0, 1.0, span)
         for o in range(start, stop, BLOCK):
             idx = o + offs
             mask = idx < stop
-            m = tl.load(mean_base + idx, mask=mask, other=0.0, volatile=True).to(tl.float32)
+            m = tl.load(mean_base + idx, mask=mask, other=0.0).to(tl.float32)
             norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
             factor = _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
             x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
@@ -143,8 +142,8 @@ def _channel_sum(base, sum_ptr, channels, hw, chunk, tile,
 
 
 @triton.jit
-def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, done_ptr, chunks, inv_channels, hw, tile,
-                 SBLOCK: tl.constexpr, CT: tl.constexpr, ONE_LAUNCH: tl.constexpr):
+def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, chunks, inv_channels, hw, tile,
+                 SBLOCK: tl.constexpr, CT: tl.constexpr):
     """The chunk program that arrives last at this pixel tile (a counter per tile) adds up all the
     tile's chunk sums in a fixed order whoever arrives last, stores the tile of the mean map and its
     min / max, and sets the counter back to zero for the next call. Its acquire makes the other
@@ -165,39 +164,23 @@ def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, done_ptr, chu
         tl.store(part_base + tile, tl.min(tl.where(mask, m, float("inf")), axis=0))
         tl.store(part_base + n_parts + tile, tl.max(tl.where(mask, m, float("-inf")), axis=0))
         tl.atomic_xchg(cnt_ptr, 0)
-        if ONE_LAUNCH:
-            tl.atomic_add(done_ptr, 1, sem="release")  # one more finished tile of this sample's map
 
 
 @triton.jit
 def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum_tiles, chunks,
-                       er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr, cnt_ptr, tick_ptr, done_ptr, exit_ptr, ordered,
-                       inv_channels,
+                       er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr, cnt_ptr, inv_channels,
                        n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width, pieces, piece,
                        bscale, bm1, lo_sigma, hi_sigma,
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
                        PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr,
-                       MAP_IN_SUMS: tl.constexpr, ONE_LAUNCH: tl.constexpr):
+                       MAP: tl.constexpr):
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
-    next sum_programs add up one chunk of h's channels over one tile of pixels (v2's mean map,
-    stage 1); the rest scale one backbone plane. v2 launches the first two kinds together (both
-    only read h), then the scaling; the map between them comes from the last chunk program of each
-    pixel tile (MAP_IN_SUMS) or from channel_mean_kernel, a launch of its own.
-
-    ONE_LAUNCH (v2 in a single launch): the chunk and scaling programs take their role from a ticket
-    (an atomic counter) instead of their program id, chunk roles first; a scaling program waits
-    until its sample's map is complete. A ticket is taken only by a program that is running, so
-    every chunk program a scaling program waits for is already running or done: the wait cannot
-    deadlock, whatever order the GPU starts programs in. The last ticket, the last arrival and the
-    last scaling program of a sample set their counters back to zero for the next call."""
+    next sum_programs add up one chunk of h's channels over one tile of pixels, and the last of them
+    to finish a tile turns the tile's chunk sums into that tile of v2's mean map; the rest scale a
+    piece of one backbone plane. v2 launches the first two kinds together (both only read h), then
+    the scaling that needs the whole map; v1 launches the filter and the scaling together."""
     pid = tl.program_id(0)
-    if ONE_LAUNCH:
-        if pid >= filter_planes:
-            ticket = tl.atomic_add(tick_ptr, 1, sem="relaxed")
-            if ticket == ordered - 1:
-                tl.atomic_xchg(tick_ptr, 0)
-            pid = filter_planes + ticket
     hw = height * width
     is_filter = pid < filter_planes
     q = pid - filter_planes
@@ -211,54 +194,21 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
             _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
                           PP, BR, BW, ONE_TILE)
         elif is_sum:
-            r = q - sample * per_sample
-            tile = r // chunks
-            chunk = r - tile * chunks
-            sums = sum_ptr + sample.to(tl.int64) * chunks * hw
-            _channel_sum(h_ptr + sample.to(tl.int64) * c_h * hw, sums + chunk.to(tl.int64) * hw,
-                         c_h, hw, chunk, tile, CHUNK, CT, SBLOCK)
-            if MAP_IN_SUMS:
+            if MAP:  # compiled only for launches that build v2's map
+                r = q - sample * per_sample
+                tile = r // chunks
+                chunk = r - tile * chunks
+                sums = sum_ptr + sample.to(tl.int64) * chunks * hw
+                _channel_sum(h_ptr + sample.to(tl.int64) * c_h * hw, sums + chunk.to(tl.int64) * hw,
+                             c_h, hw, chunk, tile, CHUNK, CT, SBLOCK)
                 _finish_tile(sums, mean_ptr + sample.to(tl.int64) * hw, part_ptr + sample.to(tl.int64) * 2 * n_parts,
-                             n_parts, cnt_ptr + sample * sum_tiles + tile, done_ptr + sample, chunks, inv_channels,
-                             hw, tile, SBLOCK, CT, ONE_LAUNCH)
+                             n_parts, cnt_ptr + sample * sum_tiles + tile, chunks, inv_channels, hw, tile, SBLOCK, CT)
         else:
             # each backbone plane in `pieces` programs of `piece` elements: a few programs per plane
             # would leave most of the GPU idle on large planes
             r = qs - sample * half * pieces
             plane = sample.to(tl.int64) * c_h + r // pieces
             start = (r % pieces) * piece
-            if ONE_LAUNCH:
-                while tl.load(done_ptr + sample, volatile=True) < sum_tiles:
-                    pass
-                tl.atomic_add(done_ptr + sample, 0, sem="acquire")
             _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
                          part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start, tl.minimum(start + piece, hw),
                          bscale, bm1, BLOCK, V2, PARTS)
-            if ONE_LAUNCH:
-                if tl.atomic_add(exit_ptr + sample, 1, sem="relaxed") == half * pieces - 1:
-                    tl.atomic_xchg(done_ptr + sample, 0)  # every scaling program of the sample is past its wait
-                    tl.atomic_xchg(exit_ptr + sample, 0)
-
-
-@triton.jit
-def channel_mean_kernel(sum_ptr, mean_ptr, part_ptr, sig_ptr, n_sig, chunks, inv_channels, hw,
-                        lo_sigma, hi_sigma, BLOCK: tl.constexpr, CHUNKS: tl.constexpr, GATED: tl.constexpr):
-    """Stage 2: the chunk sums of BLOCK pixels added up (one [CHUNKS, BLOCK] load, reduced in a fixed
-    tree order: a loop over the chunks would wait on one load after another), times 1/C (as
-    torch.mean), rounded to h's dtype, and the tile's min / max of that map."""
-    sample = tl.program_id(0)
-    tile = tl.program_id(1)
-    if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
-        idx = tile * BLOCK + tl.arange(0, BLOCK)
-        mask = idx < hw
-        k = tl.arange(0, CHUNKS)
-        m2 = (k < chunks)[:, None] & mask[None, :]
-        rows = (sample.to(tl.int64) * chunks + k[:, None]) * hw
-        acc = tl.sum(tl.load(sum_ptr + rows + idx[None, :], mask=m2, other=0.0), axis=0)
-        mean = (acc * inv_channels).to(mean_ptr.dtype.element_ty)
-        tl.store(mean_ptr + sample.to(tl.int64) * hw + idx, mean, mask=mask)
-        m = mean.to(tl.float32)
-        parts = tl.num_programs(1)
-        part = part_ptr + sample.to(tl.int64) * 2 * parts
-        tl.store(part + tile, tl.min(tl.where(mask, m, float("inf")), axis=0))
-        tl.store(part + parts + tile, tl.max(tl.where(mask, m, float("-inf")), axis=0))

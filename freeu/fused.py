@@ -1,22 +1,26 @@
-"""FreeU for one decoder block in one GPU kernel launch, gated on the device.
+"""FreeU for one decoder block in one or two GPU kernel launches, gated on the device.
 
 The torch route (FreeUPatch.apply) needs the σ of the call on the host, a device-to-host read in
 the middle of the UNet that stalls the CPU's queue of kernel launches, and several small kernels
 per block. Where Triton runs (CUDA and ROCm builds of PyTorch) this module does a whole block in
-one launch: each program owns one H×W plane, reads the σ of its own sample from device memory and
-leaves the plane untouched outside the window, so nothing waits on the host and a closed window
-writes nothing (bit-identical to no patch).
+one launch (v1) or two (v2): each program owns one skip plane or a piece of one backbone plane,
+reads the σ of its own sample from device memory and leaves its data untouched outside the window,
+so nothing waits on the host and a closed window writes nothing (bit-identical to no patch).
 
 - Skip planes (hsp): y = x + (s-1)·P(x) in place, P the projection of filter.low_frequency_operator
   in its separable form C = Erᵀ x Ec, M = Ar C Br - Ai C Bi, P(x) = Er M Ecᵀ, accumulated in fp32
   and rounded once to the plane's dtype: one read and one write of the plane.
 - Backbone planes (first half of h's channels): x·b (v1) or x·(1 + (b-1)·m) (v2, m the per-sample
-  min-max normalised channel-mean map: channel sums by extra programs of the filter's launch, then
-  one small kernel for the map; v2 thus takes three launches per block, every one skipping the
-  samples outside the window). Every elementwise step is rounded to h's dtype as PyTorch's own
-  ops do: v1 equals the published formula bit for bit in fp16/bf16; v2's channel sums run in
-  another order than torch.mean, so a mean value can round the other way (then that pixel's h
-  differs by one rounding step); fp32: up to the compiler fusing a multiply-add.
+  min-max normalised channel-mean map). v2's map comes from extra programs of the filter's launch,
+  each summing a chunk of channels over a tile of pixels; the last of a tile's programs to finish
+  (an atomic counter per tile, reset by that program) adds the tile's chunk sums in a fixed order,
+  so the map does not depend on which program came last. The scaling, which needs the whole map's
+  min and max, is the second launch. Measured alternatives (a launch of its own for the map; one
+  launch where the scaling programs wait for the map) were slower: BENCHMARKS.md. Every elementwise
+  step is rounded to h's dtype as PyTorch's own ops do: v1 equals the published formula bit for bit
+  in fp16/bf16; v2's channel sums run in another order than torch.mean, so a mean value can round
+  the other way (then that pixel's h differs by one rounding step); fp32: up to the compiler fusing
+  a multiply-add.
 
 `FEWSTEP_FREEU_FUSED=off` turns the route off; `=interpret` runs it on CPU tensors through Triton's
 interpreter (TRITON_INTERPRET=1 must be set before triton is imported), which is how the CPU test
@@ -40,18 +44,12 @@ _TILE = 2048        # elements per loop iteration of a filter program (H100 swee
 _SCALE_BLOCK = 1024
 _SCALE_PIECE = 4096  # elements of a backbone plane per scaling program
 _NUM_WARPS = 2
-# v2's channel mean: stage 1 sums _MEAN_CHUNK channels (_SUM_CT at a time, a divisor of it) over
-# _SUM_BLOCK pixels per program, stage 2 adds all chunks of up to _MEAN_BLOCK pixels in one load of at
-# most _MEAN_TILE elements; enough programs to fill the GPU.
+# v2's channel mean: a program sums _MEAN_CHUNK channels (_SUM_CT at a time, a divisor of it) over
+# _SUM_BLOCK pixels; the last of a tile's programs adds up the tile's chunk sums (enough programs to
+# fill the GPU at 32x32; H100 sweep in BENCHMARKS.md).
 _MEAN_CHUNK = 32
 _SUM_CT = 16
 _SUM_BLOCK = 128
-_MEAN_BLOCK = 256
-_MEAN_TILE = 4096
-# 2: the last chunk program of each pixel tile builds that tile of the map (a counter per tile);
-# 3: a launch of its own builds the map; 1: as 2, and the scaling programs of the same launch wait
-# for the map (see freeu_block_kernel).
-_V2_LAUNCHES = 1
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _kernel = None
@@ -79,7 +77,7 @@ def _load_kernel():
     global _kernel
     if _kernel is None:
         from . import _triton_kernel  # imports triton: only when a fused block first runs
-        _kernel = (_triton_kernel.freeu_block_kernel, _triton_kernel.channel_mean_kernel)
+        _kernel = _triton_kernel.freeu_block_kernel
     return _kernel
 
 
@@ -114,9 +112,9 @@ _counters: dict = {}
 
 
 def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
-    """The counters of v2's map (ticket, per-sample done / exited, per-tile arrivals): zero between
-    launches (the kernel resets each after its last use), so one zeroed buffer per device and stream
-    serves every call; grown when a call needs more."""
+    """Per-tile arrival counters of v2's chunk programs: zero between launches (the last arrival
+    resets its own), so one zeroed buffer per device and stream serves every call; grown when a
+    call needs more."""
     # blocks running at once on two streams must not share counters
     key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
     buf = _counters.get(key)
@@ -192,7 +190,7 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
             sigmas = sigmas.to(device=h.device, dtype=torch.float32, non_blocking=True)
     er, ec, a, bm, pp = _factors(height, width, threshold, s, h.device)
     v2 = version == "v2"
-    kernel, mean_kernel = _load_kernel()
+    kernel = _load_kernel()
     hw = height * width
     sig_arg, n_sig = (sigmas, sigmas.numel()) if gated else (h, 1)
     bw = _pow2(width)
@@ -204,15 +202,8 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     with_map = v2 and scale_planes > 0
     chunks = _cdiv(c_h, _MEAN_CHUNK) if with_map else 1
     sum_tiles = _cdiv(hw, _SUM_BLOCK) if with_map else 0
-    map_in_sums = with_map and _V2_LAUNCHES in (1, 2)
-    one_launch = map_in_sums and _V2_LAUNCHES == 1
-    mean_block = _SUM_BLOCK if map_in_sums else max(16, min(_MEAN_BLOCK, _MEAN_TILE // _pow2(chunks)))
-    n_parts = _cdiv(hw, mean_block) if with_map else 1
-    if map_in_sums:  # [ticket | done per sample | exited per sample | arrivals per tile]
-        buf = _tile_counters(h.device, 1 + 2 * batch + batch * sum_tiles)
-        tick, done, exited, counters = buf[:1], buf[1:1 + batch], buf[1 + batch:1 + 2 * batch], buf[1 + 2 * batch:]
-    else:
-        tick = done = exited = counters = h
+    n_parts = max(sum_tiles, 1)
+    counters = _tile_counters(h.device, batch * sum_tiles) if with_map else h
     if with_map:
         sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
         mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
@@ -225,23 +216,17 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
 
     def launch(n_filter, n_sum, n_scale):
         kernel[(n_filter + n_sum + n_scale,)](
-            h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters,
-            tick, done, exited, n_sum + n_scale, 1.0 / c_h,
+            h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters, 1.0 / c_h,
             n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, pieces, piece,
             float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
-            MAP_IN_SUMS=map_in_sums, ONE_LAUNCH=one_launch, num_warps=_NUM_WARPS)
+            MAP=with_map and n_sum > 0, num_warps=_NUM_WARPS)
     try:
-        if one_launch:
-            launch(filter_planes, batch * sum_tiles * chunks, scale_planes * pieces)
-        elif with_map:
-            # The skip filter and the channel sums only read h / hsp: one launch; then the map,
-            # then the backbone scaling that needs it.
+        if with_map:
+            # The skip filter and the channel sums (with the map) only read h / hsp: one launch;
+            # then the backbone scaling, which needs the whole map.
             launch(filter_planes, batch * sum_tiles * chunks, 0)
-            if not map_in_sums:
-                mean_kernel[(batch, n_parts)](sums, mean, parts, sig_arg, n_sig, chunks, 1.0 / c_h, hw, low, high,
-                                              BLOCK=mean_block, CHUNKS=_pow2(chunks), GATED=gated, num_warps=4)
             launch(0, 0, scale_planes * pieces)
         else:
             launch(filter_planes, 0, scale_planes * pieces)

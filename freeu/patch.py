@@ -6,7 +6,7 @@ transformer_options["sigmas"] holds the σ of the current evaluation. The patch 
 σ (not by counting calls), so 2nd-order samplers, restarts and split schedules gate correctly.
 Outside the window it returns h and hsp untouched (bit-identical to no patch).
 
-On GPUs with Triton the block runs through freeu.fused (one launch per block, σ compared on the
+On GPUs with Triton the block runs through freeu.fused (one or two launches per block, σ compared on the
 device, no host read); elsewhere through the torch route below, which reads σ on the host once per
 call and gives the same result."""
 from __future__ import annotations

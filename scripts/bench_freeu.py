@@ -222,22 +222,22 @@ def sweep_fused(patch, shapes, device, gen):
 
 
 def sweep_mean_map(patch, inputs, device):
-    """v2's channel-mean map: GPU ms per call of the v2 blocks for the stage sizes in freeu.fused
-    (channels per stage-1 program, its pixel tile, the stage-2 tile), the module's own first."""
+    """v2's channel-mean map: GPU ms per call of the v2 blocks for the sizes in freeu.fused (channels
+    and pixels per chunk program), the module's own first; then the backbone piece per scaling program."""
     import itertools
     import freeu.fused as fused
-    names = ("_MEAN_CHUNK", "_SUM_BLOCK", "_MEAN_TILE")
+    names = ("_MEAN_CHUNK", "_SUM_BLOCK")
     defaults = tuple(getattr(fused, n) for n in names)
-    grid = [defaults] + [c for c in itertools.product((16, 32, 64), (128, 256, 512), (4096, 8192)) if c != defaults]
-    print("| mean chunk | sum block | mean tile | v2 ms |")
-    print("|---|---|---|---|")
+    grid = [defaults] + [c for c in itertools.product((16, 32, 64), (64, 128, 256, 512)) if c != defaults]
+    print("| channels per chunk program | pixels per chunk program | v2 ms |")
+    print("|---|---|---|")
     best = None
     for combo in grid:
         for n, v in zip(names, combo):
             setattr(fused, n, v)
         ms = block_call_ms(patch, inputs, device, repeats=10)[0]
         best = min(best or (ms, combo), (ms, combo))
-        print(f"| {combo[0]} | {combo[1]} | {combo[2]} | {ms:.3f} |")
+        print(f"| {combo[0]} | {combo[1]} | {ms:.3f} |")
     for n, v in zip(names, defaults):
         setattr(fused, n, v)
     print(f"\nfastest: {best[1]} at {best[0]:.3f} ms (module defaults {defaults})\n")
@@ -281,8 +281,6 @@ def main():
     import random_unet
     from freeu.patch import FreeUPatch
     from freeu.window import window_from_sigma
-    import freeu.fused as fused
-    v2_launches = fused._V2_LAUNCHES
 
     device = mm.get_torch_device()
     dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "float16"))
@@ -315,7 +313,6 @@ def main():
         "FewStep v2, fused": (ours("v2"), "auto"),
         "FewStep v2, fused, σ-gated on": (ours("v2", on_window), "auto"),
         "FewStep v2, fused, σ-gated off": (ours("v2", off_window), "auto"),
-        "FewStep v2, fused, map in its own launch": (ours("v2"), "auto"),
         "FewStep v1, torch route": (ours("v1"), "off"),
         "FewStep v2, torch route": (ours("v2"), "off"),
         "FewStep v2, torch route, σ-gated on": (ours("v2", on_window), "off"),
@@ -351,8 +348,6 @@ def main():
         def call(name):
             patches, route = variants[name]
             os.environ["FEWSTEP_FREEU_FUSED"] = route
-            # v2's mean map: by the last chunk program of each tile (default) or a launch of its own
-            fused._V2_LAUNCHES = 3 if name.endswith("map in its own launch") else v2_launches
             to = {"patches": {"output_block_patch": patches} if patches else {}, "sigmas": sigma}
             return unet(x, ts, context=ctx, y=y, transformer_options=to)
 
