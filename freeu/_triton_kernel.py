@@ -86,9 +86,10 @@ def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
 
 
 @triton.jit
-def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, bscale, bm1, BLOCK: tl.constexpr,
+def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, hw, bscale, bm1, BLOCK: tl.constexpr,
                  V2: tl.constexpr, PARTS: tl.constexpr):
-    """Scale elements [start, stop) of one backbone plane."""
+    """Scale elements [start, stop) of a sample's backbone half (its planes back to back: the
+    pixel of element i is i % hw)."""
     offs = tl.arange(0, BLOCK)
     if V2:
         # The sample's min / max of the mean map from the per-tile extremes _finish_tile left.
@@ -101,7 +102,7 @@ def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, bscale, bm1, B
         for o in range(start, stop, BLOCK):
             idx = o + offs
             mask = idx < stop
-            m = tl.load(mean_base + idx, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(mean_base + idx % hw, mask=mask, other=0.0).to(tl.float32)
             norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
             factor = _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
             x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
@@ -169,12 +170,13 @@ def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, chunks, inv_c
 @triton.jit
 def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum_tiles, chunks,
                        er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr, cnt_ptr, inv_channels,
-                       n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width, pieces, piece,
+                       n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width,
+                       scale_per_sample, pieces, piece,
                        bscale, bm1, lo_sigma, hi_sigma,
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
                        PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr,
-                       MAP: tl.constexpr):
+                       MAP: tl.constexpr, SPAN: tl.constexpr):
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
     next sum_programs add up one chunk of h's channels over one tile of pixels, and the last of them
     to finish a tile turns the tile's chunk sums into that tile of v2's mean map; the rest scale a
@@ -188,7 +190,7 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
     qs = q - sum_programs
     per_sample = sum_tiles * chunks
     sample = tl.where(is_filter, pid // c_hsp, tl.where(is_sum, q // tl.maximum(per_sample, 1),
-                                                         qs // tl.maximum(half * pieces, 1)))
+                                                         qs // tl.maximum(scale_per_sample, 1)))
     if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
         if is_filter:
             _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
@@ -204,11 +206,18 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
                 _finish_tile(sums, mean_ptr + sample.to(tl.int64) * hw, part_ptr + sample.to(tl.int64) * 2 * n_parts,
                              n_parts, cnt_ptr + sample * sum_tiles + tile, chunks, inv_channels, hw, tile, SBLOCK, CT)
         else:
-            # each backbone plane in `pieces` programs of `piece` elements: a few programs per plane
-            # would leave most of the GPU idle on large planes
-            r = qs - sample * half * pieces
-            plane = sample.to(tl.int64) * c_h + r // pieces
-            start = (r % pieces) * piece
-            _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
-                         part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start, tl.minimum(start + piece, hw),
-                         bscale, bm1, BLOCK, V2, PARTS)
+            r = qs - sample * scale_per_sample
+            if SPAN:
+                # the sample's backbone half is contiguous: pieces of `piece` elements across planes,
+                # so small planes share a program and large ones are split
+                start = r * piece
+                _scale_plane(h_ptr + sample.to(tl.int64) * c_h * hw, mean_ptr + sample.to(tl.int64) * hw,
+                             part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start,
+                             tl.minimum(start + piece, half * hw), hw, bscale, bm1, BLOCK, V2, PARTS)
+            else:
+                # each backbone plane in `pieces` programs of `piece` elements
+                plane = sample.to(tl.int64) * c_h + r // pieces
+                start = (r % pieces) * piece
+                _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
+                             part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start,
+                             tl.minimum(start + piece, hw), hw, bscale, bm1, BLOCK, V2, PARTS)

@@ -42,7 +42,8 @@ MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 
 MAX_WIDTH = 1024
 _TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2 warps, 2048)
 _SCALE_BLOCK = 1024
-_SCALE_PIECE = 4096  # elements of a backbone plane per scaling program
+_SCALE_PIECE = 4096  # backbone elements per scaling program
+_SCALE_SPAN = True   # pieces run across planes (else: within one plane)
 _NUM_WARPS = 2
 # v2's channel mean: a program sums _MEAN_CHUNK channels (_SUM_CT at a time, a divisor of it) over
 # _SUM_BLOCK pixels; the last of a tile's programs adds up the tile's chunk sums (enough programs to
@@ -211,25 +212,31 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     else:
         sums = mean = parts = h
 
-    pieces = _cdiv(hw, _SCALE_PIECE)
-    piece = _cdiv(hw, pieces)
+    if _SCALE_SPAN:
+        pieces = 1
+        per_sample = _cdiv(half * hw, _SCALE_PIECE)
+        piece = _cdiv(half * hw, max(per_sample, 1))
+    else:
+        pieces = _cdiv(hw, _SCALE_PIECE)
+        piece = _cdiv(hw, pieces)
+        per_sample = half * pieces
 
     def launch(n_filter, n_sum, n_scale):
         kernel[(n_filter + n_sum + n_scale,)](
             h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters, 1.0 / c_h,
-            n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, pieces, piece,
+            n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, per_sample, pieces, piece,
             float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
-            MAP=with_map and n_sum > 0, num_warps=_NUM_WARPS)
+            MAP=with_map and n_sum > 0, SPAN=_SCALE_SPAN, num_warps=_NUM_WARPS)
     try:
         if with_map:
             # The skip filter and the channel sums (with the map) only read h / hsp: one launch;
             # then the backbone scaling, which needs the whole map.
             launch(filter_planes, batch * sum_tiles * chunks, 0)
-            launch(0, 0, scale_planes * pieces)
+            launch(0, 0, batch * per_sample)
         else:
-            launch(filter_planes, 0, scale_planes * pieces)
+            launch(filter_planes, 0, batch * per_sample if scale_planes else 0)
     except Exception as err:
         _broken.add(str(h.device))
         warnings.warn(f"FewStep FreeU: fused GPU kernel failed on {h.device} ({err}); using the torch route")

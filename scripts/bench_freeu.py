@@ -85,6 +85,7 @@ def block_tables(patcher, unet, mc, factors, device, size, context_dim, adm, bat
             gpu, host = {}, {}
             for label, fn, route in (("comfy", theirs, "auto"), ("torch", mine, "off"), ("fused", mine, "auto")):
                 os.environ["FEWSTEP_FREEU_FUSED"] = route
+            fused._SCALE_SPAN = span_default and not name.endswith("per plane")
                 gpu[label], host[label] = block_call_ms(fn, inputs, device)
         os.environ["FEWSTEP_FREEU_FUSED"] = "auto"
 
@@ -281,6 +282,8 @@ def main():
     import random_unet
     from freeu.patch import FreeUPatch
     from freeu.window import window_from_sigma
+    import freeu.fused as fused
+    span_default = fused._SCALE_SPAN
 
     device = mm.get_torch_device()
     dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "float16"))
@@ -313,6 +316,7 @@ def main():
         "FewStep v2, fused": (ours("v2"), "auto"),
         "FewStep v2, fused, σ-gated on": (ours("v2", on_window), "auto"),
         "FewStep v2, fused, σ-gated off": (ours("v2", off_window), "auto"),
+        "FewStep v2, fused, scaling programs per plane": (ours("v2"), "auto"),
         "FewStep v1, torch route": (ours("v1"), "off"),
         "FewStep v2, torch route": (ours("v2"), "off"),
         "FewStep v2, torch route, σ-gated on": (ours("v2", on_window), "off"),
