@@ -85,7 +85,6 @@ def block_tables(patcher, unet, mc, factors, device, size, context_dim, adm, bat
             gpu, host = {}, {}
             for label, fn, route in (("comfy", theirs, "auto"), ("torch", mine, "off"), ("fused", mine, "auto")):
                 os.environ["FEWSTEP_FREEU_FUSED"] = route
-            fused._SCALE_SPAN = span_default and not name.endswith("per plane")
                 gpu[label], host[label] = block_call_ms(fn, inputs, device)
         os.environ["FEWSTEP_FREEU_FUSED"] = "auto"
 
@@ -352,6 +351,7 @@ def main():
         def call(name):
             patches, route = variants[name]
             os.environ["FEWSTEP_FREEU_FUSED"] = route
+            fused._SCALE_SPAN = span_default and not name.endswith("per plane")
             to = {"patches": {"output_block_patch": patches} if patches else {}, "sigmas": sigma}
             return unet(x, ts, context=ctx, y=y, transformer_options=to)
 
