@@ -171,16 +171,16 @@ def _finish_tile(sum_base, mean_base, part_base, n_parts, cnt_ptr, chunks, inv_c
 def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum_tiles, chunks,
                        er_ptr, ec_ptr, a_ptr, b_ptr, sig_ptr, cnt_ptr, inv_channels,
                        n_sig, filter_planes, sum_programs, c_hsp, half, c_h, height, width,
-                       scale_per_sample, pieces, piece,
+                       scale_per_sample, piece,
                        bscale, bm1, lo_sigma, hi_sigma,
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
                        PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr,
-                       MAP: tl.constexpr, SPAN: tl.constexpr):
+                       MAP: tl.constexpr):
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
     next sum_programs add up one chunk of h's channels over one tile of pixels, and the last of them
     to finish a tile turns the tile's chunk sums into that tile of v2's mean map; the rest scale a
-    piece of one backbone plane. v2 launches the first two kinds together (both only read h), then
+    piece of the backbone. v2 launches the first two kinds together (both only read h), then
     the scaling that needs the whole map; v1 launches the filter and the scaling together."""
     pid = tl.program_id(0)
     hw = height * width
@@ -206,18 +206,9 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
                 _finish_tile(sums, mean_ptr + sample.to(tl.int64) * hw, part_ptr + sample.to(tl.int64) * 2 * n_parts,
                              n_parts, cnt_ptr + sample * sum_tiles + tile, chunks, inv_channels, hw, tile, SBLOCK, CT)
         else:
-            r = qs - sample * scale_per_sample
-            if SPAN:
-                # the sample's backbone half is contiguous: pieces of `piece` elements across planes,
-                # so small planes share a program and large ones are split
-                start = r * piece
-                _scale_plane(h_ptr + sample.to(tl.int64) * c_h * hw, mean_ptr + sample.to(tl.int64) * hw,
-                             part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start,
-                             tl.minimum(start + piece, half * hw), hw, bscale, bm1, BLOCK, V2, PARTS)
-            else:
-                # each backbone plane in `pieces` programs of `piece` elements
-                plane = sample.to(tl.int64) * c_h + r // pieces
-                start = (r % pieces) * piece
-                _scale_plane(h_ptr + plane * hw, mean_ptr + sample.to(tl.int64) * hw,
-                             part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start,
-                             tl.minimum(start + piece, hw), hw, bscale, bm1, BLOCK, V2, PARTS)
+            # the sample's backbone half is contiguous: pieces of `piece` elements across its planes,
+            # so small planes share a program and large ones are split
+            start = (qs - sample * scale_per_sample) * piece
+            _scale_plane(h_ptr + sample.to(tl.int64) * c_h * hw, mean_ptr + sample.to(tl.int64) * hw,
+                         part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start,
+                         tl.minimum(start + piece, half * hw), hw, bscale, bm1, BLOCK, V2, PARTS)

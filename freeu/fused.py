@@ -3,7 +3,7 @@
 The torch route (FreeUPatch.apply) needs the σ of the call on the host, a device-to-host read in
 the middle of the UNet that stalls the CPU's queue of kernel launches, and several small kernels
 per block. Where Triton runs (CUDA and ROCm builds of PyTorch) this module does a whole block in
-one launch (v1) or two (v2): each program owns one skip plane or a piece of one backbone plane,
+one launch (v1) or two (v2): each program owns one skip plane or a piece of the backbone,
 reads the σ of its own sample from device memory and leaves its data untouched outside the window,
 so nothing waits on the host and a closed window writes nothing (bit-identical to no patch).
 
@@ -43,7 +43,6 @@ MAX_WIDTH = 1024
 _TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2 warps, 2048)
 _SCALE_BLOCK = 1024
 _SCALE_PIECE = 4096  # backbone elements per scaling program
-_SCALE_SPAN = True   # pieces run across planes (else: within one plane)
 _NUM_WARPS = 2
 # v2's channel mean: a program sums _MEAN_CHUNK channels (_SUM_CT at a time, a divisor of it) over
 # _SUM_BLOCK pixels; the last of a tile's programs adds up the tile's chunk sums (enough programs to
@@ -212,23 +211,17 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     else:
         sums = mean = parts = h
 
-    if _SCALE_SPAN:
-        pieces = 1
-        per_sample = _cdiv(half * hw, _SCALE_PIECE)
-        piece = _cdiv(half * hw, max(per_sample, 1))
-    else:
-        pieces = _cdiv(hw, _SCALE_PIECE)
-        piece = _cdiv(hw, pieces)
-        per_sample = half * pieces
+    per_sample = _cdiv(half * hw, _SCALE_PIECE)  # scaling programs per sample
+    piece = _cdiv(half * hw, max(per_sample, 1))
 
     def launch(n_filter, n_sum, n_scale):
         kernel[(n_filter + n_sum + n_scale,)](
             h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters, 1.0 / c_h,
-            n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, per_sample, pieces, piece,
+            n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, per_sample, piece,
             float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
-            MAP=with_map and n_sum > 0, SPAN=_SCALE_SPAN, num_warps=_NUM_WARPS)
+            MAP=with_map and n_sum > 0, num_warps=_NUM_WARPS)
     try:
         if with_map:
             # The skip filter and the channel sums (with the map) only read h / hsp: one launch;

@@ -281,8 +281,6 @@ def main():
     import random_unet
     from freeu.patch import FreeUPatch
     from freeu.window import window_from_sigma
-    import freeu.fused as fused
-    span_default = fused._SCALE_SPAN
 
     device = mm.get_torch_device()
     dtype = getattr(torch, args.dtype or ("float32" if args.tiny else "float16"))
@@ -315,7 +313,6 @@ def main():
         "FewStep v2, fused": (ours("v2"), "auto"),
         "FewStep v2, fused, σ-gated on": (ours("v2", on_window), "auto"),
         "FewStep v2, fused, σ-gated off": (ours("v2", off_window), "auto"),
-        "FewStep v2, fused, scaling programs per plane": (ours("v2"), "auto"),
         "FewStep v1, torch route": (ours("v1"), "off"),
         "FewStep v2, torch route": (ours("v2"), "off"),
         "FewStep v2, torch route, σ-gated on": (ours("v2", on_window), "off"),
@@ -351,7 +348,6 @@ def main():
         def call(name):
             patches, route = variants[name]
             os.environ["FEWSTEP_FREEU_FUSED"] = route
-            fused._SCALE_SPAN = span_default and not name.endswith("per plane")
             to = {"patches": {"output_block_patch": patches} if patches else {}, "sigmas": sigma}
             return unet(x, ts, context=ctx, y=y, transformer_options=to)
 

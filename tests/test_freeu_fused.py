@@ -66,15 +66,14 @@ def test_block_equals_the_torch_route(dtype, hw, version, threshold):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("chunk, ct, tile", [(16, 16, 64), (8, 4, 512), (8, 8, 16), (12, 8, 128)])
-@pytest.mark.parametrize("piece, span", [(4096, True), (50, True), (50, False)])
-def test_v2_channel_mean_over_many_chunks_and_tiles(monkeypatch, dtype, chunk, ct, tile, piece, span):
+@pytest.mark.parametrize("piece", [4096, 50])
+def test_v2_channel_mean_over_many_chunks_and_tiles(monkeypatch, dtype, chunk, ct, tile, piece):
     """v2's mean map in pieces: channels split into chunks (the last one partial), chunk sizes that
     are not a multiple of the per-iteration channel count, pixel tiles of the map down to 16; the
     map built by the last chunk program of each tile.
     Run twice: the tile counters must be back at zero after a call. Backbone planes scaled whole
     or in pieces by several programs."""
-    monkeypatch.setattr(fused, "_SCALE_PIECE", piece)  # backbone in pieces (planes of 357 pixels here)
-    monkeypatch.setattr(fused, "_SCALE_SPAN", span)    # across planes or within one
+    monkeypatch.setattr(fused, "_SCALE_PIECE", piece)  # backbone in pieces across planes of 357 pixels
     monkeypatch.setattr(fused, "_MEAN_CHUNK", chunk)
     monkeypatch.setattr(fused, "_SUM_CT", ct)
     monkeypatch.setattr(fused, "_SUM_BLOCK", tile)
@@ -98,10 +97,8 @@ def test_v2_channel_mean_over_many_chunks_and_tiles(monkeypatch, dtype, chunk, c
     assert not torch.allclose(got_h.float(), scale_backbone(h.clone(), 1.3, "v1").float(), atol=1e-2)
 
 @pytest.mark.parametrize("piece", [7, 64, 4096])
-@pytest.mark.parametrize("span", [True, False])
-def test_v1_backbone_planes_in_pieces(monkeypatch, piece, span):
+def test_v1_backbone_planes_in_pieces(monkeypatch, piece):
     monkeypatch.setattr(fused, "_SCALE_PIECE", piece)
-    monkeypatch.setattr(fused, "_SCALE_SPAN", span)
     gen = torch.Generator().manual_seed(piece)
     h, hsp = torch.randn(3, 10, 13, 11, generator=gen).half(), torch.randn(3, 4, 13, 11, generator=gen).half()
     want_h, _ = torch_route(h, hsp, 1.3, 0.2, 1, "v1")
