@@ -9,13 +9,15 @@ compares, at equal model calls (N steps = N calls for all of them), the error of
   of Chen et al. 2024 as shipped in ComfyUI's GITSScheduler), the F-scheduler (1024px presets of
   Li & Bai 2025, pack implementation; ends at sigma_stop), the optimised schedule (teacher + DP +
   selection with the actual sampler, Karras among the candidates, like the node) and the optimised
-  schedule refined against the sampler with held-out early stopping
+  schedule refined against the sampler with held-out early stopping (the optimiser's multi-start
+  refinement: the 3 best distinct candidates are refined, the lowest held-out error is kept; settings
+  chosen on validation noises by scripts/study_refine.py, the same for every row)
 against a float64, convergence-certified PF-ODE reference (samplers/reference.py) to sigma_min
-followed by the final denoise (the lab's "model sample" target). Fitting uses 256 + 128 held-out
+followed by the final denoise (the lab's "model sample" target). Fitting uses 512 + 256 held-out
 noises (by default); errors are per-sample RMSE over 256 other noises.
 Fitting noises: seed 1 (train) and seed 2 (held-out); test noises: seed 3 (never used to fit).
 
-    python scripts/bench_schedule_opt.py                 # lab table, writes its BENCHMARKS.md section
+    python scripts/bench_schedule_opt.py --threads 1     # lab table, writes its BENCHMARKS.md section
     python scripts/bench_schedule_opt.py --no-write --steps 6 8 --datasets gmm256
     python scripts/bench_schedule_opt.py --sdxl          # GPU timing: SDXL UNet (random fp16 weights), 1024^2, N=8, M=8
     python scripts/bench_schedule_opt.py --sdxl --tiny   # the same code path on a tiny SDXL-shaped UNet (CPU)
@@ -286,8 +288,8 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="with --sdxl: a tiny SDXL-shaped UNet on the CPU")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--steps", nargs="+", type=int, default=[5, 6, 8, 10])
-    ap.add_argument("--train", type=int, default=256, help="fitting noises (seed 1)")
-    ap.add_argument("--holdout", type=int, default=128, help="held-out noises for early stopping (seed 2)")
+    ap.add_argument("--train", type=int, default=512, help="fitting noises (seed 1)")
+    ap.add_argument("--holdout", type=int, default=256, help="held-out noises for early stopping (seed 2)")
     ap.add_argument("--test", type=int, default=256)
     ap.add_argument("--grid", type=int, default=120)
     ap.add_argument("--substeps", type=int, default=2)
