@@ -133,7 +133,9 @@ def _report(record, steps, path, how, seconds=None):
             h = sel.get("holdout_errors", {}).get(name)
             lines.append(f"  {name:>8}: train error {e:.4g}" + (f", held-out {h:.4g}" if h is not None else ""))
         if sel.get("refine_history"):
-            lines.append(f"  refined: train {sel['refine_history']['train']}, held-out {sel['refine_history']['holdout']}")
+            hist = sel["refine_history"]
+            lines.append((f"  refined from {hist['start']}: " if hist.get("start") else "  refined: ") +
+                         f"train {hist['train']}, held-out {hist['holdout']}")
         lines.append(f"model calls {sel.get('calls')} (batched over {record['key']['mc_samples'] + record['key']['holdout']} "
                      f"samples), {sel.get('seconds', 0):.1f} s")
     if seconds is not None:
@@ -155,7 +157,8 @@ def _record(key, result, model, seconds, lo, hi, old=None):
     }
     if result.refinement is not None:
         sel["refine_history"] = {"train": [round(v, 6) for v in result.refinement.train_error],
-                                 "holdout": [round(v, 6) for v in result.refinement.holdout_error]}
+                                 "holdout": [round(v, 6) for v in result.refinement.holdout_error],
+                                 "start": result.refined_from}
     record = old if old is not None else {
         "format": cache.FORMAT, "version": cache.VERSION, "key": key, "key_hash": cache.key_hash(key),
         "model_label": type(model.model).__name__,
@@ -203,7 +206,7 @@ class FewStepOptimizeSchedule:
             "latent": ("LATENT", {"tooltip": "Optional: take the latent size from this LATENT (only its shape is used)."}),
             "grid": ("INT", {"default": 120, "min": 8, "max": 400, "tooltip": "Candidate sigmas (log-uniform between sigma_max and sigma_min); one teacher model call each."}),
             "holdout": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Extra noises not used to fit, only to report/early-stop (needed by refine)."}),
-            "refine_sweeps": ("INT", {"default": 0, "min": 0, "max": 10, "tooltip": "Coordinate-search sweeps with the actual sampler after the DP, early-stopped on the held-out noises. Costly: each sweep makes (N-1)*(candidates + 4 for golden)*N model calls, batched over mc_samples (N=8, golden, 8 candidates: 672 calls per sweep, about 5-6x the teacher pass of grid 120). 0 = off (the default: the teacher + DP + selection is about grid + 6N calls)."}),
+            "refine_sweeps": ("INT", {"default": 0, "min": 0, "max": 10, "tooltip": "Coordinate-search sweeps with the actual sampler after the DP, early-stopped on the held-out noises. Costly: each sweep makes (N-1)*(candidates + 4 for golden)*N model calls per refined start (refine_starts), batched over mc_samples (N=8, golden, 8 candidates: 672 calls per sweep and start, about 5-6x the teacher pass of grid 120; with the default 3 starts about 2000 per sweep). 0 = off (the default: the teacher + DP + selection is about grid + 6N calls)."}),
             "refine_candidates": ("INT", {"default": 8, "min": 1, "max": 32, "tooltip": "Trial values per sigma in each refinement sweep (the coarse grid that golden search then narrows)."}),
             "refine_search": (list(so.SEARCHES[::-1]), {"default": "golden", "tooltip": "golden: the coarse trial grid, then 4 golden-section steps around its best value (measured on the lab: lower test error than grid at about 1.5-2x its calls, see BENCHMARKS.md 'Refinement variants'); grid: the coarse trial grid only."}),
             "refine_objective": (list(so.OBJECTIVES), {"default": "mean", "tooltip": "What the refinement minimises over the fitting noises: mean relative error (what the benchmarks report; measured best on the lab) or its geometric mean (less swayed by rare samples that land on another mode when there are very few noises)."}),
@@ -212,12 +215,13 @@ class FewStepOptimizeSchedule:
             "sigma_min": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 5000.0, "step": 0.001, "round": False, "tooltip": "Smallest non-zero sigma; 0 = the model's."}),
             "compare_karras": ("BOOLEAN", {"default": True, "tooltip": "Also run Karras (rho 7) as a candidate, so the result is never worse than it on the fitting noises."}),
             "use_cache": ("BOOLEAN", {"default": True, "tooltip": "Read and write the JSON cache in the ComfyUI user directory (fewstep/schedules)."}),
+            "refine_starts": ("INT", {"default": 3, "min": 1, "max": 8, "tooltip": "How many of the best distinct candidates (DP paths, Karras) are each refined; the one with the lowest held-out error is kept. Each start costs a full refinement (see refine_sweeps). 3 generalised best on the lab's validation noises (BENCHMARKS.md 'Refinement variants'); 1 = refine the selected schedule only."}),
         }}
 
     def optimise(self, model, positive, negative, cfg, width, height, steps, sampler, mc_samples, seed,
                  latent=None, grid=120, holdout=0, refine_sweeps=0, refine_candidates=8, teacher_substeps=1,
                  sigma_max=0.0, sigma_min=0.0, compare_karras=True, use_cache=True, refine_search="golden",
-                 refine_objective="mean"):
+                 refine_objective="mean", refine_starts=3):
         t0 = time.perf_counter()
         steps, grid, mc_samples, holdout = int(steps), int(grid), int(mc_samples), int(holdout)
         if steps < 1:
@@ -234,6 +238,8 @@ class FewStepOptimizeSchedule:
             raise ValueError(f"refine_search must be one of {so.SEARCHES}, got {refine_search!r}")
         if refine_objective not in so.OBJECTIVES:
             raise ValueError(f"refine_objective must be one of {so.OBJECTIVES}, got {refine_objective!r}")
+        if int(refine_starts) < 1:
+            raise ValueError(f"refine_starts must be >= 1, got {refine_starts}")
         names = ode_samplers()
         if sampler not in names:
             raise ValueError(f"sampler: {sampler!r} is not a deterministic ODE sampler known to ComfyUI; one of {names}")
@@ -249,6 +255,8 @@ class FewStepOptimizeSchedule:
             "teacher_substeps": int(teacher_substeps), "sigma_range": [round(hi, 9), round(lo, 9)],
             "refine": ([int(refine_sweeps), int(refine_candidates)] + ([] if (refine_search, refine_objective) == ("grid", "geomean")
                                                                       else [refine_search, refine_objective])
+                       # starts = 1 keeps the key of files made before multi-start existed
+                       + ([int(refine_starts)] if int(refine_starts) != 1 else [])
                        if int(refine_sweeps) else None),
             "compare_karras": bool(compare_karras),
         }
@@ -267,7 +275,7 @@ class FewStepOptimizeSchedule:
 
         result = self._run(model, positive, negative, cfg, shape, steps, sampler, mc_samples, holdout, int(seed),
                            grid, int(teacher_substeps), hi, lo, int(refine_sweeps), int(refine_candidates),
-                           bool(compare_karras), refine_search, refine_objective)
+                           bool(compare_karras), refine_search, refine_objective, int(refine_starts))
         record = _record(key, result, model, time.perf_counter() - t0, lo, hi, old)
         if use_cache:
             cache.write(path, record)
@@ -277,7 +285,8 @@ class FewStepOptimizeSchedule:
 
     @staticmethod
     def _run(model, positive, negative, cfg, shape, steps, sampler, mc, holdout, seed, grid, substeps, hi, lo,
-             refine_sweeps, refine_candidates, compare_karras, refine_search="golden", refine_objective="mean"):
+             refine_sweeps, refine_candidates, compare_karras, refine_search="golden", refine_objective="mean",
+             refine_starts=1):
         check = comfy.model_management.throw_exception_if_processing_interrupted
         pbar = comfy.utils.ProgressBar(1)
         ksampler = comfy.samplers.sampler_object(sampler)
@@ -301,7 +310,7 @@ class FewStepOptimizeSchedule:
                 denoiser, x, hi, lo, steps, sampler, run_sampler=run_sampler, holdout=holdout, grid_size=grid,
                 substeps=substeps, baselines=baselines, refine_sweeps=refine_sweeps,
                 refine_candidates=refine_candidates, refine_search=refine_search,
-                refine_objective=refine_objective, progress=lambda d, t: pbar.update_absolute(d, t),
+                refine_objective=refine_objective, refine_starts=refine_starts, progress=lambda d, t: pbar.update_absolute(d, t),
                 check_cancel=check, store_device=x.device, gram_device=gram_device)
             return x
 

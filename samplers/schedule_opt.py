@@ -688,6 +688,7 @@ class OptimisationResult:
     steps: int                    # the N that was selected / refined
     chosen: str                   # winning candidate for `steps`
     sigmas: torch.Tensor          # final schedule for `steps` (float64, ends with 0)
+    selected: Optional[torch.Tensor] = None         # the selection's winner, before any refinement
     train_errors: dict = field(default_factory=dict)    # candidate -> training error
     holdout_errors: dict = field(default_factory=dict)  # candidate -> held-out error (if any)
     refinement: Optional[Refinement] = None
@@ -714,7 +715,8 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
                       refine_patience: int = 2, refine_starts: int = 1,
                       progress: Optional[Callable[[int, int], None]] = None,
                       check_cancel: Optional[Callable[[], None]] = None,
-                      store_device=None, gram_device=None, teacher: Optional[Teacher] = None) -> OptimisationResult:
+                      store_device=None, gram_device=None, teacher: Optional[Teacher] = None,
+                      dp: Optional[dict] = None) -> OptimisationResult:
     """The whole pipeline for one denoiser and one sampler:
 
     1. teacher pass on a log grid of `grid_size` levels from every start noise in x_start (already
@@ -732,7 +734,9 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
     refine_starts*refine_sweeps*(steps-1)*(refine_candidates [+ refine_line_iters for "golden"])*steps
     (+ held-out runs) — each batched over samples.
     A `teacher` computed before (teacher_pass on x_start over log_grid(sigma_max, sigma_min,
-    grid_size)) is reused instead of a new pass: it depends on neither the steps nor the sampler."""
+    grid_size)) is reused instead of a new pass: it depends on neither the steps nor the sampler.
+    Likewise `dp` = the `.dp` of an earlier result for the same teacher, holdout, variants and cost rule
+    (it holds the paths for every N up to its max_steps) skips the cost matrices and the DP."""
     _check_range(sigma_max, sigma_min)
     steps = int(steps)
     if steps < 1:
@@ -782,13 +786,19 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
     hold = teacher.subset(slice(M, None)) if holdout else None
     x_train, x_hold = x_start[:M], (x_start[M:] if holdout else None)
 
-    dp = {}
-    gram = gram_matrices(train, gram_device)
-    for kind, power, weighted in variants:
-        if check_cancel is not None:
-            check_cancel()
-        costs = jump_costs(train, sampler, kind, float(power), bool(weighted), gram=gram)
-        dp[variant_name(kind, power, weighted)] = optimal_paths(costs, max_steps)
+    names = [variant_name(*v) for v in variants]
+    if dp is not None:
+        if list(dp) != names or any(not torch.equal(r.sigmas, grid) or steps not in r.paths for r in dp.values()):
+            raise ValueError(f"the given dp results are for other variants, another grid or fewer steps "
+                             f"(need {names} with a path for steps={steps})")
+    else:
+        dp = {}
+        gram = gram_matrices(train, gram_device)
+        for (kind, power, weighted), name in zip(variants, names):
+            if check_cancel is not None:
+                check_cancel()
+            costs = jump_costs(train, sampler, kind, float(power), bool(weighted), gram=gram)
+            dp[name] = optimal_paths(costs, max_steps)
     cands = {name: res.schedule(steps) for name, res in dp.items()}
     for name, sig in (baselines or {}).items():
         cands[name] = torch.as_tensor(sig, dtype=torch.float64)
@@ -804,11 +814,13 @@ def optimise_schedule(denoiser: Denoiser, x_start: torch.Tensor, sigma_max: floa
     result = OptimisationResult(grid, sampler, rule.name, dp, steps, next(iter(dp)), cands[next(iter(dp))],
                                 teacher_calls=teacher.calls, train_reference=train.final,
                                 holdout_reference=hold.final if holdout else None)
+    result.selected = result.sigmas
     if run_sampler is not None:
         best, result.train_errors = select_schedule(cands, counted, x_train, train.final, check_cancel)
         if holdout:
             _, result.holdout_errors = select_schedule(cands, counted, x_hold, hold.final, check_cancel)
         result.chosen, result.sigmas = best, cands[best]
+        result.selected = result.sigmas
         if int(refine_sweeps) > 0 and steps > 1:
             # Multi-start: the coordinate search ends in a local minimum that depends on where it
             # starts, so the `refine_starts` best distinct candidates are refined and the one with

@@ -222,14 +222,25 @@ def test_refinement_and_latent_input(env):
                                       latent={"samples": torch.zeros(1, 4, 6, 6)}, grid=12, holdout=2,
                                       refine_sweeps=1, refine_candidates=2)
     rec = json.loads((env.user / "fewstep" / "schedules" / env.files()[0]).read_text())
-    assert rec["key"]["latent"] == [4, 6, 6] and rec["key"]["refine"] == [1, 2, "golden", "mean"]
-    assert "refine_history" in rec["selected"]["3"] and "held-out" in report
+    assert rec["key"]["latent"] == [4, 6, 6] and rec["key"]["refine"] == [1, 2, "golden", "mean", 3]
+    hist = rec["selected"]["3"]["refine_history"]
+    assert hist["start"] in rec["selected"]["3"]["train_errors"] and "held-out" in report
+    assert f"refined from {hist['start']}" in report
     assert float(sig[-1]) == 0 and (sig[1:] < sig[:-1]).all()
     # The search and objective are part of the key (another file), and bad values are named.
     env.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0,
                  latent={"samples": torch.zeros(1, 4, 6, 6)}, grid=12, holdout=2, refine_sweeps=1,
                  refine_candidates=2, refine_search="grid", refine_objective="geomean")
     assert len(env.files()) == 2
+    # One start: the key of files made before multi-start existed (no starts entry), another file.
+    env.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0,
+                 latent={"samples": torch.zeros(1, 4, 6, 6)}, grid=12, holdout=2, refine_sweeps=1,
+                 refine_candidates=2, refine_starts=1)
+    keys = [json.loads((env.user / "fewstep" / "schedules" / f).read_text())["key"]["refine"] for f in env.files()]
+    assert len(keys) == 3 and [1, 2, "golden", "mean"] in keys
+    with pytest.raises(ValueError, match="refine_starts"):
+        env.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0, grid=12, holdout=2,
+                     refine_sweeps=1, refine_starts=0)
     with pytest.raises(ValueError, match="refine_search"):
         env.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0, grid=12, holdout=2,
                      refine_sweeps=1, refine_search="newton")

@@ -364,6 +364,29 @@ def test_multi_start_refinement_keeps_the_lowest_held_out_error():
     assert one.refined_from == one.chosen and three.refined_from in three.train_errors
     assert min(three.refinement.holdout_error) <= min(one.refinement.holdout_error) + 1e-15
     assert three.sampler_calls > one.sampler_calls
+    # `selected` keeps the selection's winner (the refinement starts there with one start).
+    for res in (one, three):
+        want = res.dp[res.chosen].schedule(4) if res.chosen in res.dp else None
+        assert want is not None and torch.equal(res.selected, want)
+        assert so.score(so.relative_error(run(x[:16], res.selected), res.train_reference), "mean") == \
+            pytest.approx(res.train_errors[res.chosen], rel=1e-12)
+
+
+def test_reused_dp_gives_the_same_result_and_is_checked():
+    den = _den("gmm", 16, 0.3)
+    run = lambda x, s: _run("dpmpp_2m", den, x, s)  # noqa: E731
+    x = _start(12, seed=5)
+    teacher = so.teacher_pass(den, x, so.log_grid(SMAX, SMIN, 30), 1)
+    kw = dict(run_sampler=run, holdout=4, grid_size=30, teacher=teacher)
+    first = so.optimise_schedule(den, x, SMAX, SMIN, 5, "dpmpp_2m", **kw)
+    again = so.optimise_schedule(den, x, SMAX, SMIN, 3, "dpmpp_2m", dp=first.dp, **kw)
+    fresh = so.optimise_schedule(den, x, SMAX, SMIN, 3, "dpmpp_2m", **kw)
+    assert again.chosen == fresh.chosen and torch.equal(again.sigmas, fresh.sigmas)
+    assert again.train_errors == fresh.train_errors
+    with pytest.raises(ValueError, match="dp results"):
+        so.optimise_schedule(den, x, SMAX, SMIN, 3, "dpmpp_2m", dp=first.dp, variants=[("jump", 1.0)], **kw)
+    with pytest.raises(ValueError, match="dp results"):
+        so.optimise_schedule(den, x, SMAX, SMIN, 3, "dpmpp_2m", dp={k: first.dp[k] for k in list(first.dp)[:1]}, **kw)
 
 
 def test_refinement_options_are_checked_before_any_model_call():
