@@ -10,7 +10,8 @@ denoise; float64, convergence-checked). KSampler's convention is used for sigmas
 style samplers get steps+1 sigmas with the penultimate one dropped).
 
 Schedules fitted on the lab model itself ("the user's own model" of the schedule optimiser,
-samplers/schedule_opt.py): for a few pack samplers and each NFE in --fit-nfe, the optimiser (teacher
+samplers/schedule_opt.py): for a few pack samplers (multistep and single-step: fit_layout finds the
+steps that make exactly N calls) and each NFE in --fit-nfe, the optimiser (teacher
 pass + DP + selection with Karras among the candidates + refinement against the sampler) runs on
 fitting noises of seed --fit-seed (train) and --fit-seed + 1 (held-out, early stopping), never on the
 benchmark's noises (seed --seed); the fitted schedule is then scored like every other entry, as
