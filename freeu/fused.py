@@ -203,13 +203,13 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     chunks = _cdiv(c_h, _MEAN_CHUNK) if with_map else 1
     sum_tiles = _cdiv(hw, _SUM_BLOCK) if with_map else 0
     n_parts = max(sum_tiles, 1)
-    counters = _tile_counters(h.device, batch * sum_tiles) if with_map else h
     if with_map:
+        counters = _tile_counters(h.device, batch * sum_tiles)
         sums = torch.empty((batch, chunks, hw), dtype=torch.float32, device=h.device)
         mean = torch.empty((batch, height, width), dtype=h.dtype, device=h.device)
         parts = torch.empty((batch, 2, n_parts), dtype=torch.float32, device=h.device)
-    else:
-        sums = mean = parts = h
+    else:  # unused: the launch compiles without the map's branch (MAP=False)
+        sums = mean = parts = counters = h
 
     per_sample = _cdiv(half * hw, _SCALE_PIECE)  # scaling programs per sample
     piece = _cdiv(half * hw, max(per_sample, 1))

@@ -190,16 +190,16 @@ def sweep_fused(patch, shapes, device, gen):
             row = [block_call_ms(p, inputs, device, repeats=10)[0] for p in (patch, v1, only_filter, only_scale)]
             print(f"| {warps} | {tile} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     fused._NUM_WARPS, fused._TILE = defaults
-    sweep_mean_map(patch, inputs, device)
-
-    def mean_only(h, hsp, to):
-        torch.aminmax(h.mean(1).reshape(h.shape[0], -1), dim=1)
-        return h, hsp
+    sweep_mean_map(patch, v1, inputs, device)
     print("| block (h / skip channels) | v1 ms | v2 ms |")
     print("|---|---|---|")
     for (h, p), (hs, ps) in zip(inputs, shapes):
         row = [block_call_ms(q, [(h, p)], device, repeats=10)[0] for q in (v1, patch)]
         print(f"| {hs} / {ps[1]} | {row[0]:.4f} | {row[1]:.4f} |")
+
+    def mean_only(h, hsp, to):
+        torch.aminmax(h.mean(1).reshape(h.shape[0], -1), dim=1)
+        return h, hsp
     print(f"\ntorch mean + aminmax alone (v2's structure map): {block_call_ms(mean_only, inputs, device)[0]:.3f} GPU ms per call\n")
     from torch.profiler import ProfilerActivity, profile
     for label, p in (("v2", patch), ("v1", v1)):
@@ -221,7 +221,7 @@ def sweep_fused(patch, shapes, device, gen):
               ", ".join(f"{k[:40]} {v / 10:.1f}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:6]))
 
 
-def sweep_mean_map(patch, inputs, device):
+def sweep_mean_map(patch, v1, inputs, device):
     """v2's channel-mean map: GPU ms per call of the v2 blocks for the sizes in freeu.fused (channels
     and pixels per chunk program), the module's own first; then the backbone piece per scaling program."""
     import itertools
@@ -241,8 +241,6 @@ def sweep_mean_map(patch, inputs, device):
     for n, v in zip(names, defaults):
         setattr(fused, n, v)
     print(f"\nfastest: {best[1]} at {best[0]:.3f} ms (module defaults {defaults})\n")
-    from freeu.patch import FreeUPatch
-    v1 = FreeUPatch(min(patch.stages) // 2, 1.3, 1.4, 0.9, 0.2, version="v1")
     default_piece = fused._SCALE_PIECE
     print("| backbone elements per scaling program | v1 ms | v2 ms |")
     print("|---|---|---|")
