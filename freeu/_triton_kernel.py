@@ -2,6 +2,20 @@
 import triton
 import triton.language as tl
 
+try:  # Triton >= 3.4: programmatic dependent launch (sm_90+); freeu.fused uses it only where present
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    HAS_GDC = True
+except ImportError:  # pragma: no cover - older Triton
+    HAS_GDC = False
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
 
 @triton.jit
 def _rounded(v, like_ptr):
@@ -176,12 +190,20 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
                        PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr,
-                       MAP: tl.constexpr):
+                       MAP: tl.constexpr, PDL: tl.constexpr):
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
     next sum_programs add up one chunk of h's channels over one tile of pixels, and the last of them
     to finish a tile turns the tile's chunk sums into that tile of v2's mean map; the rest scale a
-    piece of the backbone. v2 launches the first two kinds together (both only read h), then
-    the scaling that needs the whole map; v1 launches the filter and the scaling together."""
+    piece of the backbone. v1 launches the filter and the
+    scaling together; v2 launches the channel sums first, then the filter with the scaling that needs
+    the whole map.
+
+    PDL (programmatic dependent launch, sm_90+; v2 only): 1 = the first launch, whose programs let
+    the second start at once; 2 = the second launch (made with launch_pdl): its filter programs need
+    nothing from the first and run beside it, its scaling programs wait for the map, and no program
+    ends before the first launch has (so the kernels after it see both launches done)."""
+    if PDL == 1:
+        gdc_launch_dependents()
     pid = tl.program_id(0)
     hw = height * width
     is_filter = pid < filter_planes
@@ -191,6 +213,9 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
     per_sample = sum_tiles * chunks
     sample = tl.where(is_filter, pid // c_hsp, tl.where(is_sum, q // tl.maximum(per_sample, 1),
                                                          qs // tl.maximum(scale_per_sample, 1)))
+    if PDL == 2:
+        if not is_filter:
+            gdc_wait()  # the map and the channel sums read h: the first launch must be done
     if _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED):
         if is_filter:
             _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
@@ -212,3 +237,5 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
             _scale_plane(h_ptr + sample.to(tl.int64) * c_h * hw, mean_ptr + sample.to(tl.int64) * hw,
                          part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start,
                          tl.minimum(start + piece, half * hw), hw, bscale, bm1, BLOCK, V2, PARTS)
+    if PDL == 2:
+        gdc_wait()

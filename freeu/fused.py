@@ -11,12 +11,14 @@ so nothing waits on the host and a closed window writes nothing (bit-identical t
   in its separable form C = Erᵀ x Ec, M = Ar C Br - Ai C Bi, P(x) = Er M Ecᵀ, accumulated in fp32
   and rounded once to the plane's dtype: one read and one write of the plane.
 - Backbone planes (first half of h's channels): x·b (v1) or x·(1 + (b-1)·m) (v2, m the per-sample
-  min-max normalised channel-mean map). v2's map comes from extra programs of the filter's launch,
-  each summing a chunk of channels over a tile of pixels; the last of a tile's programs to finish
-  (an atomic counter per tile, reset by that program) adds the tile's chunk sums in a fixed order,
-  so the map does not depend on which program came last. The scaling, which needs the whole map's
-  min and max, is the second launch. Measured alternatives (a launch of its own for the map; one
-  launch where the scaling programs wait for the map) were slower: BENCHMARKS.md. Every elementwise
+  min-max normalised channel-mean map). v2's first launch builds the map: each program sums a
+  chunk of channels over a tile of pixels; the last of a tile's programs to finish (an atomic counter
+  per tile, reset by that program) adds the tile's chunk sums in a fixed order, so the map does not
+  depend on which program came last. The second launch filters the skip planes and scales the
+  backbone, which needs the whole map's min and max; on sm_90+ it is a programmatic dependent launch,
+  so the filter programs start while the map is being built and only the scaling programs wait.
+  Measured alternatives (the filter in the map's launch; a launch of its own for the map; one launch
+  where the scaling programs wait for the map) were slower: BENCHMARKS.md. Every elementwise
   step is rounded to h's dtype as PyTorch's own ops do: v1 equals the published formula bit for bit
   in fp16/bf16; v2's channel sums run in another order than torch.mean, so a mean value can round
   the other way (then that pixel's h differs by one rounding step); fp32: up to the compiler fusing
@@ -42,7 +44,7 @@ MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 
 MAX_WIDTH = 1024
 _TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2 warps, 2048)
 _SCALE_BLOCK = 1024
-_SCALE_PIECE = 4096  # backbone elements per scaling program
+_SCALE_PIECE = 2048  # backbone elements per scaling program (H100 sweep at batch 1: BENCHMARKS.md)
 _NUM_WARPS = 2
 # v2's channel mean: a program sums _MEAN_CHUNK channels (_SUM_CT at a time, a divisor of it) over
 # _SUM_BLOCK pixels; the last of a tile's programs adds up the tile's chunk sums (enough programs to
@@ -50,6 +52,9 @@ _NUM_WARPS = 2
 _MEAN_CHUNK = 32
 _SUM_CT = 16
 _SUM_BLOCK = 128
+# v2's second launch (filter + scaling) is a programmatic dependent launch where the GPU (sm_90+) and
+# Triton (>= 3.4) have it ("auto"; False: never), so its filter programs run beside the first.
+_PDL = "auto"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 _kernel = None
@@ -79,6 +84,21 @@ def _load_kernel():
         from . import _triton_kernel  # imports triton: only when a fused block first runs
         _kernel = _triton_kernel.freeu_block_kernel
     return _kernel
+
+
+_pdl_devices: dict = {}
+
+
+def _pdl_ok(device: torch.device) -> bool:
+    if _PDL != "auto":
+        return bool(_PDL)
+    hit = _pdl_devices.get(device)
+    if hit is None:
+        from . import _triton_kernel
+        hit = (mode() == "auto" and device.type == "cuda" and _triton_kernel.HAS_GDC
+               and torch.version.cuda is not None and torch.cuda.get_device_capability(device)[0] >= 9)
+        _pdl_devices[device] = hit
+    return hit
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -214,22 +234,25 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     per_sample = _cdiv(half * hw, _SCALE_PIECE)  # scaling programs per sample
     piece = _cdiv(half * hw, max(per_sample, 1))
 
-    def launch(n_filter, n_sum, n_scale):
+    pdl = _pdl_ok(h.device)
+
+    def launch(n_filter, n_sum, n_scale, role):
         kernel[(n_filter + n_sum + n_scale,)](
             h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters, 1.0 / c_h,
             n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, per_sample, piece,
             float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
-            MAP=with_map and n_sum > 0, num_warps=_NUM_WARPS)
+            MAP=with_map and n_sum > 0, PDL=role, num_warps=_NUM_WARPS, **({"launch_pdl": True} if role == 2 else {}))
     try:
         if with_map:
-            # The skip filter and the channel sums (with the map) only read h / hsp: one launch;
-            # then the backbone scaling, which needs the whole map.
-            launch(filter_planes, batch * sum_tiles * chunks, 0)
-            launch(0, 0, batch * per_sample)
+            # The channel sums (with the map) alone: a short launch; then the skip filter, which
+            # depends on nothing (with PDL it starts while the sums run), beside the backbone
+            # scaling, which needs the whole map.
+            launch(0, batch * sum_tiles * chunks, 0, 1 if pdl else 0)
+            launch(filter_planes, 0, batch * per_sample, 2 if pdl else 0)
         else:
-            launch(filter_planes, 0, batch * per_sample if scale_planes else 0)
+            launch(filter_planes, 0, batch * per_sample if scale_planes else 0, 0)
     except Exception as err:
         _broken.add(str(h.device))
         warnings.warn(f"FewStep FreeU: fused GPU kernel failed on {h.device} ({err}); using the torch route")

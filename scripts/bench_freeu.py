@@ -95,7 +95,7 @@ def block_tables(patcher, unet, mc, factors, device, size, context_dim, adm, bat
               f"{host['comfy']:.3f} | {host['torch']:.3f} | {host['fused']:.3f} |")
     print()
     if device.type == "cuda" and os.environ.get("FEWSTEP_SWEEP"):
-        sweep_fused(mine, shapes, device, gen)
+        sweep_fused(mine, shapes, device, gen, only={"layout": "layout", "map": "map"}.get(os.environ["FEWSTEP_SWEEP"], ""))
 
 
 def graph_medians(call, names, repeats, device):
@@ -170,7 +170,36 @@ def block_call_ms(fn, inputs, device, repeats=30):
     return gpu, statistics.median(host)
 
 
-def sweep_fused(patch, shapes, device, gen):
+# v2's second launch with or without programmatic dependent launch
+LAYOUTS = {
+    "PDL where the GPU has it (default)": {"_PDL": "auto"},
+    "no PDL": {"_PDL": False},
+}
+
+
+def set_layout(overrides=None):
+    import freeu.fused as fused
+    if not hasattr(fused, "_LAYOUT_DEFAULTS"):
+        fused._LAYOUT_DEFAULTS = {"_PDL": fused._PDL}
+    for k, v in {**fused._LAYOUT_DEFAULTS, **(overrides or {})}.items():
+        setattr(fused, k, v)
+
+
+def sweep_layout(patch, v1, inputs, shapes, device):
+    """GPU ms per call (all blocks, then block by block) of v2 and v1 for each launch layout."""
+    print(f"v1 (one launch per block): {block_call_ms(v1, inputs, device, repeats=20)[0]:.4f} ms\n")
+    print("| v2 layout | v2 ms, all blocks | v2 ms per block |")
+    print("|---|---|---|")
+    for name, over in LAYOUTS.items():
+        set_layout(over)
+        v2_all = block_call_ms(patch, inputs, device, repeats=20)[0]
+        per = [block_call_ms(patch, [hp], device, repeats=10)[0] for hp in inputs]
+        print(f"| {name} | {v2_all:.4f} | " + ", ".join(f"{v * 1e3:.1f}" for v in per) + " µs |")
+    set_layout()
+    print("\nblocks: " + ", ".join(f"{hs}/{ps[1]}" for hs, ps in shapes) + "\n")
+
+
+def sweep_fused(patch, shapes, device, gen, only=""):
     """Kernel launch parameters of the fused route: GPU ms per call, fp16, v2 / filter only / scale only."""
     import torch
     import freeu.fused as fused
@@ -178,6 +207,12 @@ def sweep_fused(patch, shapes, device, gen):
     inputs = [(torch.randn(h, generator=gen, device=device).half(), torch.randn(p, generator=gen, device=device).half())
               for h, p in shapes]
     mc = min(patch.stages) // 2
+    if only in ("", "layout"):
+        sweep_layout(patch, FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1"), inputs, shapes, device)
+    if only == "map":
+        sweep_mean_map(patch, FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1"), inputs, device)
+    if only:
+        return
     only_filter = FreeUPatch(mc, 1.0, 1.0, 0.9, 0.2, version="v1")
     only_scale = FreeUPatch(mc, 1.3, 1.4, 1.0, 1.0, version="v1")
     print("| num_warps | tile | v2 ms | v1 ms | filter only ms | v1 scale only ms |")
@@ -228,7 +263,7 @@ def sweep_mean_map(patch, v1, inputs, device):
     import freeu.fused as fused
     names = ("_MEAN_CHUNK", "_SUM_BLOCK")
     defaults = tuple(getattr(fused, n) for n in names)
-    grid = [defaults] + [c for c in itertools.product((16, 32, 64), (64, 128, 256, 512)) if c != defaults]
+    grid = [defaults] + [c for c in itertools.product((16, 32, 64, 128, 256), (32, 64, 128, 256)) if c != defaults]
     print("| channels per chunk program | pixels per chunk program | v2 ms |")
     print("|---|---|---|")
     best = None
@@ -311,6 +346,7 @@ def main():
         "FewStep v2, fused": (ours("v2"), "auto"),
         "FewStep v2, fused, σ-gated on": (ours("v2", on_window), "auto"),
         "FewStep v2, fused, σ-gated off": (ours("v2", off_window), "auto"),
+        "FewStep v2, fused, no PDL": (ours("v2"), "auto", LAYOUTS["no PDL"]),
         "FewStep v1, torch route": (ours("v1"), "off"),
         "FewStep v2, torch route": (ours("v2"), "off"),
         "FewStep v2, torch route, σ-gated on": (ours("v2", on_window), "off"),
@@ -333,7 +369,7 @@ def main():
     rows = []
     gen = torch.Generator(device=device).manual_seed(0)
     if args.sweep_only:
-        os.environ["FEWSTEP_SWEEP"] = "1"
+        os.environ.setdefault("FEWSTEP_SWEEP", "1")
         block_tables(patcher, unet, mc, (b1, b2, s1, s2), device, size, context_dim, adm, args.batches[-1])
         return
     for batch in args.batches:
@@ -344,8 +380,9 @@ def main():
         sigma = torch.full((batch,), 1.0, device=device)  # what ComfyUI's sampler puts in "sigmas"
 
         def call(name):
-            patches, route = variants[name]
+            patches, route, *layout = variants[name]
             os.environ["FEWSTEP_FREEU_FUSED"] = route
+            set_layout(layout[0] if layout else None)
             to = {"patches": {"output_block_patch": patches} if patches else {}, "sigmas": sigma}
             return unet(x, ts, context=ctx, y=y, transformer_options=to)
 
@@ -376,6 +413,7 @@ def main():
                     samples[n].append(time_ms(lambda: (call(n), call(n)), device) / 2)
             graphed = graph_medians(call, names, args.graph_repeats or 3 * repeats, device) if device.type == "cuda" else {}
             os.environ["FEWSTEP_FREEU_FUSED"] = "auto"
+            set_layout()
         med = {n: statistics.median(v) for n, v in samples.items()}
         for n in names:
             g = graphed.get(n)

@@ -4,6 +4,7 @@ The CPU suite runs the kernels through Triton's interpreter, which executes only
 takes and never type-checks the rest; the GPU compiles every branch of each specialisation. Here
 every launch freeu.fused makes (recorded, not run) is compiled ahead of time for sm_90 and sm_80 with
 the same argument types and constexprs, in a subprocess without TRITON_INTERPRET."""
+import itertools
 import json
 import math
 import os
@@ -28,13 +29,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from freeu import _triton_kernel as kernels
 failed = []
-for name, sig, const, warps in json.load(sys.stdin):
+for name, sig, const, warps, pdl in json.load(sys.stdin):
     fn = getattr(kernels, name)
     signature = {n: ("constexpr" if n in const else sig[i]) for i, n in enumerate(fn.arg_names)}
     src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
-    for arch in (90, 80):
+    for arch in ((90,) if const.get("PDL") else (90, 80)):  # griddepcontrol needs sm_90
         try:
-            triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+            triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "launch_pdl": pdl})
         except Exception as err:
             failed.append(f"{name} sm_{arch} {const}: {str(err)[-600:]}")
 print(json.dumps(failed))
@@ -59,27 +60,31 @@ def recorded_launches(monkeypatch):
             self.name = name
 
         def __getitem__(self, grid):
-            def record(*args, num_warps, **const):
-                key = json.dumps([self.name, [_describe(a) for a in args], const, num_warps], sort_keys=True)
+            def record(*args, num_warps, launch_pdl=False, **const):
+                key = json.dumps([self.name, [_describe(a) for a in args], const, num_warps, launch_pdl],
+                                 sort_keys=True)
                 launches[key] = json.loads(key)
             return record
 
     monkeypatch.setattr(fused, "_kernel", Recorder("freeu_block_kernel"))
-    for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        for size in (32, 128):  # one tile / several tiles per skip plane
-            h, hsp = torch.zeros(2, 16, size, size, dtype=dtype), torch.zeros(2, 8, size, size, dtype=dtype)
-            for version in ("v1", "v2"):
-                for sigmas in (None, torch.ones(2)):
-                    for b, s in ((1.3, 0.2), (1.0, 0.2), (1.3, 1.0)):  # both parts, filter only, scaling only
-                        assert fused.freeu_block(h, hsp, b, s, 1, version, sigmas, 0.0, math.inf)
+    cases = itertools.product((False, True), (torch.float16, torch.bfloat16, torch.float32), (32, 128),
+                              ("v1", "v2"), (None, torch.ones(2)), ((1.3, 0.2), (1.0, 0.2), (1.3, 1.0)))
+    # PDL: as on GPUs without / with programmatic dependent launch; sizes: one tile / several tiles
+    # per skip plane; (b, s): both parts, filter only, scaling only
+    for pdl, dtype, size, version, sigmas, (b, s) in cases:
+        monkeypatch.setattr(fused, "_PDL", pdl)
+        h, hsp = torch.zeros(2, 16, size, size, dtype=dtype), torch.zeros(2, 8, size, size, dtype=dtype)
+        assert fused.freeu_block(h, hsp, b, s, 1, version, sigmas, 0.0, math.inf)
     return list(launches.values())
 
 
 @pytest.mark.skipif(not _ptxas(), reason="this Triton build carries no ptxas")
 def test_every_launch_compiles_for_sm90_and_sm80(monkeypatch):
     launches = recorded_launches(monkeypatch)
-    assert {(c["V2"], c["MAP"], c["GATED"]) for _, _, c, _ in launches} == {
+    assert {(c["V2"], c["MAP"], c["GATED"]) for _, _, c, _, _ in launches} == {
         (v2, m, g) for v2 in (False, True) for m in ((False, True) if v2 else (False,)) for g in (False, True)}
+    # v2's first launch lets the second start (1); the second is made with launch_pdl (2)
+    assert {(c["PDL"], pdl) for _, _, c, _, pdl in launches} == {(0, False), (1, False), (2, True)}
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", COMPILE], input=json.dumps(launches), capture_output=True,
