@@ -213,7 +213,7 @@ def markdown(rows, schedules, timings, args):
                 (f" ({', '.join(worse_median)})" if worse_median else "") + ". The mean is dominated by the samples that "
                 f"land on another mode than the reference (a ~10 % event on 'shapes' at N=5, error ~0.6 each), so the "
                 f"mean-optimal schedule trades some accuracy of the typical sample for fewer of them. The DP paths alone "
-                f"win where the data are smooth (gmm256, DPM++ 2M); on the few-mode default lab (shapes) the selection "
+                f"win where the data are smooth (gmm256, DPM++ 2M and UniPC); on the few-mode default lab (shapes) the selection "
                 f"mostly keeps Karras and the gains come from the refinement against the sampler."]
     out += ["", f"Optimiser cost on the lab (CPU, exact denoiser, {args.threads} thread(s), shared machine: timings are "
                 f"indicative). The teacher pass (one per data set, shared by every row; its time is included in each "
