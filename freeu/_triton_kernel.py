@@ -194,9 +194,8 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
     next sum_programs add up one chunk of h's channels over one tile of pixels, and the last of them
     to finish a tile turns the tile's chunk sums into that tile of v2's mean map; the rest scale a
-    piece of the backbone. v1 launches the filter and the
-    scaling together; v2 launches the channel sums first, then the filter with the scaling that needs
-    the whole map.
+    piece of the backbone. v1 launches the filter and the scaling together; v2 launches the channel
+    sums first, then the filter with the scaling that needs the whole map.
 
     PDL (programmatic dependent launch, sm_90+; v2 only): 1 = the first launch, whose programs let
     the second start at once; 2 = the second launch (made with launch_pdl): its filter programs need

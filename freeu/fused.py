@@ -95,8 +95,8 @@ def _pdl_ok(device: torch.device) -> bool:
     hit = _pdl_devices.get(device)
     if hit is None:
         from . import _triton_kernel
-        hit = (mode() == "auto" and device.type == "cuda" and _triton_kernel.HAS_GDC
-               and torch.version.cuda is not None and torch.cuda.get_device_capability(device)[0] >= 9)
+        hit = (device.type == "cuda" and _triton_kernel.HAS_GDC and torch.version.cuda is not None
+               and torch.cuda.get_device_capability(device)[0] >= 9)
         _pdl_devices[device] = hit
     return hit
 
@@ -234,7 +234,7 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     per_sample = _cdiv(half * hw, _SCALE_PIECE)  # scaling programs per sample
     piece = _cdiv(half * hw, max(per_sample, 1))
 
-    pdl = _pdl_ok(h.device)
+    pdl = _pdl_ok(h.device)  # v2's launch roles: freeu_block_kernel's docstring
 
     def launch(n_filter, n_sum, n_scale, role):
         kernel[(n_filter + n_sum + n_scale,)](
@@ -243,7 +243,8 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
             float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=_SCALE_BLOCK, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
-            MAP=with_map and n_sum > 0, PDL=role, num_warps=_NUM_WARPS, **({"launch_pdl": True} if role == 2 else {}))
+            MAP=with_map and n_sum > 0, PDL=role, num_warps=_NUM_WARPS,
+            **({"launch_pdl": True} if role == 2 else {}))
     try:
         if with_map:
             # The channel sums (with the map) alone: a short launch; then the skip filter, which
