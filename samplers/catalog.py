@@ -8,13 +8,14 @@ from typing import Callable, Optional
 from .deis import sample_deis_rhoab, sample_deis_rhork, sample_deis_tab
 from .dpmpp import sample_dpmpp_1s, sample_dpmpp_2m, sample_dpmpp_2s, sample_dpmpp_3m, sample_dpmpp_3s
 from .edm import sample_edm_alpha, sample_edm_heun, sample_edm_stochastic
+from .unipc import sample_unipc_fs
 
 
 @dataclass(frozen=True)
 class SolverSpec:
     fn: Callable
     options: dict = field(default_factory=dict)
-    order: Optional[int] = None   # nominal order of the ODE solver; None for stochastic ones
+    order: Optional[int] = None   # nominal order of the ODE solver; None for stochastic ones and STEP_DEPENDENT
     nfe_per_step: int = 1         # model calls per step (a step to sigma = 0 may use fewer)
     multistep: bool = False
 
@@ -44,3 +45,12 @@ SOLVERS = {
     "edm_stochastic": SolverSpec(sample_edm_stochastic, {"s_churn": 1.0, "s_tmin": 0.05, "s_tmax": 50.0,
                                                          "s_noise": 1.003}, None, 2),
 }
+
+# Solvers whose order depends on the step count (the paper UniPC's "auto": order 1 up to 6 calls, else
+# 2), so they have no single nominal order and stay out of SOLVERS; the dropdown entry's settings.
+STEP_DEPENDENT = {"unipc_fs": SolverSpec(sample_unipc_fs, {"order": "auto"}, None, 1, True)}
+
+
+def solver(name: str) -> SolverSpec:
+    """A named solver of SOLVERS or STEP_DEPENDENT."""
+    return SOLVERS.get(name) or STEP_DEPENDENT[name]

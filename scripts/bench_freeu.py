@@ -178,11 +178,14 @@ LAYOUTS = {
 
 
 def set_layout(overrides=None):
+    """freeu.fused's launch settings: the module's own values, then `overrides` on top."""
     import freeu.fused as fused
-    if not hasattr(fused, "_LAYOUT_DEFAULTS"):
-        fused._LAYOUT_DEFAULTS = {"_PDL": fused._PDL}
-    for k, v in {**fused._LAYOUT_DEFAULTS, **(overrides or {})}.items():
+    defaults = _LAYOUT_DEFAULTS.setdefault("values", {k: getattr(fused, k) for k in ("_PDL",)})
+    for k, v in {**defaults, **(overrides or {})}.items():
         setattr(fused, k, v)
+
+
+_LAYOUT_DEFAULTS: dict = {}  # freeu.fused's values before the first set_layout
 
 
 def sweep_layout(patch, v1, inputs, shapes, device):

@@ -46,10 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from samplers import schedule_opt as so  # noqa: E402
-from samplers.catalog import SOLVERS, SolverSpec  # noqa: E402
+from samplers.catalog import solver  # noqa: E402
 from samplers.exact import ExactDenoiser, MixtureSpec  # noqa: E402
 from samplers.reference import reference_states  # noqa: E402
-from samplers.unipc import sample_unipc_fs  # noqa: E402
 from samplers.schedules import (FSCHEDULER_PRESETS, fscheduler_sigmas, karras_sigmas,  # noqa: E402
                                 sd_discrete_sigmas)
 
@@ -61,8 +60,6 @@ DATASETS = {  # name -> (dataset, components, spread, seed)
 }
 SAMPLERS = ("dpmpp_2m", "unipc_fs", "deis_tab3")
 TARGET_SAMPLERS = ("dpmpp_2m", "unipc_fs")  # the target: DPM++ 2M and the best pack sampler
-# unipc_fs is not in samplers.catalog (its order depends on N); the dropdown entry's settings.
-EXTRA_SOLVERS = {"unipc_fs": SolverSpec(sample_unipc_fs, {"order": "auto"}, None, 1, True)}
 SHAPE = (4, 16, 16)
 
 
@@ -126,7 +123,7 @@ def run_lab(args):
         print(f"[bench] {ds}: teacher pass {teacher.calls} calls in {t_teacher:.1f} s", file=sys.stderr)
         dps = {}  # cost rule -> DP results (they depend on the teacher and the rule, not on N)
         for sampler in args.samplers:
-            spec_s = EXTRA_SOLVERS.get(sampler) or SOLVERS[sampler]
+            spec_s = solver(sampler)
 
             def run(x, sig, spec_s=spec_s):
                 return spec_s(den, x.clone(), sig.to(torch.float64), disable=True)
@@ -198,11 +195,10 @@ def markdown(rows, schedules, timings, args):
         out.append(f"| {r['ds']} | {r['sampler']} | {r['n']} | " + " | ".join(cells) +
                    f" | {r['pick']} / {r['start']} | {ratio:.2f} | {ratio_r:.2f} | {r['win']} / {r['win_r']} |")
     small = [r for r in rows if r["n"] <= 8 and r["sampler"] in TARGET_SAMPLERS]
-    others = [f"{r['ds']} / {r['sampler']} / N={r['n']} ({r['errs']['+refine'][0] / r['errs']['Karras'][0]:.2f})"
-              for r in rows if r["n"] <= 8 and r["sampler"] not in TARGET_SAMPLERS]
+    refined = lambda r: f"{r['ds']} / {r['sampler']} / N={r['n']} ({r['errs']['+refine'][0] / r['errs']['Karras'][0]:.2f})"  # noqa: E731
+    others = [refined(r) for r in rows if r["n"] <= 8 and r["sampler"] not in TARGET_SAMPLERS]
     hit = lambda col: sum(r["errs"][col][0] <= 0.7 * r["errs"]["Karras"][0] for r in small)  # noqa: E731
-    miss = [f"{r['ds']} / {r['sampler']} / N={r['n']} ({r['errs']['+refine'][0] / r['errs']['Karras'][0]:.2f})"
-            for r in small if r["errs"]["+refine"][0] > 0.7 * r["errs"]["Karras"][0]]
+    miss = [refined(r) for r in small if r["errs"]["+refine"][0] > 0.7 * r["errs"]["Karras"][0]]
     worse_median = [f"{r['ds']} / {r['sampler']} / N={r['n']} ({r['errs']['+refine'][1]:.4f} vs "
                     f"{r['errs']['Karras'][1]:.4f})" for r in rows if r["errs"]["+refine"][1] > r["errs"]["Karras"][1]]
     out += ["", f"Target (>= 30 % lower mean error than Karras at N <= 8, for {' and '.join(TARGET_SAMPLERS)}): optimised {hit('optimised')} of "

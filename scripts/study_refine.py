@@ -32,11 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from samplers import schedule_opt as so  # noqa: E402
-from samplers.catalog import SOLVERS  # noqa: E402
+from samplers.catalog import solver  # noqa: E402
 from samplers.exact import ExactDenoiser, MixtureSpec  # noqa: E402
 from samplers.reference import reference_states  # noqa: E402
 from samplers.schedules import karras_sigmas, sd_discrete_sigmas  # noqa: E402
-from samplers.unipc import sample_unipc_fs  # noqa: E402
 
 SECTION_START = "<!-- refine-study:start -->"
 SECTION_END = "<!-- refine-study:end -->"
@@ -64,9 +63,7 @@ VARIANTS = tuple(v for v in ALL_VARIANTS if v[0] in (
 
 def sampler_fn(name):
     """The pack's dropdown solvers as plain functions of (denoiser, x, sigmas)."""
-    if name == "unipc_fs":
-        return lambda den, x, sig: sample_unipc_fs(den, x, sig, order="auto", disable=True)
-    spec = SOLVERS[name]
+    spec = solver(name)
     opts = {"allow_short_schedule": True} if spec.multistep else {}
     return lambda den, x, sig: spec(den, x, sig, disable=True, **opts)
 
