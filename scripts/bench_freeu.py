@@ -95,7 +95,7 @@ def block_tables(patcher, unet, mc, factors, device, size, context_dim, adm, bat
               f"{host['comfy']:.3f} | {host['torch']:.3f} | {host['fused']:.3f} |")
     print()
     if device.type == "cuda" and os.environ.get("FEWSTEP_SWEEP"):
-        sweep_fused(mine, shapes, device, gen, only={"layout": "layout", "map": "map"}.get(os.environ["FEWSTEP_SWEEP"], ""))
+        sweep_fused(mine, shapes, device, gen, only={"layout": "layout", "map": "map", "plane": "plane"}.get(os.environ["FEWSTEP_SWEEP"], ""))
 
 
 def graph_medians(call, names, repeats, device):
@@ -133,7 +133,7 @@ def graph_medians(call, names, repeats, device):
     return out
 
 
-def block_call_ms(fn, inputs, device, repeats=30):
+def block_call_ms(fn, inputs, device, repeats=30, to=None):
     """(GPU ms, host ms) for one UNet call's worth of patched blocks: GPU time from a CUDA-graph
     replay (no launch overhead: the work itself), host time = Python + launch cost per call,
     measured without waiting for the GPU. Inputs are scaled down so repeated in-place FreeU stays finite."""
@@ -143,7 +143,7 @@ def block_call_ms(fn, inputs, device, repeats=30):
 
     def one_call():
         for h, hsp in work:
-            fn(h, hsp, {})
+            fn(h, hsp, dict(to or {}))
     for _ in range(3):
         one_call()
     host = []
@@ -175,12 +175,21 @@ LAYOUTS = {
     "PDL where the GPU has it (default)": {"_PDL": "auto"},
     "no PDL": {"_PDL": False},
 }
+# Whole-call variants of the launch settings (not part of the layout sweep).
+SETTINGS = {
+    "one-tile planes": {"_PLANE_LAUNCH": ((1024, 2048, 2), (4096, 4096, 4), (1 << 30, 16384, 16))},
+    "one-tile planes, 8 warps": {"_PLANE_LAUNCH": ((1024, 2048, 2), (4096, 4096, 4), (1 << 30, 16384, 8))},
+    "no prefetch": {"_PREFETCH": False},
+}
+# (tile, warps) of the filter's launch tried on every block by FEWSTEP_SWEEP=plane
+PLANE_CANDIDATES = ((2048, 2), (4096, 4), (8192, 4), (8192, 8), (16384, 8), (16384, 16))
 
 
 def set_layout(overrides=None):
     """freeu.fused's launch settings: the module's own values, then `overrides` on top."""
     import freeu.fused as fused
-    defaults = _LAYOUT_DEFAULTS.setdefault("values", {k: getattr(fused, k) for k in ("_PDL",)})
+    defaults = _LAYOUT_DEFAULTS.setdefault(
+        "values", {k: getattr(fused, k) for k in ("_PDL", "_PLANE_LAUNCH", "_PREFETCH")})
     for k, v in {**defaults, **(overrides or {})}.items():
         setattr(fused, k, v)
 
@@ -202,6 +211,36 @@ def sweep_layout(patch, v1, inputs, shapes, device):
     print("\nblocks: " + ", ".join(f"{hs}/{ps[1]}" for hs, ps in shapes) + "\n")
 
 
+def sweep_plane(patch, inputs, shapes, device):
+    """GPU µs per block of the filter's launch for each (tile, warps) in PLANE_CANDIDATES: v1, v2,
+    v2 σ-gated on (σ read beside the plane), then the σ read before the plane at the default."""
+    import torch
+    import freeu.fused as fused
+    from freeu.patch import FreeUPatch
+    from freeu.window import window_from_sigma
+    mc = min(patch.stages) // 2
+    batch = inputs[0][0].shape[0]
+    to = {"sigmas": torch.full((batch,), 1.0, device=device)}
+    mk = lambda v, w=None: FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version=v, **({"window": w} if w else {}))
+    on, off = window_from_sigma(100.0, 0.0), window_from_sigma(0.5, 0.0)
+    kinds = {"v1": mk("v1"), "v2": mk("v2"), "v2 on": mk("v2", on), "v2 off": mk("v2", off)}
+    print(f"batch {batch}, blocks: " + ", ".join(f"{hs}/{ps[1]}" for hs, ps in shapes))
+    print("| tile, warps | variant | all blocks µs | per block µs |")
+    print("|---|---|---|---|")
+    for prefetch in (True, False):
+        for tile, warps in PLANE_CANDIDATES if prefetch else PLANE_CANDIDATES[:1]:
+            set_layout({"_PLANE_LAUNCH": ((1 << 30, tile, warps),), "_PREFETCH": prefetch})
+            for name, q in kinds.items():
+                if not prefetch and name in ("v1", "v2"):
+                    continue
+                total = block_call_ms(q, inputs, device, repeats=20, to=to)[0]
+                per = [block_call_ms(q, [hp], device, repeats=10, to=to)[0] for hp in inputs]
+                print(f"| {tile}, {warps}{'' if prefetch else ', σ first'} | {name} | {total * 1e3:.1f} | "
+                      + ", ".join(f"{v * 1e3:.1f}" for v in per) + " |", flush=True)
+    set_layout()
+    print()
+
+
 def sweep_fused(patch, shapes, device, gen, only=""):
     """Kernel launch parameters of the fused route: GPU ms per call, fp16, v2 / filter only / scale only."""
     import torch
@@ -210,6 +249,9 @@ def sweep_fused(patch, shapes, device, gen, only=""):
     inputs = [(torch.randn(h, generator=gen, device=device).half(), torch.randn(p, generator=gen, device=device).half())
               for h, p in shapes]
     mc = min(patch.stages) // 2
+    if only == "plane":
+        sweep_plane(patch, inputs, shapes, device)
+        return
     if only in ("", "layout"):
         sweep_layout(patch, FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1"), inputs, shapes, device)
     if only == "map":
@@ -302,6 +344,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-blocks", action="store_true", help="skip the per-block exactness/timing table")
     ap.add_argument("--size", type=int, default=None, help="latent side (default 128 = 1024 px; 16 with --tiny)")
+    ap.add_argument("--variants", help="';'-separated variant names to time (and 'no patch'); default all")
     ap.add_argument("--sweep-only", action="store_true",
                     help="CUDA: only the fused route's launch-parameter sweeps on the block shapes, then exit")
     args = ap.parse_args()
@@ -350,12 +393,25 @@ def main():
         "FewStep v2, fused, σ-gated on": (ours("v2", on_window), "auto"),
         "FewStep v2, fused, σ-gated off": (ours("v2", off_window), "auto"),
         "FewStep v2, fused, no PDL": (ours("v2"), "auto", LAYOUTS["no PDL"]),
+        "FewStep v1, fused, one-tile planes": (ours("v1"), "auto", SETTINGS["one-tile planes"]),
+        "FewStep v2, fused, one-tile planes": (ours("v2"), "auto", SETTINGS["one-tile planes"]),
+        "FewStep v2, fused, one-tile planes, 8 warps": (ours("v2"), "auto", SETTINGS["one-tile planes, 8 warps"]),
+        "FewStep v2, fused, σ-gated on, one-tile planes": (ours("v2", on_window), "auto", SETTINGS["one-tile planes"]),
+        "FewStep v2, fused, σ-gated off, one-tile planes": (ours("v2", off_window), "auto", SETTINGS["one-tile planes"]),
+        "FewStep v2, fused, σ-gated on, no prefetch": (ours("v2", on_window), "auto", SETTINGS["no prefetch"]),
+        "FewStep v2, fused, σ-gated off, no prefetch": (ours("v2", off_window), "auto", SETTINGS["no prefetch"]),
         "FewStep v1, torch route": (ours("v1"), "off"),
         "FewStep v2, torch route": (ours("v2"), "off"),
         "FewStep v2, torch route, σ-gated on": (ours("v2", on_window), "off"),
         "FewStep v2, torch route, σ-gated off": (ours("v2", off_window), "off"),
     }
     names = list(variants)
+    if args.variants:
+        keep = [n.strip() for n in args.variants.split(";")]
+        unknown = [n for n in keep if n not in variants]
+        if unknown:
+            ap.error(f"unknown variants {unknown}; known: {names}")
+        names = [n for n in names if n == "no patch" or n in keep]
 
 
     name = (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU")
@@ -392,12 +448,20 @@ def main():
         with torch.inference_mode():
             ref = {n: call(n).float() for n in ("no patch", "ComfyUI FreeU_V2", "FewStep v2, fused",
                                                 "FewStep v2, torch route", "FewStep v2, fused, σ-gated off",
-                                                "FewStep v2, torch route, σ-gated off")}
+                                                "FewStep v2, torch route, σ-gated off",
+                                                "FewStep v2, fused, one-tile planes",
+                                                "FewStep v2, fused, σ-gated off, one-tile planes",
+                                                "FewStep v2, fused, σ-gated off, no prefetch")}
             checks = {
                 "fused v2 vs ComfyUI FreeU_V2 max |diff|":
                     f'{(ref["FewStep v2, fused"] - ref["ComfyUI FreeU_V2"]).abs().max().item():.3e}',
                 "torch-route v2 vs ComfyUI FreeU_V2 max |diff|":
                     f'{(ref["FewStep v2, torch route"] - ref["ComfyUI FreeU_V2"]).abs().max().item():.3e}',
+                "fused v2 one-tile planes vs fused v2 max |diff|":
+                    f'{(ref["FewStep v2, fused, one-tile planes"] - ref["FewStep v2, fused"]).abs().max().item():.3e}',
+                "σ-gated off == no patch (one-tile planes / σ read first)":
+                    f'{torch.equal(ref["FewStep v2, fused, σ-gated off, one-tile planes"], ref["no patch"])} / '
+                    f'{torch.equal(ref["FewStep v2, fused, σ-gated off, no prefetch"], ref["no patch"])}',
                 "FreeU_V2's own change max |diff|":
                     f'{(ref["ComfyUI FreeU_V2"] - ref["no patch"]).abs().max().item():.3e}',
                 "σ-gated off == no patch (fused / torch route)":

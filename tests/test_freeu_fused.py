@@ -123,6 +123,36 @@ def test_gate_per_sample_matches_the_window_bit_for_bit():
         assert torch.equal(got_hsp[i], hsp[i]) != on
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("plane_launch", [(), ((16, 64, 2), (1 << 30, 256, 4)), ((1 << 30, 64, 1),)],
+                         ids=["default", "by-size", "small-tiles"])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_gated_launch_settings_agree_with_the_torch_route(monkeypatch, prefetch, plane_launch, version):
+    """The filter launch's tile / warps by plane size and the σ read beside the plane: samples inside
+    the window equal the torch route, samples outside are untouched, for one-tile and tiled planes."""
+    monkeypatch.setattr(fused, "_PREFETCH", prefetch)
+    monkeypatch.setattr(fused, "_PLANE_LAUNCH", plane_launch)
+    window = window_from_sigma(1.0, 0.25)
+    sigmas = torch.tensor([2.0, 0.5, 0.1, 1.0], dtype=torch.float32)
+    gen = torch.Generator().manual_seed(11)
+    for hw in ((4, 4), (12, 10), (17, 16)):
+        h = (3 * torch.randn(4, 8, *hw, generator=gen)).half()
+        hsp = (3 * torch.randn(4, 4, *hw, generator=gen)).half()
+        patch = FreeUPatch(2, 1.3, 1.4, 0.9, 0.2, version=version, window=window)
+        got_h, got_hsp = patch(h.clone(), hsp.clone(), {"sigmas": sigmas})
+        monkeypatch.setenv("FEWSTEP_FREEU_FUSED", "off")
+        want_h, want_hsp = patch(h.clone(), hsp.clone(), {"sigmas": sigmas})
+        monkeypatch.setenv("FEWSTEP_FREEU_FUSED", "interpret")
+        for i, sigma in enumerate(sigmas.tolist()):
+            if not window.contains(sigma):
+                assert torch.equal(got_h[i], h[i]) and torch.equal(got_hsp[i], hsp[i]), (hw, i)
+                continue
+            assert not torch.equal(got_hsp[i], hsp[i]), (hw, i)
+            assert ((got_h[i].float() - want_h[i].float()).abs() <= ulp(want_h[i])).all(), (hw, i)
+            slack = 16 * torch.finfo(torch.float32).eps * hsp[i].float().abs().max()
+            assert ((got_hsp[i].float() - want_hsp[i].float()).abs() <= ulp(want_hsp[i]) + slack).all(), (hw, i)
+
+
 def test_closed_window_writes_nothing():
     gen = torch.Generator().manual_seed(6)
     h, hsp = torch.randn(2, 8, 9, 9, generator=gen).half(), torch.randn(2, 4, 9, 9, generator=gen).half()
