@@ -118,10 +118,10 @@ def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width, on,
 
 
 @triton.jit
-def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, hw, bscale, bm1, BLOCK: tl.constexpr,
-                 V2: tl.constexpr, PARTS: tl.constexpr):
+def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, hw, bscale, bm1, x_early,
+                 BLOCK: tl.constexpr, V2: tl.constexpr, PARTS: tl.constexpr, EARLY: tl.constexpr):
     """Scale elements [start, stop) of a sample's backbone half (its planes back to back: the
-    pixel of element i is i % hw)."""
+    pixel of element i is i % hw). EARLY: the piece fits one BLOCK and x_early already holds it."""
     offs = tl.arange(0, BLOCK)
     if V2:
         # The sample's min / max of the mean map from the per-tile extremes _finish_tile left.
@@ -131,14 +131,22 @@ def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, hw, bscale, bm
         hi = tl.max(tl.load(part_ptr + n_parts + j, mask=pmask, other=float("-inf")), axis=0)
         span = _rounded(hi - lo, mean_base)
         span = tl.where(span == 0.0, 1.0, span)
-        for o in range(start, stop, BLOCK):
-            idx = o + offs
+        if EARLY:
+            idx = start + offs
             mask = idx < stop
             m = tl.load(mean_base + idx % hw, mask=mask, other=0.0).to(tl.float32)
             norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
             factor = _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
-            x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
-            tl.store(base + idx, (x * factor).to(base.dtype.element_ty), mask=mask)
+            tl.store(base + idx, (x_early * factor).to(base.dtype.element_ty), mask=mask)
+        else:
+            for o in range(start, stop, BLOCK):
+                idx = o + offs
+                mask = idx < stop
+                m = tl.load(mean_base + idx % hw, mask=mask, other=0.0).to(tl.float32)
+                norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
+                factor = _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
+                x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
+                tl.store(base + idx, (x * factor).to(base.dtype.element_ty), mask=mask)
     else:
         for o in range(start, stop, BLOCK):
             idx = o + offs
@@ -208,7 +216,7 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
                        PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr,
-                       MAP: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
+                       MAP: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, EARLY: tl.constexpr):
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
     next sum_programs add up one chunk of h's channels over one tile of pixels, and the last of them
     to finish a tile turns the tile's chunk sums into that tile of v2's mean map; the rest scale a
@@ -231,6 +239,15 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
     sample = tl.where(is_filter, pid // c_hsp, tl.where(is_sum, q // tl.maximum(per_sample, 1),
                                                          qs // tl.maximum(scale_per_sample, 1)))
     on = _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED)  # read before any wait
+    start = (qs - sample * scale_per_sample) * piece
+    stop = tl.minimum(start + piece, half * hw)
+    h_base = h_ptr + sample.to(tl.int64) * c_h * hw
+    if EARLY:  # v2's scaling programs read their backbone piece while the map is still being built
+        idx = start + tl.arange(0, BLOCK)
+        ok = tl.where(on, qs >= 0, False)
+        x_early = tl.load(h_base + idx, mask=(idx < stop) & ok, other=0.0).to(tl.float32)
+    else:
+        x_early = 0.0
     if PDL == 2:
         if not is_filter:
             gdc_wait()  # the map and the channel sums read h: the first launch must be done
@@ -251,9 +268,7 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
         else:
             # the sample's backbone half is contiguous: pieces of `piece` elements across its planes,
             # so small planes share a program and large ones are split
-            start = (qs - sample * scale_per_sample) * piece
-            _scale_plane(h_ptr + sample.to(tl.int64) * c_h * hw, mean_ptr + sample.to(tl.int64) * hw,
-                         part_ptr + sample.to(tl.int64) * 2 * n_parts, n_parts, start,
-                         tl.minimum(start + piece, half * hw), hw, bscale, bm1, BLOCK, V2, PARTS)
+            _scale_plane(h_base, mean_ptr + sample.to(tl.int64) * hw, part_ptr + sample.to(tl.int64) * 2 * n_parts,
+                         n_parts, start, stop, hw, bscale, bm1, x_early, BLOCK, V2, PARTS, EARLY)
     if PDL == 2:
         gdc_wait()

@@ -49,13 +49,16 @@ _SCALE_BLOCK = 1024
 _PLANE_LAUNCH: tuple = ()
 # Gated launches: a filter program issues its plane's read beside the σ read instead of after it.
 _PREFETCH = True
+# v2's dependent launch: a scaling program reads its backbone piece (<= one block) before it waits
+# for the map.
+_EARLY_READ = True
 _SCALE_PIECE = 2048  # backbone elements per scaling program (H100 sweep at batch 1: BENCHMARKS.md)
 _NUM_WARPS = 2
 # v2's channel mean: a program sums _MEAN_CHUNK channels (_SUM_CT at a time, a divisor of it) over
 # _SUM_BLOCK pixels; the last of a tile's programs adds up the tile's chunk sums (enough programs to
 # fill the GPU at 32x32; H100 sweep in BENCHMARKS.md).
 _MEAN_CHUNK = 32
-_SUM_CT = 16
+_SUM_CT = 32
 _SUM_BLOCK = 128
 # v2's second launch (filter + scaling) is a programmatic dependent launch where the GPU (sm_90+) and
 # Triton (>= 3.4) have it ("auto"; False: never), so its filter programs run beside the first.
@@ -251,13 +254,17 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     pdl = _pdl_ok(h.device)  # v2's launch roles: freeu_block_kernel's docstring
 
     def launch(n_filter, n_sum, n_scale, role, num_warps):
+        block = max(_SCALE_BLOCK, 128 * num_warps)
+        early = with_map and n_sum == 0 and n_scale > 0 and _EARLY_READ  # v2's second launch
+        if early:
+            block = max(block, _pow2(piece))
         kernel[(n_filter + n_sum + n_scale,)](
             h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters, 1.0 / c_h,
             n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, per_sample, piece,
             float(b), float(b) - 1.0, low, high,
-            PP=pp, BR=br, BW=bw, BLOCK=max(_SCALE_BLOCK, 128 * num_warps), GATED=gated, V2=v2, ONE_TILE=br >= height,
+            PP=pp, BR=br, BW=bw, BLOCK=block, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
-            MAP=with_map and n_sum > 0, PDL=role, PREFETCH=_PREFETCH, num_warps=num_warps,
+            MAP=with_map and n_sum > 0, PDL=role, PREFETCH=_PREFETCH, EARLY=early, num_warps=num_warps,
             **({"launch_pdl": True} if role == 2 else {}))
     try:
         if with_map:

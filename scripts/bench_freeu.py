@@ -95,7 +95,7 @@ def block_tables(patcher, unet, mc, factors, device, size, context_dim, adm, bat
               f"{host['comfy']:.3f} | {host['torch']:.3f} | {host['fused']:.3f} |")
     print()
     if device.type == "cuda" and os.environ.get("FEWSTEP_SWEEP"):
-        sweep_fused(mine, shapes, device, gen, only={"layout": "layout", "map": "map", "plane": "plane"}.get(os.environ["FEWSTEP_SWEEP"], ""))
+        sweep_fused(mine, shapes, device, gen, only={k: k for k in ("layout", "map", "plane", "settings")}.get(os.environ["FEWSTEP_SWEEP"], ""))
 
 
 def graph_medians(call, names, repeats, device):
@@ -175,12 +175,15 @@ LAYOUTS = {
     "PDL where the GPU has it (default)": {"_PDL": "auto"},
     "no PDL": {"_PDL": False},
 }
-# Whole-call variants of the launch settings (not part of the layout sweep).
+# Launch settings measured against freeu.fused's defaults (FEWSTEP_SWEEP=settings, and whole calls).
 SETTINGS = {
     "one-tile planes": {"_PLANE_LAUNCH": ((1024, 2048, 2), (4096, 4096, 4), (1 << 30, 16384, 16))},
-    "one-tile planes, 8 warps": {"_PLANE_LAUNCH": ((1024, 2048, 2), (4096, 4096, 4), (1 << 30, 16384, 8))},
-    "no prefetch": {"_PREFETCH": False},
+    "sums 16 channels at a time": {"_SUM_CT": 16},
+    "no early read": {"_EARLY_READ": False},
+    "σ read first": {"_PREFETCH": False},
+    "previous session's": {"_SUM_CT": 16, "_EARLY_READ": False, "_PREFETCH": False},
 }
+PREVIOUS = "FewStep v2, fused, previous session's settings"
 # (tile, warps) of the filter's launch tried on every block by FEWSTEP_SWEEP=plane
 PLANE_CANDIDATES = ((2048, 2), (4096, 4), (8192, 4), (8192, 8), (16384, 8), (16384, 16))
 
@@ -189,7 +192,7 @@ def set_layout(overrides=None):
     """freeu.fused's launch settings: the module's own values, then `overrides` on top."""
     import freeu.fused as fused
     defaults = _LAYOUT_DEFAULTS.setdefault(
-        "values", {k: getattr(fused, k) for k in ("_PDL", "_PLANE_LAUNCH", "_PREFETCH")})
+        "values", {k: getattr(fused, k) for k in ("_PDL", "_PLANE_LAUNCH", "_PREFETCH", "_SUM_CT", "_EARLY_READ")})
     for k, v in {**defaults, **(overrides or {})}.items():
         setattr(fused, k, v)
 
@@ -241,6 +244,34 @@ def sweep_plane(patch, inputs, shapes, device):
     print()
 
 
+def sweep_settings(patch, inputs, shapes, device, rounds=3):
+    """GPU µs per call of all patched blocks (v1, v2, v2 σ-gated on / off) with freeu.fused's
+    defaults and with each entry of SETTINGS, in `rounds` interleaved rounds (median)."""
+    import torch
+    from freeu.patch import FreeUPatch
+    from freeu.window import window_from_sigma
+    mc = min(patch.stages) // 2
+    batch = inputs[0][0].shape[0]
+    to = {"sigmas": torch.full((batch,), 1.0, device=device)}
+    mk = lambda v, w=None: FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version=v, **({"window": w} if w else {}))
+    kinds = {"v1": mk("v1"), "v2": mk("v2"), "v2 σ-gated on": mk("v2", window_from_sigma(100.0, 0.0)),
+             "v2 σ-gated off": mk("v2", window_from_sigma(0.5, 0.0))}
+    table = {"defaults": {}, **SETTINGS}
+    got = {(name, kind): [] for name in table for kind in kinds}
+    for _ in range(rounds):
+        for name, over in table.items():
+            set_layout(over)
+            for kind, q in kinds.items():
+                got[(name, kind)].append(block_call_ms(q, inputs, device, repeats=20, to=to)[0] * 1e3)
+    set_layout()
+    print(f"batch {batch}: GPU µs per UNet call, all patched blocks (median of {rounds} rounds)")
+    print("| settings | " + " | ".join(kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    for name in table:
+        print(f"| {name} | " + " | ".join(f"{statistics.median(got[(name, k)]):.1f}" for k in kinds) + " |")
+    print()
+
+
 def sweep_fused(patch, shapes, device, gen, only=""):
     """Kernel launch parameters of the fused route: GPU ms per call, fp16, v2 / filter only / scale only."""
     import torch
@@ -251,6 +282,9 @@ def sweep_fused(patch, shapes, device, gen, only=""):
     mc = min(patch.stages) // 2
     if only == "plane":
         sweep_plane(patch, inputs, shapes, device)
+        return
+    if only == "settings":
+        sweep_settings(patch, inputs, shapes, device)
         return
     if only in ("", "layout"):
         sweep_layout(patch, FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1"), inputs, shapes, device)
@@ -393,13 +427,10 @@ def main():
         "FewStep v2, fused, σ-gated on": (ours("v2", on_window), "auto"),
         "FewStep v2, fused, σ-gated off": (ours("v2", off_window), "auto"),
         "FewStep v2, fused, no PDL": (ours("v2"), "auto", LAYOUTS["no PDL"]),
-        "FewStep v1, fused, one-tile planes": (ours("v1"), "auto", SETTINGS["one-tile planes"]),
-        "FewStep v2, fused, one-tile planes": (ours("v2"), "auto", SETTINGS["one-tile planes"]),
-        "FewStep v2, fused, one-tile planes, 8 warps": (ours("v2"), "auto", SETTINGS["one-tile planes, 8 warps"]),
-        "FewStep v2, fused, σ-gated on, one-tile planes": (ours("v2", on_window), "auto", SETTINGS["one-tile planes"]),
-        "FewStep v2, fused, σ-gated off, one-tile planes": (ours("v2", off_window), "auto", SETTINGS["one-tile planes"]),
-        "FewStep v2, fused, σ-gated on, no prefetch": (ours("v2", on_window), "auto", SETTINGS["no prefetch"]),
-        "FewStep v2, fused, σ-gated off, no prefetch": (ours("v2", off_window), "auto", SETTINGS["no prefetch"]),
+        "FewStep v1, fused, previous session's settings": (ours("v1"), "auto", SETTINGS["previous session's"]),
+        "FewStep v2, fused, previous session's settings": (ours("v2"), "auto", SETTINGS["previous session's"]),
+        "FewStep v2, fused, σ-gated on, previous session's settings":
+            (ours("v2", on_window), "auto", SETTINGS["previous session's"]),
         "FewStep v1, torch route": (ours("v1"), "off"),
         "FewStep v2, torch route": (ours("v2"), "off"),
         "FewStep v2, torch route, σ-gated on": (ours("v2", on_window), "off"),
@@ -449,19 +480,14 @@ def main():
             ref = {n: call(n).float() for n in ("no patch", "ComfyUI FreeU_V2", "FewStep v2, fused",
                                                 "FewStep v2, torch route", "FewStep v2, fused, σ-gated off",
                                                 "FewStep v2, torch route, σ-gated off",
-                                                "FewStep v2, fused, one-tile planes",
-                                                "FewStep v2, fused, σ-gated off, one-tile planes",
-                                                "FewStep v2, fused, σ-gated off, no prefetch")}
+                                                PREVIOUS)}
             checks = {
                 "fused v2 vs ComfyUI FreeU_V2 max |diff|":
                     f'{(ref["FewStep v2, fused"] - ref["ComfyUI FreeU_V2"]).abs().max().item():.3e}',
                 "torch-route v2 vs ComfyUI FreeU_V2 max |diff|":
                     f'{(ref["FewStep v2, torch route"] - ref["ComfyUI FreeU_V2"]).abs().max().item():.3e}',
-                "fused v2 one-tile planes vs fused v2 max |diff|":
-                    f'{(ref["FewStep v2, fused, one-tile planes"] - ref["FewStep v2, fused"]).abs().max().item():.3e}',
-                "σ-gated off == no patch (one-tile planes / σ read first)":
-                    f'{torch.equal(ref["FewStep v2, fused, σ-gated off, one-tile planes"], ref["no patch"])} / '
-                    f'{torch.equal(ref["FewStep v2, fused, σ-gated off, no prefetch"], ref["no patch"])}',
+                "fused v2 with the previous session's settings vs fused v2 max |diff|":
+                    f'{(ref[PREVIOUS] - ref["FewStep v2, fused"]).abs().max().item():.3e}',
                 "FreeU_V2's own change max |diff|":
                     f'{(ref["ComfyUI FreeU_V2"] - ref["no patch"]).abs().max().item():.3e}',
                 "σ-gated off == no patch (fused / torch route)":
