@@ -73,48 +73,38 @@ def _filtered_tile(x, er_ptr, ec_ptr, a_ptr, b_ptr, ec, rows, rmask, cols, cmask
 
 
 @triton.jit
-def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width, on,
-                  PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, ONE_TILE: tl.constexpr,
-                  PREFETCH: tl.constexpr):
+def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
+                  PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, ONE_TILE: tl.constexpr):
     rows = tl.arange(0, BR)
     cols = tl.arange(0, BW)
     k = tl.arange(0, PP)
     cmask = cols < width
+    ec = tl.load(ec_ptr + cols[:, None] * PP + k[None, :], mask=cmask[:, None], other=0.0)  # [BW, PP]
     if ONE_TILE:  # the whole plane in one tile: read it once
         rmask = rows < height
         m2 = rmask[:, None] & cmask[None, :]
         ptrs = base + rows[:, None] * width + cols[None, :]
-        if PREFETCH:  # the plane's read is issued beside the σ read, not after it
-            x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
-            if on:
-                ec = tl.load(ec_ptr + cols[:, None] * PP + k[None, :], mask=cmask[:, None], other=0.0)
-                y = _filtered_tile(x, er_ptr, ec_ptr, a_ptr, b_ptr, ec, rows, rmask, cols, cmask, PP)
-                tl.store(ptrs, y.to(base.dtype.element_ty), mask=m2)
-        else:
-            if on:
-                x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
-                ec = tl.load(ec_ptr + cols[:, None] * PP + k[None, :], mask=cmask[:, None], other=0.0)
-                y = _filtered_tile(x, er_ptr, ec_ptr, a_ptr, b_ptr, ec, rows, rmask, cols, cmask, PP)
-                tl.store(ptrs, y.to(base.dtype.element_ty), mask=m2)
+        x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
+        mixed = _mix(_coefficients(x, er_ptr, ec_ptr, rows, rmask, cols, cmask, PP), a_ptr, b_ptr, PP)
+        v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)     # [BW, PP]: sum_b Ec[n, b] M[a, b]
+        tl.store(ptrs, (x + _correction(v, er_ptr, rows, rmask, PP)).to(base.dtype.element_ty), mask=m2)
     else:
-        if on:
-            ec = tl.load(ec_ptr + cols[:, None] * PP + k[None, :], mask=cmask[:, None], other=0.0)  # [BW, PP]
-            coef = tl.zeros([PP, PP], dtype=tl.float32)
-            for r0 in range(0, height, BR):
-                r = r0 + rows
-                rmask = r < height
-                m2 = rmask[:, None] & cmask[None, :]
-                x = tl.load(base + r[:, None] * width + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-                coef += _coefficients(x, er_ptr, ec_ptr, r, rmask, cols, cmask, PP)
-            mixed = _mix(coef, a_ptr, b_ptr, PP)
-            v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)
-            for r0 in range(0, height, BR):
-                r = r0 + rows
-                rmask = r < height
-                m2 = rmask[:, None] & cmask[None, :]
-                ptrs = base + r[:, None] * width + cols[None, :]
-                x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
-                tl.store(ptrs, (x + _correction(v, er_ptr, r, rmask, PP)).to(base.dtype.element_ty), mask=m2)
+        coef = tl.zeros([PP, PP], dtype=tl.float32)
+        for r0 in range(0, height, BR):
+            r = r0 + rows
+            rmask = r < height
+            m2 = rmask[:, None] & cmask[None, :]
+            x = tl.load(base + r[:, None] * width + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+            coef += _coefficients(x, er_ptr, ec_ptr, r, rmask, cols, cmask, PP)
+        mixed = _mix(coef, a_ptr, b_ptr, PP)
+        v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)
+        for r0 in range(0, height, BR):
+            r = r0 + rows
+            rmask = r < height
+            m2 = rmask[:, None] & cmask[None, :]
+            ptrs = base + r[:, None] * width + cols[None, :]
+            x = tl.load(ptrs, mask=m2, other=0.0).to(tl.float32)
+            tl.store(ptrs, (x + _correction(v, er_ptr, r, rmask, PP)).to(base.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -216,7 +206,7 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
                        PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, BLOCK: tl.constexpr,
                        GATED: tl.constexpr, V2: tl.constexpr, ONE_TILE: tl.constexpr,
                        PARTS: tl.constexpr, CHUNK: tl.constexpr, CT: tl.constexpr, SBLOCK: tl.constexpr,
-                       MAP: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr, EARLY: tl.constexpr):
+                       MAP: tl.constexpr, PDL: tl.constexpr, EARLY: tl.constexpr):
     """Three kinds of programs, in this order: [0, filter_planes) filter one skip plane each; the
     next sum_programs add up one chunk of h's channels over one tile of pixels, and the last of them
     to finish a tile turns the tile's chunk sums into that tile of v2's mean map; the rest scale a
@@ -238,7 +228,7 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
     per_sample = sum_tiles * chunks
     sample = tl.where(is_filter, pid // c_hsp, tl.where(is_sum, q // tl.maximum(per_sample, 1),
                                                          qs // tl.maximum(scale_per_sample, 1)))
-    on = _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED)  # read before any wait
+    on = _window_on(sig_ptr, n_sig, sample, lo_sigma, hi_sigma, GATED)  # σ read before any wait
     start = (qs - sample * scale_per_sample) * piece
     stop = tl.minimum(start + piece, half * hw)
     h_base = h_ptr + sample.to(tl.int64) * c_h * hw
@@ -251,11 +241,11 @@ def freeu_block_kernel(h_ptr, hsp_ptr, mean_ptr, part_ptr, n_parts, sum_ptr, sum
     if PDL == 2:
         if not is_filter:
             gdc_wait()  # the map and the channel sums read h: the first launch must be done
-    if is_filter:
-        _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width, on,
-                      PP, BR, BW, ONE_TILE, PREFETCH and GATED)
-    elif on:
-        if is_sum:
+    if on:
+        if is_filter:
+            _filter_plane(hsp_ptr + pid.to(tl.int64) * hw, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
+                          PP, BR, BW, ONE_TILE)
+        elif is_sum:
             if MAP:  # compiled only for launches that build v2's map
                 r = q - sample * per_sample
                 tile = r // chunks

@@ -44,11 +44,6 @@ MAX_THRESHOLD = 3   # box half-width: per-axis bases of <= 7 columns, padded to 
 MAX_WIDTH = 1024
 _TILE = 2048        # elements per loop iteration of a filter program (H100 sweep: 2 warps, 2048)
 _SCALE_BLOCK = 1024
-# Overrides of (_TILE, _NUM_WARPS) for the launch holding the skip filter, by skip-plane size:
-# ((largest plane in pixels, tile, warps), ...), first match wins.
-_PLANE_LAUNCH: tuple = ()
-# Gated launches: a filter program issues its plane's read beside the σ read instead of after it.
-_PREFETCH = True
 # v2's dependent launch: a scaling program reads its backbone piece (<= one block) before it waits
 # for the map.
 _EARLY_READ = True
@@ -107,14 +102,6 @@ def _pdl_ok(device: torch.device) -> bool:
                and torch.cuda.get_device_capability(device)[0] >= 9)
         _pdl_devices[device] = hit
     return hit
-
-
-def _plane_launch(hw: int) -> tuple:
-    """(tile elements, num_warps) of the launch that filters planes of hw pixels."""
-    for limit, tile, warps in _PLANE_LAUNCH:
-        if hw <= limit:
-            return tile, warps
-    return _TILE, _NUM_WARPS
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -229,9 +216,8 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
     kernel = _load_kernel()
     hw = height * width
     sig_arg, n_sig = (sigmas, sigmas.numel()) if gated else (h, 1)
-    tile, warps = _plane_launch(hw)
     bw = _pow2(width)
-    br = max(1, min(_pow2(height), tile // bw))
+    br = max(1, min(_pow2(height), _TILE // bw))
     filter_planes = batch * c_hsp if s != 1.0 else 0
     scale_planes = batch * half if b != 1.0 else 0
     if filter_planes + scale_planes == 0:
@@ -253,28 +239,26 @@ def freeu_block(h: torch.Tensor, hsp: torch.Tensor, b: float, s: float, threshol
 
     pdl = _pdl_ok(h.device)  # v2's launch roles: freeu_block_kernel's docstring
 
-    def launch(n_filter, n_sum, n_scale, role, num_warps):
-        block = max(_SCALE_BLOCK, 128 * num_warps)
+    def launch(n_filter, n_sum, n_scale, role):
         early = with_map and n_sum == 0 and n_scale > 0 and _EARLY_READ  # v2's second launch
-        if early:
-            block = max(block, _pow2(piece))
+        block = max(_SCALE_BLOCK, _pow2(piece)) if early else _SCALE_BLOCK
         kernel[(n_filter + n_sum + n_scale,)](
             h, hsp, mean, parts, n_parts, sums, sum_tiles, chunks, er, ec, a, bm, sig_arg, counters, 1.0 / c_h,
             n_sig, n_filter, n_sum, c_hsp, half, c_h, height, width, per_sample, piece,
             float(b), float(b) - 1.0, low, high,
             PP=pp, BR=br, BW=bw, BLOCK=block, GATED=gated, V2=v2, ONE_TILE=br >= height,
             PARTS=_pow2(n_parts), CHUNK=_MEAN_CHUNK, CT=math.gcd(_SUM_CT, _MEAN_CHUNK), SBLOCK=_SUM_BLOCK,
-            MAP=with_map and n_sum > 0, PDL=role, PREFETCH=_PREFETCH, EARLY=early, num_warps=num_warps,
+            MAP=with_map and n_sum > 0, PDL=role, EARLY=early, num_warps=_NUM_WARPS,
             **({"launch_pdl": True} if role == 2 else {}))
     try:
         if with_map:
             # The channel sums (with the map) alone: a short launch; then the skip filter, which
             # depends on nothing (with PDL it starts while the sums run), beside the backbone
             # scaling, which needs the whole map.
-            launch(0, batch * sum_tiles * chunks, 0, 1 if pdl else 0, _NUM_WARPS)
-            launch(filter_planes, 0, batch * per_sample, 2 if pdl else 0, warps)
+            launch(0, batch * sum_tiles * chunks, 0, 1 if pdl else 0)
+            launch(filter_planes, 0, batch * per_sample, 2 if pdl else 0)
         else:
-            launch(filter_planes, 0, batch * per_sample if scale_planes else 0, 0, warps)
+            launch(filter_planes, 0, batch * per_sample if scale_planes else 0, 0)
     except Exception as err:
         _broken.add(str(h.device))
         warnings.warn(f"FewStep FreeU: fused GPU kernel failed on {h.device} ({err}); using the torch route")

@@ -177,14 +177,12 @@ LAYOUTS = {
 }
 # Launch settings measured against freeu.fused's defaults (FEWSTEP_SWEEP=settings, and whole calls).
 SETTINGS = {
-    "one-tile planes": {"_PLANE_LAUNCH": ((1024, 2048, 2), (4096, 4096, 4), (1 << 30, 16384, 16))},
     "sums 16 channels at a time": {"_SUM_CT": 16},
     "no early read": {"_EARLY_READ": False},
-    "σ read first": {"_PREFETCH": False},
-    "previous session's": {"_SUM_CT": 16, "_EARLY_READ": False, "_PREFETCH": False},
+    "previous session's": {"_SUM_CT": 16, "_EARLY_READ": False},
 }
 PREVIOUS = "FewStep v2, fused, previous session's settings"
-# (tile, warps) of the filter's launch tried on every block by FEWSTEP_SWEEP=plane
+# (tile, warps) tried on every block by FEWSTEP_SWEEP=plane
 PLANE_CANDIDATES = ((2048, 2), (4096, 4), (8192, 4), (8192, 8), (16384, 8), (16384, 16))
 
 
@@ -192,7 +190,7 @@ def set_layout(overrides=None):
     """freeu.fused's launch settings: the module's own values, then `overrides` on top."""
     import freeu.fused as fused
     defaults = _LAYOUT_DEFAULTS.setdefault(
-        "values", {k: getattr(fused, k) for k in ("_PDL", "_PLANE_LAUNCH", "_PREFETCH", "_SUM_CT", "_EARLY_READ")})
+        "values", {k: getattr(fused, k) for k in ("_PDL", "_SUM_CT", "_EARLY_READ", "_TILE", "_NUM_WARPS")})
     for k, v in {**defaults, **(overrides or {})}.items():
         setattr(fused, k, v)
 
@@ -215,31 +213,27 @@ def sweep_layout(patch, v1, inputs, shapes, device):
 
 
 def sweep_plane(patch, inputs, shapes, device):
-    """GPU µs per block of the filter's launch for each (tile, warps) in PLANE_CANDIDATES: v1, v2,
-    v2 σ-gated on (σ read beside the plane), then the σ read before the plane at the default."""
+    """GPU µs per block for each (tile, warps) in PLANE_CANDIDATES (every launch of the block):
+    v1, v2, v2 σ-gated on / off."""
     import torch
-    import freeu.fused as fused
     from freeu.patch import FreeUPatch
     from freeu.window import window_from_sigma
     mc = min(patch.stages) // 2
     batch = inputs[0][0].shape[0]
     to = {"sigmas": torch.full((batch,), 1.0, device=device)}
     mk = lambda v, w=None: FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version=v, **({"window": w} if w else {}))
-    on, off = window_from_sigma(100.0, 0.0), window_from_sigma(0.5, 0.0)
-    kinds = {"v1": mk("v1"), "v2": mk("v2"), "v2 on": mk("v2", on), "v2 off": mk("v2", off)}
+    kinds = {"v1": mk("v1"), "v2": mk("v2"), "v2 on": mk("v2", window_from_sigma(100.0, 0.0)),
+             "v2 off": mk("v2", window_from_sigma(0.5, 0.0))}
     print(f"batch {batch}, blocks: " + ", ".join(f"{hs}/{ps[1]}" for hs, ps in shapes))
     print("| tile, warps | variant | all blocks µs | per block µs |")
     print("|---|---|---|---|")
-    for prefetch in (True, False):
-        for tile, warps in PLANE_CANDIDATES if prefetch else PLANE_CANDIDATES[:1]:
-            set_layout({"_PLANE_LAUNCH": ((1 << 30, tile, warps),), "_PREFETCH": prefetch})
-            for name, q in kinds.items():
-                if not prefetch and name in ("v1", "v2"):
-                    continue
-                total = block_call_ms(q, inputs, device, repeats=20, to=to)[0]
-                per = [block_call_ms(q, [hp], device, repeats=10, to=to)[0] for hp in inputs]
-                print(f"| {tile}, {warps}{'' if prefetch else ', σ first'} | {name} | {total * 1e3:.1f} | "
-                      + ", ".join(f"{v * 1e3:.1f}" for v in per) + " |", flush=True)
+    for tile, warps in PLANE_CANDIDATES:
+        set_layout({"_TILE": tile, "_NUM_WARPS": warps})
+        for name, q in kinds.items():
+            total = block_call_ms(q, inputs, device, repeats=20, to=to)[0]
+            per = [block_call_ms(q, [hp], device, repeats=10, to=to)[0] for hp in inputs]
+            print(f"| {tile}, {warps} | {name} | {total * 1e3:.1f} | " + ", ".join(f"{v * 1e3:.1f}" for v in per) + " |",
+                  flush=True)
     set_layout()
     print()
 

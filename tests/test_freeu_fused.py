@@ -123,15 +123,15 @@ def test_gate_per_sample_matches_the_window_bit_for_bit():
         assert torch.equal(got_hsp[i], hsp[i]) != on
 
 
-@pytest.mark.parametrize("prefetch", [True, False])
-@pytest.mark.parametrize("plane_launch", [(), ((16, 64, 2), (1 << 30, 256, 4)), ((1 << 30, 64, 1),)],
-                         ids=["default", "by-size", "small-tiles"])
+@pytest.mark.parametrize("early", [True, False])
+@pytest.mark.parametrize("tile", [2048, 64])
 @pytest.mark.parametrize("version", ["v1", "v2"])
-def test_gated_launch_settings_agree_with_the_torch_route(monkeypatch, prefetch, plane_launch, version):
-    """The filter launch's tile / warps by plane size and the σ read beside the plane: samples inside
-    the window equal the torch route, samples outside are untouched, for one-tile and tiled planes."""
-    monkeypatch.setattr(fused, "_PREFETCH", prefetch)
-    monkeypatch.setattr(fused, "_PLANE_LAUNCH", plane_launch)
+def test_gated_launch_settings_agree_with_the_torch_route(monkeypatch, early, tile, version):
+    """Per-sample gating with v2's early backbone read on and off, planes in one tile and in
+    several: samples inside the window equal the torch route, samples outside are untouched."""
+    monkeypatch.setattr(fused, "_EARLY_READ", early)
+    monkeypatch.setattr(fused, "_TILE", tile)
+    monkeypatch.setattr(fused, "_SCALE_PIECE", 100)  # several scaling programs per sample
     window = window_from_sigma(1.0, 0.25)
     sigmas = torch.tensor([2.0, 0.5, 0.1, 1.0], dtype=torch.float32)
     gen = torch.Generator().manual_seed(11)
