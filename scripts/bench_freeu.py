@@ -98,39 +98,44 @@ def block_tables(patcher, unet, mc, factors, device, size, context_dim, adm, bat
         sweep_fused(mine, shapes, device, gen, only={k: k for k in ("layout", "map", "plane", "settings")}.get(os.environ["FEWSTEP_SWEEP"], ""))
 
 
-def graph_medians(call, names, repeats, device):
+def graph_medians(call, names, repeats, device, rounds=1):
     """Median GPU ms per UNet call from CUDA-graph replays, interleaved: the launch overhead and
     the host are out of the picture, so what remains is the work each variant adds on the GPU.
-    Variants that read σ on the host cannot be captured and are left out."""
+    With rounds > 1 every variant is captured again in each round (fresh buffers and addresses)
+    and replayed repeats // rounds times; returns ({variant: median of the round medians},
+    {variant: [round medians]}). Variants that read σ on the host cannot be captured and are left out."""
     import torch
     from gpu_env import time_ms
-    graphs = {}
-    for n in names:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.stream(stream):
-                call(n)
-                with torch.cuda.graph(graph, stream=stream):
+    per_round = {}
+    for _ in range(rounds):
+        graphs = {}
+        for n in names:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.stream(stream):
                     call(n)
-        except Exception:
-            torch.cuda.synchronize()
-            continue
-        torch.cuda.current_stream().wait_stream(stream)
-        graphs[n] = graph
-    for g in graphs.values():
-        g.replay()
-    samples = {n: [] for n in graphs}
-    order = list(graphs)
-    for r in range(repeats):
-        for n in order[r % len(order):] + order[: r % len(order)]:
-            samples[n].append(time_ms(graphs[n].replay, device))
-    out = {n: statistics.median(v) for n, v in samples.items()}
-    del graphs
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    return out
+                    with torch.cuda.graph(graph, stream=stream):
+                        call(n)
+            except Exception:
+                torch.cuda.synchronize()
+                continue
+            torch.cuda.current_stream().wait_stream(stream)
+            graphs[n] = graph
+        for g in graphs.values():
+            g.replay()
+        samples = {n: [] for n in graphs}
+        order = list(graphs)
+        for r in range(max(1, repeats // rounds)):
+            for n in order[r % len(order):] + order[: r % len(order)]:
+                samples[n].append(time_ms(graphs[n].replay, device))
+        for n, v in samples.items():
+            per_round.setdefault(n, []).append(statistics.median(v))
+        del graphs
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    return {n: statistics.median(v) for n, v in per_round.items()}, per_round
 
 
 def block_call_ms(fn, inputs, device, repeats=30, to=None):
@@ -369,6 +374,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=None, help="timed samples per variant (default 40, 5 with --tiny)")
     ap.add_argument("--graph-repeats", type=int, default=None,
                     help="CUDA-graph replays per variant (default 3x --repeats: cheap, and the effect is ~0.1 %%)")
+    ap.add_argument("--graph-rounds", type=int, default=1,
+                    help="capture every variant's graph this many times (fresh addresses each time) and report "
+                         "the median of the per-capture medians with their range")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--no-blocks", action="store_true", help="skip the per-block exactness/timing table")
     ap.add_argument("--size", type=int, default=None, help="latent side (default 128 = 1024 px; 16 with --tiny)")
@@ -498,14 +506,19 @@ def main():
                 for n in names[r % len(names):] + names[: r % len(names)]:
                     # Two back-to-back calls per sample: the second starts with the queue already fed.
                     samples[n].append(time_ms(lambda: (call(n), call(n)), device) / 2)
-            graphed = graph_medians(call, names, args.graph_repeats or 3 * repeats, device) if device.type == "cuda" else {}
+            graphed, rounds = graph_medians(call, names, args.graph_repeats or 3 * repeats, device, args.graph_rounds) \
+                if device.type == "cuda" else ({}, {})
             os.environ["FEWSTEP_FREEU_FUSED"] = "auto"
             set_layout()
         med = {n: statistics.median(v) for n, v in samples.items()}
         for n in names:
             g = graphed.get(n)
+            spread = None
+            if len(rounds.get(n, ())) > 1:  # overhead in each round against that round's no patch
+                each = [100 * (a / b - 1) for a, b in zip(rounds[n], rounds["no patch"])]
+                spread = (min(each), max(each))
             rows.append((batch, n, med[n], 100 * (med[n] / med["no patch"] - 1),
-                         g, None if g is None else 100 * (g / graphed["no patch"] - 1), bool(graphed)))
+                         g, None if g is None else 100 * (g / graphed["no patch"] - 1), bool(graphed), spread))
         import freeu.fused
         checks["fused route failed on"] = sorted(freeu.fused._broken) or "nothing"
         print(f"batch {batch}: " + "; ".join(f"{k}: {v}" for k, v in checks.items()), file=sys.stderr)
@@ -515,12 +528,17 @@ def main():
 
     if not args.no_blocks:
         block_tables(patcher, unet, mc, (b1, b2, s1, s2), device, size, context_dim, adm, args.batches[-1])
-    print("| batch | variant | GPU ms / UNet call (CUDA graph) | overhead | eager ms / UNet call | overhead |")
-    print("|---|---|---|---|---|---|")
-    for batch, n, ms, over, g, gover, graphed in rows:
+    ranges = args.graph_rounds > 1
+    print("| batch | variant | GPU ms / UNet call (CUDA graph) | overhead |"
+          + (f" overhead, lowest…highest of {args.graph_rounds} captures |" if ranges else "")
+          + " eager ms / UNet call | overhead |")
+    print("|---|---|---|---|" + ("---|" if ranges else "") + "---|---|")
+    for batch, n, ms, over, g, gover, graphed, spread in rows:
         graph_cols = ("n/a (reads σ on the host)" if graphed else "n/a", "") if g is None else \
             (f"{g:.2f}", "—" if n == "no patch" else f"{gover:+.2f} %")
-        print(f"| {batch} | {n} | {graph_cols[0]} | {graph_cols[1]} | {ms:.2f} | "
+        span = "" if not ranges else (" — |" if spread is None or n == "no patch"
+                                      else f" {spread[0]:+.2f}…{spread[1]:+.2f} % |")
+        print(f"| {batch} | {n} | {graph_cols[0]} | {graph_cols[1]} |{span} {ms:.2f} | "
               f"{'—' if n == 'no patch' else f'{over:+.2f} %'} |")
 
 
