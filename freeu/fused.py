@@ -16,7 +16,8 @@ so nothing waits on the host and a closed window writes nothing (bit-identical t
   per tile, reset by that program) adds the tile's chunk sums in a fixed order, so the map does not
   depend on which program came last. The second launch filters the skip planes and scales the
   backbone, which needs the whole map's min and max; on sm_90+ it is a programmatic dependent launch,
-  so the filter programs start while the map is being built and only the scaling programs wait.
+  so the filter programs start while the map is being built and only the scaling programs wait
+  (each reads its backbone piece first, which the map's launch only reads too).
   Measured alternatives (the filter in the map's launch; a launch of its own for the map; one launch
   where the scaling programs wait for the map) were slower: BENCHMARKS.md. Every elementwise
   step is rounded to h's dtype as PyTorch's own ops do: v1 equals the published formula bit for bit
