@@ -217,18 +217,26 @@ def sweep_layout(patch, v1, inputs, shapes, device):
     print("\nblocks: " + ", ".join(f"{hs}/{ps[1]}" for hs, ps in shapes) + "\n")
 
 
-def sweep_plane(patch, inputs, shapes, device):
-    """GPU µs per block for each (tile, warps) in PLANE_CANDIDATES (every launch of the block):
-    v1, v2, v2 σ-gated on / off."""
+def block_kinds(patch, inputs, device):
+    """The sweeps' patches (v1, v2, v2 σ-gated on / off; SDXL factors) and the transformer_options
+    carrying a σ of 1.0 per sample that the gated ones read."""
     import torch
     from freeu.patch import FreeUPatch
     from freeu.window import window_from_sigma
     mc = min(patch.stages) // 2
+
+    def mk(version, window=None):
+        return FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version=version, **({"window": window} if window else {}))
+    kinds = {"v1": mk("v1"), "v2": mk("v2"), "v2 σ-gated on": mk("v2", window_from_sigma(100.0, 0.0)),
+             "v2 σ-gated off": mk("v2", window_from_sigma(0.5, 0.0))}
+    return kinds, {"sigmas": torch.full((inputs[0][0].shape[0],), 1.0, device=device)}
+
+
+def sweep_plane(patch, inputs, shapes, device):
+    """GPU µs per block for each (tile, warps) in PLANE_CANDIDATES (every launch of the block):
+    v1, v2, v2 σ-gated on / off."""
+    kinds, to = block_kinds(patch, inputs, device)
     batch = inputs[0][0].shape[0]
-    to = {"sigmas": torch.full((batch,), 1.0, device=device)}
-    mk = lambda v, w=None: FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version=v, **({"window": w} if w else {}))
-    kinds = {"v1": mk("v1"), "v2": mk("v2"), "v2 on": mk("v2", window_from_sigma(100.0, 0.0)),
-             "v2 off": mk("v2", window_from_sigma(0.5, 0.0))}
     print(f"batch {batch}, blocks: " + ", ".join(f"{hs}/{ps[1]}" for hs, ps in shapes))
     print("| tile, warps | variant | all blocks µs | per block µs |")
     print("|---|---|---|---|")
@@ -246,15 +254,8 @@ def sweep_plane(patch, inputs, shapes, device):
 def sweep_settings(patch, inputs, shapes, device, rounds=3):
     """GPU µs per call of all patched blocks (v1, v2, v2 σ-gated on / off) with freeu.fused's
     defaults and with each entry of SETTINGS, in `rounds` interleaved rounds (median)."""
-    import torch
-    from freeu.patch import FreeUPatch
-    from freeu.window import window_from_sigma
-    mc = min(patch.stages) // 2
+    kinds, to = block_kinds(patch, inputs, device)
     batch = inputs[0][0].shape[0]
-    to = {"sigmas": torch.full((batch,), 1.0, device=device)}
-    mk = lambda v, w=None: FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version=v, **({"window": w} if w else {}))
-    kinds = {"v1": mk("v1"), "v2": mk("v2"), "v2 σ-gated on": mk("v2", window_from_sigma(100.0, 0.0)),
-             "v2 σ-gated off": mk("v2", window_from_sigma(0.5, 0.0))}
     table = {"defaults": {}, **SETTINGS}
     got = {(name, kind): [] for name in table for kind in kinds}
     for _ in range(rounds):
