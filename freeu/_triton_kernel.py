@@ -65,14 +65,6 @@ def _correction(v, er_ptr, r, rmask, PP: tl.constexpr):
 
 
 @triton.jit
-def _filtered_tile(x, er_ptr, ec_ptr, a_ptr, b_ptr, ec, rows, rmask, cols, cmask, PP: tl.constexpr):
-    """x + (s-1)·P(x) for a plane held in one tile."""
-    mixed = _mix(_coefficients(x, er_ptr, ec_ptr, rows, rmask, cols, cmask, PP), a_ptr, b_ptr, PP)
-    v = tl.sum(ec[:, None, :] * mixed[None, :, :], axis=2)     # [BW, PP]: sum_b Ec[n, b] M[a, b]
-    return x + _correction(v, er_ptr, rows, rmask, PP)
-
-
-@triton.jit
 def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
                   PP: tl.constexpr, BR: tl.constexpr, BW: tl.constexpr, ONE_TILE: tl.constexpr):
     rows = tl.arange(0, BR)
@@ -108,6 +100,14 @@ def _filter_plane(base, er_ptr, ec_ptr, a_ptr, b_ptr, height, width,
 
 
 @triton.jit
+def _v2_factor(mean_base, idx, mask, hw, lo, span, bm1):
+    """1 + (b-1)·(m - min) / (max - min) at elements idx, each step rounded as FreeU_V2's torch ops."""
+    m = tl.load(mean_base + idx % hw, mask=mask, other=0.0).to(tl.float32)
+    norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
+    return _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
+
+
+@triton.jit
 def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, hw, bscale, bm1, x_early,
                  BLOCK: tl.constexpr, V2: tl.constexpr, PARTS: tl.constexpr, EARLY: tl.constexpr):
     """Scale elements [start, stop) of a sample's backbone half (its planes back to back: the
@@ -124,17 +124,13 @@ def _scale_plane(base, mean_base, part_ptr, n_parts, start, stop, hw, bscale, bm
         if EARLY:
             idx = start + offs
             mask = idx < stop
-            m = tl.load(mean_base + idx % hw, mask=mask, other=0.0).to(tl.float32)
-            norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
-            factor = _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
+            factor = _v2_factor(mean_base, idx, mask, hw, lo, span, bm1)
             tl.store(base + idx, (x_early * factor).to(base.dtype.element_ty), mask=mask)
         else:
             for o in range(start, stop, BLOCK):
                 idx = o + offs
                 mask = idx < stop
-                m = tl.load(mean_base + idx % hw, mask=mask, other=0.0).to(tl.float32)
-                norm = _rounded(tl.math.div_rn(_rounded(m - lo, mean_base), span), mean_base)
-                factor = _rounded(_rounded(norm * bm1, mean_base) + 1.0, mean_base)
+                factor = _v2_factor(mean_base, idx, mask, hw, lo, span, bm1)
                 x = tl.load(base + idx, mask=mask, other=0.0).to(tl.float32)
                 tl.store(base + idx, (x * factor).to(base.dtype.element_ty), mask=mask)
     else:

@@ -275,11 +275,11 @@ def sweep_settings(patch, inputs, shapes, device, rounds=3):
 def sweep_fused(patch, shapes, device, gen, only=""):
     """Kernel launch parameters of the fused route: GPU ms per call, fp16, v2 / filter only / scale only."""
     import torch
-    import freeu.fused as fused
     from freeu.patch import FreeUPatch
     inputs = [(torch.randn(h, generator=gen, device=device).half(), torch.randn(p, generator=gen, device=device).half())
               for h, p in shapes]
     mc = min(patch.stages) // 2
+    v1 = FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1")
     if only == "plane":
         sweep_plane(patch, inputs, shapes, device)
         return
@@ -287,23 +287,21 @@ def sweep_fused(patch, shapes, device, gen, only=""):
         sweep_settings(patch, inputs, shapes, device)
         return
     if only in ("", "layout"):
-        sweep_layout(patch, FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1"), inputs, shapes, device)
+        sweep_layout(patch, v1, inputs, shapes, device)
     if only == "map":
-        sweep_mean_map(patch, FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1"), inputs, device)
+        sweep_mean_map(patch, v1, inputs, device)
     if only:
         return
     only_filter = FreeUPatch(mc, 1.0, 1.0, 0.9, 0.2, version="v1")
     only_scale = FreeUPatch(mc, 1.3, 1.4, 1.0, 1.0, version="v1")
     print("| num_warps | tile | v2 ms | v1 ms | filter only ms | v1 scale only ms |")
     print("|---|---|---|---|---|---|")
-    v1 = FreeUPatch(mc, 1.3, 1.4, 0.9, 0.2, version="v1")
-    defaults = fused._NUM_WARPS, fused._TILE  # restored after the sweep
     for warps in (2, 4, 8):
         for tile in (1024, 2048, 4096):
-            fused._NUM_WARPS, fused._TILE = warps, tile
+            set_layout({"_NUM_WARPS": warps, "_TILE": tile})
             row = [block_call_ms(p, inputs, device, repeats=10)[0] for p in (patch, v1, only_filter, only_scale)]
             print(f"| {warps} | {tile} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-    fused._NUM_WARPS, fused._TILE = defaults
+    set_layout()
     sweep_mean_map(patch, v1, inputs, device)
     print("| block (h / skip channels) | v1 ms | v2 ms |")
     print("|---|---|---|")
