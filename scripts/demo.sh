@@ -5,4 +5,5 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 eval "$(bash "$ROOT/scripts/host.sh")"
 export COMFYUI_PATH FEWSTEP_PYTHON
-exec "$FEWSTEP_PYTHON" "$ROOT/scripts/demo.py" "$@"
+# The repo root on the path, packages imported by name (scripts.demo, tests.support, samplers).
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$FEWSTEP_PYTHON" -m scripts.demo "$@"

@@ -1,4 +1,4 @@
-"""The README's main job (scripts/demo.py) and the accuracy workflow over HTTP."""
+"""The README's main job (scripts/demo.py, run as `python -m scripts.demo`) and the accuracy workflow over HTTP."""
 import json
 import os
 import subprocess
@@ -26,8 +26,9 @@ def test_accuracy_workflow_over_http(server):
 
 def test_demo_writes_grid_and_error_plot(tmp_path):
     env = dict(os.environ)
-    proc = subprocess.run([os.environ.get("FEWSTEP_PYTHON", sys.executable), str(REPO / "scripts" / "demo.py"),
-                           "--quick", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([os.environ.get("FEWSTEP_PYTHON", sys.executable), "-m", "scripts.demo",
+                           "--quick", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "workflows" in proc.stdout and "[demo] done in" in proc.stdout  # progress display and summary
     for name in ("lab_grid.png", "lab_error_vs_nfe.png", "lab_accuracy_plot.png"):
