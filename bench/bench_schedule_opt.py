@@ -21,7 +21,7 @@ followed by the final denoise (the lab's "model sample" target). Fitting uses 51
 noises (by default); errors are per-sample RMSE over 256 other noises.
 Fitting noises: seed 1 (train) and seed 2 (held-out); test noises: seed 3 (never used to fit).
 
-    python -m bench.bench_schedule_opt --threads 1     # lab table, writes its BENCHMARKS.md section
+    python -m bench.bench_schedule_opt --threads 1     # lab table, writes its docs/benchmarks-history.md section
     python -m bench.bench_schedule_opt --no-write --steps 6 8 --datasets gmm256
     python -m bench.bench_schedule_opt --sdxl          # GPU timing: SDXL UNet (random fp16 weights), 1024^2, N=8, M=8
     python -m bench.bench_schedule_opt --sdxl --tiny   # the same code path on a tiny SDXL-shaped UNet (CPU)
@@ -302,7 +302,7 @@ def main():
     ap.add_argument("--refine-starts", type=int, default=3,
                     help="refine the k best distinct candidates, keep the lowest held-out error")
     ap.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks-history.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.sdxl:
@@ -312,8 +312,8 @@ def main():
     md = markdown(rows, schedules, timings, args)
     print(md)
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", md)
-        print("[bench] wrote BENCHMARKS.md", file=sys.stderr)
+        write_section(REPO / "docs" / "benchmarks-history.md", md)
+        print("[bench] wrote docs/benchmarks-history.md", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def main():
     ap.add_argument("--save", help="also save the measured rows as JSON to this file")
     ap.add_argument("--load", nargs="+", help="print (and --write) the table of rows saved by earlier runs "
                     "(e.g. one run per data set), measuring nothing")
-    ap.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md (own section)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks-history.md (own section)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.load:
@@ -187,7 +187,7 @@ def publish(rows, variants, args):
     md = "\n".join(out)
     print(md)
     if args.write:
-        path = REPO / "BENCHMARKS.md"
+        path = REPO / "docs" / "benchmarks-history.md"
         text = path.read_text()
         if SECTION_START in text:
             head, rest = text.split(SECTION_START, 1)
