@@ -38,6 +38,18 @@ def put_comfy_on_path(root=None) -> Path:
     return root
 
 
+def stop_process_group(proc, wait_s: float):
+    """Ends a process started with start_new_session=True and its children: SIGTERM to the group,
+    SIGKILL after wait_s seconds."""
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(wait_s)
+
+
 def make_base_directory(base: Path) -> Path:
     """A ComfyUI base directory with the pack linked under custom_nodes/."""
     for sub in ("custom_nodes", "models", "input", "output", "temp", "user"):
@@ -86,13 +98,7 @@ class ComfyServer:
         raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log()}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(15)
+        stop_process_group(self.proc, 15)
         if getattr(self, "_log", None):
             self._log.close()
 
