@@ -66,6 +66,44 @@ _broken: set = set()        # devices where compiling or launching failed: torch
 _factor_cache: dict = {}
 _FACTOR_CACHE_MAX = 64
 
+# The launch settings a benchmark may sweep: public name -> the module global the launches read.
+_LAUNCH_SETTINGS = {"tile": "_TILE", "num_warps": "_NUM_WARPS", "scale_piece": "_SCALE_PIECE",
+                    "early_read": "_EARLY_READ", "mean_chunk": "_MEAN_CHUNK", "sum_ct": "_SUM_CT",
+                    "sum_block": "_SUM_BLOCK", "pdl": "_PDL"}
+
+
+def launch_settings() -> dict:
+    """The launch settings by name, a copy: `set_launch_settings(**saved)` puts them back."""
+    return {name: globals()[var] for name, var in _LAUNCH_SETTINGS.items()}
+
+
+def set_launch_settings(**changes) -> dict:
+    """Sets launch settings for the calls that follow (benchmark sweeps); returns the values before.
+    An unknown name or a bad value is refused, naming the setting, and nothing is changed."""
+    unknown = sorted(set(changes) - set(_LAUNCH_SETTINGS))
+    if unknown:
+        raise ValueError(f"unknown FreeU launch settings {unknown}; known: {sorted(_LAUNCH_SETTINGS)}")
+    for name, value in changes.items():
+        if name == "pdl":
+            ok = value == "auto" or isinstance(value, bool)
+        elif name == "early_read":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        if not ok:
+            raise ValueError(f"FreeU launch setting {name}={value!r}: want "
+                             + {"pdl": "'auto', True or False", "early_read": "True or False"}.get(
+                                 name, "a positive integer"))
+    before = launch_settings()
+    for name, value in changes.items():
+        globals()[_LAUNCH_SETTINGS[name]] = value
+    return before
+
+
+def failed_devices() -> list:
+    """Devices where compiling or launching the kernel failed (those run the torch route)."""
+    return sorted(_broken)
+
 
 def mode() -> str:
     value = os.environ.get("FEWSTEP_FREEU_FUSED", "auto").strip().lower()

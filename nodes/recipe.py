@@ -4,14 +4,18 @@ MODEL in; FreeU-patched MODEL, SIGMAS and SAMPLER out, ready for SamplerCustomAd
 CATEGORY = "FewStep/recipes"
 RESOLUTION_CHOICES = {"1024 (SDXL)": "1024", "512 (SD1.5)": "512", "custom": "custom"}
 AUTO = "auto"
-# samplers.recipe.preset_table_text(), written out (a test keeps the two equal)
-PRESET_TABLE = (
-    "1024² 5 steps: Karras(12 pts, rho 12)[9], p1 1.2, UniPC order 1, AFS on, FreeU off (not published), CFG 5.5\n"
-    "1024² 6 steps: Karras(12 pts, rho 12)[10], p1 1.2, UniPC order 1, AFS on, FreeU from grid index 4, CFG 7.5\n"
-    "1024² 8 steps: Karras(12 pts, rho 12)[10], p1 1.2, UniPC order 2, AFS on, FreeU from grid index 6, CFG 5.5\n"
-    "512² 5 steps: Karras(8 pts, rho 5)[6], p1 1.2, UniPC order 1, AFS off, FreeU from grid index 4, CFG 5.5\n"
-    "512² 6 steps: Karras(8 pts, rho 5)[6], p1 1.2, UniPC order 1, AFS off, FreeU from grid index 4, CFG 5.5\n"
-    "512² 8 steps: Karras(12 pts, rho 7)[9], p1 1.2, UniPC order 2, AFS off, FreeU off (not published), CFG 5.5")
+
+
+class _WithPresetTable:
+    """A DESCRIPTION around samplers.recipe.preset_table_text(), the one source of that table; built
+    when ComfyUI first reads it (node info), so the pack's import does not load the maths."""
+
+    def __init__(self, before: str, after: str):
+        self.before, self.after = before, after
+
+    def __get__(self, obj, owner):
+        from ..samplers.recipe import preset_table_text
+        return self.before + preset_table_text() + self.after
 
 
 def _override(value, sentinel):
@@ -19,7 +23,7 @@ def _override(value, sentinel):
 
 
 class FewStepFSchedulerRecipe:
-    DESCRIPTION = (
+    DESCRIPTION = _WithPresetTable(
         "The F-scheduler's Algorithm 1 in one node. From the resolution preset and step count it "
         "builds: the F-scheduler SIGMAS (timestep power law p1 from t=999 down to a sigma_stop picked on "
         "an auxiliary Karras grid; no trailing 0, the latent at sigma_stop is decoded directly); the "
@@ -27,8 +31,9 @@ class FewStepFSchedulerRecipe:
         "steps and 2 at 8; at 1024² an analytic first step that adds a point after t=999 without a model "
         "call, so N steps cost N model calls); and the MODEL with FreeU v1 gated on sigma so it is on "
         "exactly for the model calls at solver-grid index >= the paper's start index. Published "
-        "settings:\n" + PRESET_TABLE + "\nOther step counts use the nearest published grid of the "
-        "resolution and the paper's order rule; FreeU stays off where the paper gives no start index. "
+        "settings:\n",
+        "\nOther step counts use the nearest published grid of the resolution and the paper's order "
+        "rule; FreeU stays off where the paper gives no start index. "
         "Every value can be overridden by the optional inputs; the 'recipe' output lists what was used. "
         "Put the paper's CFG on the guider (CFGGuider).")
     CATEGORY = CATEGORY

@@ -9,7 +9,7 @@ model over HTTP, and write to the output folder:
 Workflows posted: example_workflows/api/lab_accuracy_api.json (one per sampler x NFE, fields filled in)
 and example_workflows/api/lab_ksampler_api.json. Rows: euler, dpmpp_2m and uni_pc on karras, plus the
 best ComfyUI and FewStep dropdown combinations at NFE 5-8 from docs/lab_accuracy.csv (written by
-scripts/bench_lab_accuracy.py) when it exists, else up to three FewStep samplers. The accuracy node
+bench/bench_lab_accuracy.py) when it exists, else up to three FewStep samplers. The accuracy node
 builds sigmas the BasicScheduler way (no KSampler penultimate-sigma drop for uni_pc / dpm_2), so
 those rows can differ slightly from the benchmark's.
 """
@@ -26,11 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_server import REPO, ComfyServer  # noqa: E402
-
-sys.path.insert(0, str(REPO))
-from samplers.plotting import Series, image_grid, line_plot  # noqa: E402  (Pillow only, no ComfyUI)
+from samplers.plotting import Series, image_grid, line_plot  # Pillow only, no ComfyUI
+from tests.support.comfy_server import REPO, ComfyServer
 
 WORKFLOWS = REPO / "example_workflows" / "api"  # API-format twins (headless use)
 CORE_ROWS = [("euler", "karras"), ("dpmpp_2m", "karras"), ("uni_pc", "karras")]

@@ -3,7 +3,7 @@
 # ComfyUI tree (code only, no tokenizer data or tests) and wheels of ComfyUI requirements that the
 # GPU image does not carry. On the GPU machine:
 #   python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl
-#   PYTHONPATH=/tmp/site COMFYUI_PATH=$PWD/.gpu/ComfyUI python3 scripts/bench_....py
+#   PYTHONPATH=/tmp/site COMFYUI_PATH=$PWD/.gpu/ComfyUI python3 -m bench.bench_...   # from the repo root
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 eval "$(bash "$ROOT/scripts/host.sh")"

@@ -3,12 +3,11 @@ into the UI format (what ComfyUI's template browser loads) and its API-format tw
 plus the checks the tests run against a server's /object_info.
 
 Regenerate after changing a node's inputs (starts a headless ComfyUI to read /object_info):
-    python scripts/workflow_templates.py            # writes example_workflows/fewstep_*.json and api/ twins
+    python -m scripts.workflow_templates            # writes example_workflows/fewstep_*.json and api/ twins
 """
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -312,8 +311,7 @@ def write_all(object_info: dict, out_dir: Path = OUT_DIR) -> list:
 
 
 def main():
-    sys.path.insert(0, str(REPO / "scripts"))
-    from comfy_server import ComfyServer
+    from tests.support.comfy_server import ComfyServer
     with tempfile.TemporaryDirectory() as tmp:
         server = ComfyServer(Path(tmp))
         try:

@@ -1,23 +1,21 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# The pure maths packages are importable without ComfyUI as top-level `samplers` / `freeu`.
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 if os.environ.get("FEWSTEP_TEST_DEVICE", "cpu") == "cpu":
     # The fused FreeU kernel is checked on CPU through Triton's interpreter, which triton only
     # honours when it is on before triton's first import (tests opt in per test).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest.ini puts the repo root on sys.path: the maths packages are importable without ComfyUI as
+# top-level `samplers` / `freeu`, the test support as `tests.support`. It is imported here, before
+# any test puts ComfyUI's root (which has a `tests` package of its own) in front of the repo root.
+from tests.support.comfy_host import ComfyServer, load_inprocess  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def comfy(tmp_path_factory):
     """(nodes, pack): the real ComfyUI imported in-process with the pack loaded by ComfyUI."""
-    from comfy_host import load_inprocess
     # FEWSTEP_TEST_DEVICE=gpu runs the in-process tests on ComfyUI's own device choice.
     cpu = os.environ.get("FEWSTEP_TEST_DEVICE", "cpu") == "cpu"
     return load_inprocess(tmp_path_factory.mktemp("comfy-base"), cpu=cpu)
@@ -26,7 +24,6 @@ def comfy(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """A running headless ComfyUI with the pack; shut down at the end, also on failure."""
-    from comfy_host import ComfyServer
     srv = ComfyServer(tmp_path_factory.mktemp("server-base"))
     try:
         srv.start()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_host import ComfyServer
+from tests.support.comfy_host import ComfyServer
 
 from batch import InputError, Options, plan_from_cli, run_batch
 from batch.client import ComfyClient

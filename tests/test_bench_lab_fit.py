@@ -1,22 +1,17 @@
-"""The lab benchmark's fitted-schedule entries (scripts/bench_lab_accuracy.py): the fit never sees the
+"""The lab benchmark's fitted-schedule entries (bench/bench_lab_accuracy.py): the fit never sees the
 benchmark's test noises, and it yields valid schedules with N model calls."""
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_lab_accuracy.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_lab_accuracy_under_test", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from bench import bench_lab_accuracy
+    return bench_lab_accuracy
 
 
 @pytest.mark.parametrize("argv", [["--seed", "1"], ["--seed", "5", "--fit-seed", "4"]])

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdp_browser import BrowserError, Chromium, chromium_path
+from tests.support.cdp_browser import Chromium, chromium_path
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts" / ("browser-other-frontend" if os.environ.get("FEWSTEP_FRONTEND_ROOT") else "browser")
@@ -169,7 +169,7 @@ def ui_server(server, tmp_path_factory):
     if not FRONTEND_ROOT:
         yield server
         return
-    from comfy_host import ComfyServer
+    from tests.support.comfy_host import ComfyServer
     own = ComfyServer(tmp_path_factory.mktemp("frontend-server"), extra_args=["--front-end-root", FRONTEND_ROOT])
     try:
         yield own.start()

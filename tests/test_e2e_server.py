@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from comfy_host import comfy_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,13 +34,13 @@ def test_pack_import_time_is_small(server, tmp_path):
     assert not times[0][1], "ComfyUI reports IMPORT FAILED for the pack"
     print(f"\nComfyUI's start-up report for FewStep: {float(times[0][0]):.1f} s")
     code = f"""
-import asyncio, inspect, sys, time
-sys.path[:0] = [{str(comfy_path())!r}, {str(REPO / 'scripts')!r}]
+import asyncio, inspect, time
+from tests.support.comfy_server import make_base_directory, put_comfy_on_path  # the repo root: cwd, -c
+put_comfy_on_path()
 import comfy.options; comfy.options.enable_args_parsing(False)
 import comfy.cli_args; comfy.cli_args.args.cpu = True; comfy.cli_args.args.base_directory = {str(tmp_path)!r}
 import folder_paths, nodes
 from pathlib import Path
-from comfy_server import make_base_directory
 link = make_base_directory(Path({str(tmp_path)!r}))
 try:  # ComfyUI parses every pack's pyproject.toml with pydantic-settings, imported on first use: its cost
     import comfy_config.config_parser  # is ComfyUI's, once per process, not the pack's
@@ -56,7 +55,8 @@ print(ok, time.perf_counter() - t0)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     runs = []
     for _ in range(3):  # the first run writes the bytecode cache
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                             cwd=REPO)
         ok, seconds = out.stdout.split()[-2:]
         assert ok == "True", out.stdout + out.stderr
         runs.append(float(seconds))

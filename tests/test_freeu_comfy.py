@@ -2,13 +2,11 @@
 its window, gated per σ on a 2nd-order sampler, chained with other patches, clear on non-UNets.
 The UNet is a tiny SD1.5-layout UNetModel built by ComfyUI's own classes with random weights."""
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import random_unet  # noqa: E402
+from tests.support import random_unet
 
 SIZES = [(8, 8), (9, 7), (16, 16), (17, 15)]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -1,6 +1,6 @@
 """The fused FreeU kernel (freeu/fused.py) against the torch route, through Triton's CPU interpreter.
 
-The same Triton source compiles for CUDA; scripts/bench_freeu.py re-checks it there on the SDXL
+The same Triton source compiles for CUDA; bench/bench_freeu.py re-checks it there on the SDXL
 UNet (bit-identical backbone in fp16/bf16, closed window bit-identical, output vs ComfyUI)."""
 import math
 

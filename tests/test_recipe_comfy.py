@@ -2,19 +2,17 @@
 
 Model calls are counted through ComfyUI's own UNet-wrapper hook on the exact-denoiser lab model.
 The lab model has no UNet blocks, so FreeU is checked on a tiny randomly initialised SD1.5-layout
-UNet built through ComfyUI's own model classes (scripts/random_unet.py): every model call records
+UNet built through ComfyUI's own model classes (tests/support/random_unet.py): every model call records
 the gate decision of the recipe's FreeU patch and its sigma."""
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from comfy_host import recording
+from tests.support.comfy_host import recording
 
-from test_recipe_math import PUBLISHED_FREEU, PUBLISHED_SIGMAS
+from tests.test_recipe_math import PUBLISHED_FREEU, PUBLISHED_SIGMAS
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # random_unet
 RES = {"1024": "1024 (SDXL)", "512": "512 (SD1.5)"}
 
 
@@ -111,7 +109,7 @@ def test_freeu_on_a_model_without_unet_is_refused_clearly(comfy):
 
 @pytest.fixture(scope="module")
 def tiny_unet(comfy):
-    from random_unet import tiny_sd15
+    from tests.support.random_unet import tiny_sd15
     import comfy.model_management
     return tiny_sd15(device=comfy.model_management.get_torch_device())
 

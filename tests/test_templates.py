@@ -4,7 +4,6 @@ generator, and the recipe part of each graph runs end to end with the lab model 
 checkpoint (CLIP and VAE nodes replaced by the lab conditioning and decode nodes; FreeU off because
 the lab model has no UNet blocks, FreeU is covered on a tiny real UNet in test_recipe_comfy.py)."""
 import json
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -13,8 +12,7 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import workflow_templates as wt  # noqa: E402
+from scripts import workflow_templates as wt
 NAMES = list(wt.TEMPLATES)
 
 

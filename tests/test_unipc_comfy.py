@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from comfy_host import recording
+from tests.support.comfy_host import recording
 
 # Published 1024² schedules (fscheduler.md §1.3), used here only as sigma lists to sample along.
 SDXL_6 = [14.6146, 5.2124, 2.4311, 1.3238, 0.7560, 0.3937, 0.0600]

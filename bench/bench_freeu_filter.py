@@ -1,6 +1,6 @@
 """Microbenchmark of exact ways to compute FreeU's low-frequency filter (threshold 1).
 
-    python scripts/bench_freeu_filter.py [--device cpu|cuda] [--repeats 15] [--dtype float32] [--threads 1]
+    python -m bench.bench_freeu_filter [--device cpu|cuda] [--repeats 15] [--dtype float32] [--threads 1]
 
 Variants, all the same maths (max abs error against a float64 FFT reference is printed too):
   comfy       ComfyUI's Fourier_filter (fftn, fftshift, full-size mask, ifftshift, ifftn); only
@@ -19,15 +19,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from freeu.filter import fourier_filter, fourier_filter_fft, fourier_filter_rfft  # noqa: E402
-from gpu_env import time_ms  # noqa: E402
+from bench.gpu_env import time_ms
+from freeu.filter import fourier_filter, fourier_filter_fft, fourier_filter_rfft
+from tests.support.comfy_server import put_comfy_on_path
 
 # (skip shape, how many output blocks filter a skip of that shape in one SDXL UNet call at 1024²)
 SDXL_SKIPS = [((2, 1280, 32, 32), 2), ((2, 640, 32, 32), 1), ((2, 640, 64, 64), 2), ((2, 320, 64, 64), 1),
@@ -39,8 +36,8 @@ def comfy_filter():
     path = os.environ.get("COMFYUI_PATH")
     if not path:
         return None
-    sys.path.insert(0, path)
     try:
+        put_comfy_on_path(path)
         from comfy_extras.nodes_freelunch import Fourier_filter
     except Exception as exc:  # an incomplete ComfyUI tree: benchmark the rest
         print(f"(ComfyUI's filter not importable: {exc})", file=sys.stderr)

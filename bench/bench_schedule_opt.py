@@ -15,16 +15,16 @@ compares, at equal model calls (N steps = N calls for all of them), the error of
   selection with the actual sampler, Karras among the candidates, like the node) and the optimised
   schedule refined against the sampler with held-out early stopping (the optimiser's multi-start
   refinement: the 3 best distinct candidates are refined, the lowest held-out error is kept; settings
-  chosen on validation noises by scripts/study_refine.py, the same for every row)
+  chosen on validation noises by bench/study_refine.py, the same for every row)
 against a float64, convergence-certified PF-ODE reference (samplers/reference.py) to sigma_min
 followed by the final denoise (the lab's "model sample" target). Fitting uses 512 + 256 held-out
 noises (by default); errors are per-sample RMSE over 256 other noises.
 Fitting noises: seed 1 (train) and seed 2 (held-out); test noises: seed 3 (never used to fit).
 
-    python scripts/bench_schedule_opt.py --threads 1     # lab table, writes its BENCHMARKS.md section
-    python scripts/bench_schedule_opt.py --no-write --steps 6 8 --datasets gmm256
-    python scripts/bench_schedule_opt.py --sdxl          # GPU timing: SDXL UNet (random fp16 weights), 1024^2, N=8, M=8
-    python scripts/bench_schedule_opt.py --sdxl --tiny   # the same code path on a tiny SDXL-shaped UNet (CPU)
+    python -m bench.bench_schedule_opt --threads 1     # lab table, writes its docs/benchmarks-history.md section
+    python -m bench.bench_schedule_opt --no-write --steps 6 8 --datasets gmm256
+    python -m bench.bench_schedule_opt --sdxl          # GPU timing: SDXL UNet (random fp16 weights), 1024^2, N=8, M=8
+    python -m bench.bench_schedule_opt --sdxl --tiny   # the same code path on a tiny SDXL-shaped UNet (CPU)
 
 Needs ComfyUI importable ($COMFYUI_PATH, e.g. through scripts/host.sh) for the AYS/GITS tables and
 for --sdxl, which runs the real node (FewStepOptimizeSchedule) through ComfyUI's guider.
@@ -42,15 +42,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from samplers import schedule_opt as so  # noqa: E402
-from samplers.catalog import solver  # noqa: E402
-from samplers.exact import ExactDenoiser, MixtureSpec  # noqa: E402
-from samplers.reference import reference_states  # noqa: E402
-from samplers.schedules import (FSCHEDULER_PRESETS, fscheduler_sigmas, karras_sigmas,  # noqa: E402
-                                sd_discrete_sigmas)
+from samplers import schedule_opt as so
+from samplers.catalog import solver
+from samplers.exact import ExactDenoiser, MixtureSpec
+from samplers.reference import reference_states
+from samplers.schedules import FSCHEDULER_PRESETS, fscheduler_sigmas, karras_sigmas, sd_discrete_sigmas
+from tests.support import random_unet
+from tests.support.comfy_inprocess import load_inprocess
+from tests.support.comfy_server import REPO, put_comfy_on_path
 
 SECTION_START = "<!-- schedule-opt:start -->"
 SECTION_END = "<!-- schedule-opt:end -->"
@@ -67,9 +66,7 @@ def _comfy_path():
     root = os.environ.get("COMFYUI_PATH")
     if not root:
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (or run through scripts/host.sh)")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return root
+    return str(put_comfy_on_path(root))
 
 
 def comfy_tables():
@@ -166,7 +163,7 @@ def markdown(rows, schedules, timings, args):
     cols = ["Karras", "AYS", "GITS", "F-sched", "optimised", "+refine"]
     starts = f"the {args.refine_starts} best distinct candidates each refined by " if args.refine_starts > 1 else ""
     out = [SECTION_START, "## Optimised schedules vs fixed tables (exact-denoiser lab)", "",
-           f"`python scripts/bench_schedule_opt.py --threads {args.threads}` — {platform.processor() or platform.machine()}, torch "
+           f"`python -m bench.bench_schedule_opt --threads {args.threads}` — {platform.processor() or platform.machine()}, torch "
            f"{torch.__version__}. Lab data sets at {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} latents, SD/SDXL discrete sigma "
            f"range 0.0292-14.61; optimiser: {args.train} fitting (seed 1) + {args.holdout} held-out (seed 2) noises, "
            f"grid {args.grid}, DPM++ 2M teacher with {args.substeps} sub-steps; candidates = DP paths of "
@@ -178,7 +175,7 @@ def markdown(rows, schedules, timings, args):
            f"held-out noises (patience 2)" + (", keeping the refinement with the lowest held-out error"
                                                if args.refine_starts > 1 else "") +
            f". These settings are the ones chosen on validation noises (seed 4) in the section 'Refinement variants' "
-           f"(scripts/study_refine.py), the same for every row. Error = per-sample RMSE against the float64 PF-ODE "
+           f"(bench/study_refine.py), the same for every row. Error = per-sample RMSE against the float64 PF-ODE "
            f"reference (to sigma_min, then the final denoise) over {args.test} test noises (seed 3, never used to fit or "
            f"choose settings), mean (median); all "
            f"columns use N model calls. AYS = SDXL table (Sabour et al. 2024) and GITS = coeff 1.20 tables "
@@ -245,12 +242,8 @@ def write_section(path: Path, md: str):
 
 def run_sdxl(args):
     _comfy_path()
-    sys.path.insert(0, str(REPO / "tests"))
-    from comfy_host import load_inprocess
     nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-sdxl-")), cpu=args.tiny)
     dtype = torch.float32 if args.tiny else torch.float16
-    sys.path.insert(0, str(REPO / "scripts"))
-    import random_unet
     model = random_unet.build(random_unet.TINY_SDXL_UNET if args.tiny else random_unet.SDXL_UNET, dtype=dtype,
                               family="sdxl")
     ctx = 64 if args.tiny else 2048
@@ -309,7 +302,7 @@ def main():
     ap.add_argument("--refine-starts", type=int, default=3,
                     help="refine the k best distinct candidates, keep the lowest held-out error")
     ap.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks-history.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.sdxl:
@@ -319,8 +312,8 @@ def main():
     md = markdown(rows, schedules, timings, args)
     print(md)
     if not args.no_write:
-        write_section(REPO / "BENCHMARKS.md", md)
-        print("[bench] wrote BENCHMARKS.md", file=sys.stderr)
+        write_section(REPO / "docs" / "benchmarks-history.md", md)
+        print("[bench] wrote docs/benchmarks-history.md", file=sys.stderr)
 
 
 if __name__ == "__main__":

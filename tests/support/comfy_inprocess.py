@@ -7,7 +7,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from comfy_server import PACK_DIR_NAME, comfy_path, make_base_directory
+from .comfy_server import PACK_DIR_NAME, make_base_directory, put_comfy_on_path
 
 
 def _run(result):
@@ -17,9 +17,7 @@ def _run(result):
 def load_inprocess(base: Path, cpu: bool = True):
     """Imports ComfyUI into this process with the pack loaded through nodes.load_custom_node.
     cpu=False lets ComfyUI pick its device (the GPU benchmarks). Returns (nodes, pack module)."""
-    root = comfy_path()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    put_comfy_on_path()
     link = make_base_directory(base)
     import comfy.options
     comfy.options.enable_args_parsing(False)

@@ -4,7 +4,7 @@ comfy.sample.sample_custom with the fused route and with the torch route (FEWSTE
 which calls took the fused kernel, how far the two latents are apart, and the same run under
 ComfyUI's TorchCompileModel (graphs compiled per run, recompiles, distance to the eager result).
 
-    python scripts/check_freeu_gpu.py          # CUDA machine, ComfyUI importable ($COMFYUI_PATH)
+    python -m bench.check_freeu_gpu          # CUDA machine, ComfyUI importable ($COMFYUI_PATH)
 """
 from __future__ import annotations
 
@@ -16,20 +16,18 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-from gpu_env import setup_comfy  # noqa: E402
+from bench.gpu_env import setup_comfy
+from tests.support import random_unet
+from tests.support.comfy_inprocess import load_inprocess
 
 CFG = 5.5
 
 
 def main():
     setup_comfy(cpu=not torch.cuda.is_available())
-    from comfy_inprocess import load_inprocess
     nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-freeu-")), cpu=not torch.cuda.is_available())
     import comfy.model_management as mm
     import comfy.sample
-    import random_unet
     fused = sys.modules[f"{pack.__name__}.freeu.fused"]
 
     config = random_unet.SDXL_UNET

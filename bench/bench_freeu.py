@@ -1,7 +1,7 @@
 """What FreeU costs per UNet call: no patch vs ComfyUI's FreeU / FreeU_V2 vs FewStep's FreeU.
 
-    python scripts/bench_freeu.py                 # CUDA: SDXL UNet, 1024² (128x128 latents), fp16
-    python scripts/bench_freeu.py --tiny          # any device: tiny SD1.5-layout UNet (a quick check)
+    python -m bench.bench_freeu                 # CUDA: SDXL UNet, 1024² (128x128 latents), fp16
+    python -m bench.bench_freeu --tiny          # any device: tiny SD1.5-layout UNet (a quick check)
 
 Needs ComfyUI importable: $COMFYUI_PATH (or --comfyui) pointing at its checkout. The UNet is built
 through ComfyUI's own classes (supported_models.SDXL -> model_base.SDXL -> UNetModel) with random
@@ -16,9 +16,9 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.gpu_env import setup_comfy, time_ms
+from tests.support import random_unet
 
 
 def comfy_node_patch(node_cls, model, b1, b2, s1, s2):
@@ -37,7 +37,6 @@ def block_tables(patcher, unet, mc, factors, device, size, context_dim, adm, bat
     import torch
     from comfy_extras.nodes_freelunch import FreeU_V2
     from freeu.patch import FreeUPatch
-    from gpu_env import time_ms
 
     shapes = []
 
@@ -105,7 +104,6 @@ def graph_medians(call, names, repeats, device, rounds=1):
     and replayed repeats // rounds times; returns ({variant: median of the round medians},
     {variant: [round medians]}). Variants that read σ on the host cannot be captured and are left out."""
     import torch
-    from gpu_env import time_ms
     per_round = {}
     for _ in range(rounds):
         graphs = {}
@@ -143,7 +141,6 @@ def block_call_ms(fn, inputs, device, repeats=30, to=None):
     replay (no launch overhead: the work itself), host time = Python + launch cost per call,
     measured without waiting for the GPU. Inputs are scaled down so repeated in-place FreeU stays finite."""
     import torch
-    from gpu_env import time_ms
     work = [(h.clone().mul_(1e-3), hsp.clone()) for h, hsp in inputs]
 
     def one_call():
@@ -177,14 +174,14 @@ def block_call_ms(fn, inputs, device, repeats=30, to=None):
 
 # v2's second launch with or without programmatic dependent launch
 LAYOUTS = {
-    "PDL where the GPU has it (default)": {"_PDL": "auto"},
-    "no PDL": {"_PDL": False},
+    "PDL where the GPU has it (default)": {"pdl": "auto"},
+    "no PDL": {"pdl": False},
 }
 # Launch settings measured against freeu.fused's defaults (FEWSTEP_SWEEP=settings, and whole calls).
 SETTINGS = {
-    "sums 16 channels at a time": {"_SUM_CT": 16},
-    "no early read": {"_EARLY_READ": False},
-    "previous session's": {"_SUM_CT": 16, "_EARLY_READ": False},
+    "sums 16 channels at a time": {"sum_ct": 16},
+    "no early read": {"early_read": False},
+    "previous session's": {"sum_ct": 16, "early_read": False},
 }
 PREVIOUS = "FewStep v2, fused, previous session's settings"
 # (tile, warps) tried on every block by FEWSTEP_SWEEP=plane
@@ -194,10 +191,8 @@ PLANE_CANDIDATES = ((2048, 2), (4096, 4), (8192, 4), (8192, 8), (16384, 8), (163
 def set_layout(overrides=None):
     """freeu.fused's launch settings: the module's own values, then `overrides` on top."""
     import freeu.fused as fused
-    defaults = _LAYOUT_DEFAULTS.setdefault(
-        "values", {k: getattr(fused, k) for k in ("_PDL", "_SUM_CT", "_EARLY_READ", "_TILE", "_NUM_WARPS")})
-    for k, v in {**defaults, **(overrides or {})}.items():
-        setattr(fused, k, v)
+    defaults = _LAYOUT_DEFAULTS.setdefault("values", fused.launch_settings())
+    fused.set_launch_settings(**{**defaults, **(overrides or {})})
 
 
 _LAYOUT_DEFAULTS: dict = {}  # freeu.fused's values before the first set_layout
@@ -241,7 +236,7 @@ def sweep_plane(patch, inputs, shapes, device):
     print("| tile, warps | variant | all blocks µs | per block µs |")
     print("|---|---|---|---|")
     for tile, warps in PLANE_CANDIDATES:
-        set_layout({"_TILE": tile, "_NUM_WARPS": warps})
+        set_layout({"tile": tile, "num_warps": warps})
         for name, q in kinds.items():
             total = block_call_ms(q, inputs, device, repeats=20, to=to)[0]
             per = [block_call_ms(q, [hp], device, repeats=10, to=to)[0] for hp in inputs]
@@ -298,7 +293,7 @@ def sweep_fused(patch, shapes, device, gen, only=""):
     print("|---|---|---|---|---|---|")
     for warps in (2, 4, 8):
         for tile in (1024, 2048, 4096):
-            set_layout({"_NUM_WARPS": warps, "_TILE": tile})
+            set_layout({"num_warps": warps, "tile": tile})
             row = [block_call_ms(p, inputs, device, repeats=10)[0] for p in (patch, v1, only_filter, only_scale)]
             print(f"| {warps} | {tile} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     set_layout()
@@ -338,29 +333,28 @@ def sweep_mean_map(patch, v1, inputs, device):
     and pixels per chunk program), the module's own first; then the backbone piece per scaling program."""
     import itertools
     import freeu.fused as fused
-    names = ("_MEAN_CHUNK", "_SUM_BLOCK")
-    defaults = tuple(getattr(fused, n) for n in names)
+    names = ("mean_chunk", "sum_block")
+    saved = fused.launch_settings()
+    defaults = tuple(saved[n] for n in names)
     grid = [defaults] + [c for c in itertools.product((16, 32, 64, 128, 256), (32, 64, 128, 256)) if c != defaults]
     print("| channels per chunk program | pixels per chunk program | v2 ms |")
     print("|---|---|---|")
     best = None
     for combo in grid:
-        for n, v in zip(names, combo):
-            setattr(fused, n, v)
+        fused.set_launch_settings(**dict(zip(names, combo)))
         ms = block_call_ms(patch, inputs, device, repeats=10)[0]
         best = min(best or (ms, combo), (ms, combo))
         print(f"| {combo[0]} | {combo[1]} | {ms:.3f} |")
-    for n, v in zip(names, defaults):
-        setattr(fused, n, v)
+    fused.set_launch_settings(**saved)
     print(f"\nfastest: {best[1]} at {best[0]:.3f} ms (module defaults {defaults})\n")
-    default_piece = fused._SCALE_PIECE
+    default_piece = saved["scale_piece"]
     print("| backbone elements per scaling program | v1 ms | v2 ms |")
     print("|---|---|---|")
     for piece in (1024, 2048, 4096, 8192, 16384):
-        fused._SCALE_PIECE = piece
+        fused.set_launch_settings(scale_piece=piece)
         row = [block_call_ms(q, inputs, device, repeats=10)[0] for q in (v1, patch)]
         print(f"| {piece}{' (default)' if piece == default_piece else ''} | {row[0]:.3f} | {row[1]:.3f} |")
-    fused._SCALE_PIECE = default_piece
+    fused.set_launch_settings(**saved)
     print()
 
 
@@ -385,14 +379,9 @@ def main():
     args = ap.parse_args()
 
     import torch
-    sys.path.insert(0, str(REPO / "scripts"))
-    from gpu_env import setup_comfy, time_ms
     setup_comfy(cpu=not torch.cuda.is_available(), root=args.comfyui)
     import comfy.model_management as mm
     from comfy_extras.nodes_freelunch import FreeU, FreeU_V2
-    sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "scripts"))
-    import random_unet
     from freeu.patch import FreeUPatch
     from freeu.window import window_from_sigma
 
@@ -519,7 +508,7 @@ def main():
             rows.append((batch, n, med[n], 100 * (med[n] / med["no patch"] - 1),
                          g, None if g is None else 100 * (g / graphed["no patch"] - 1), bool(graphed), spread))
         import freeu.fused
-        checks["fused route failed on"] = sorted(freeu.fused._broken) or "nothing"
+        checks["fused route failed on"] = freeu.fused.failed_devices() or "nothing"
         print(f"batch {batch}: " + "; ".join(f"{k}: {v}" for k, v in checks.items()), file=sys.stderr)
         del x, ctx, y
         if device.type == "cuda":

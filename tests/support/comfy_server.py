@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACK_DIR_NAME = "ComfyUI-FewStep"
 
 
@@ -25,6 +25,29 @@ def comfy_path() -> Path:
         raise RuntimeError("COMFYUI_PATH is not set to a ComfyUI checkout; run through "
                            "`bash scripts/test.sh` or `bash scripts/demo.sh`, which provide one")
     return Path(path)
+
+
+def put_comfy_on_path(root=None) -> Path:
+    """ComfyUI's root (`root`, default $COMFYUI_PATH) first on sys.path, the one place it is put
+    there: ComfyUI's top-level modules (`nodes`, `comfy`, ...) must win over this repo's `nodes/`."""
+    root = Path(root) if root else comfy_path()
+    if not (root / "comfy").is_dir():
+        raise RuntimeError(f"{root} is not a ComfyUI tree (no comfy/ in it)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    return root
+
+
+def stop_process_group(proc, wait_s: float):
+    """Ends a process started with start_new_session=True and its children: SIGTERM to the group,
+    SIGKILL after wait_s seconds."""
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(wait_s)
 
 
 def make_base_directory(base: Path) -> Path:
@@ -75,13 +98,7 @@ class ComfyServer:
         raise RuntimeError(f"ComfyUI did not answer within {timeout}s:\n{self.log()}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(15)
+        stop_process_group(self.proc, 15)
         if getattr(self, "_log", None):
             self._log.close()
 

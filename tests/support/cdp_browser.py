@@ -8,12 +8,13 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+from .comfy_server import stop_process_group
 
 CHROMIUM = os.environ.get("FEWSTEP_CHROMIUM", "/usr/bin/chromium")
 # Flags that work as root in a container: no sandbox, no GPU, nothing fetched from the network.
@@ -93,13 +94,7 @@ class Chromium:
                 self._run(self._close(), timeout=10)
         except Exception:
             pass
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process_group(self.proc, 10)
         if getattr(self, "_log", None):
             self._log.close()
         if not self.loop.is_closed():

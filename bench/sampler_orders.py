@@ -1,32 +1,22 @@
 """Observed convergence order of every FewStep solver, as a markdown table.
 
-    python scripts/sampler_orders.py            # Gaussian problem (exact solution) + mixture check
-    python scripts/sampler_orders.py --comfy    # also ComfyUI's own samplers ($COMFYUI_PATH)
+    python -m bench.sampler_orders            # Gaussian problem (exact solution) + mixture check
+    python -m bench.sampler_orders --comfy    # also ComfyUI's own samplers ($COMFYUI_PATH)
 
 Order = least-squares slope of -log(max error) against log(steps) over Karras grids
 (rho 7, sigma 14.6146 -> 0.0292, no trailing 0) of 16..256 moves (mixture: 16..128)."""
 import argparse
-import os
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from samplers.analytic import ORDER_STEPS, gaussian_order, mixture_order  # noqa: E402
-from samplers.catalog import SOLVERS  # noqa: E402
+from samplers.analytic import ORDER_STEPS, gaussian_order, mixture_order
+from samplers.catalog import SOLVERS
 
 
 def _comfy_solvers():
     """A few ComfyUI samplers for comparison (their ODE forms), wrapped like its model wrapper."""
-    root = os.environ.get("COMFYUI_PATH")
-    if not root:
-        raise SystemExit("--comfy needs COMFYUI_PATH (eval \"$(bash scripts/host.sh)\")")
-    sys.path.insert(0, root)
-    import comfy.options
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
+    from bench.gpu_env import setup_comfy
+    setup_comfy(cpu=True)
     import types
     import comfy.k_diffusion.sampling as ks
     import comfy.model_sampling

@@ -4,7 +4,7 @@ On the exact-denoiser lab (SD/SDXL discrete sigma range, 4x16x16 latents) each v
 optimiser (teacher + DP + selection with Karras among the candidates, then the refinement) and is
 scored on VALIDATION noises that neither the fit nor the early stopping saw:
   fit noises  seed 1 (train) and seed 2 (held-out, early stopping), validation noises seed 4.
-The benchmark (scripts/bench_schedule_opt.py) tests on seed 3, which this study never looks at, so a
+The benchmark (bench/bench_schedule_opt.py) tests on seed 3, which this study never looks at, so a
 setting chosen here is not tuned to the benchmark's test noises (--eval-seed 3 reproduces the older
 study that was scored on them).
 Variants: search "grid" (8 trial values per sigma) or "golden" (the same grid, then golden-section
@@ -13,29 +13,27 @@ the number of refined starting candidates (x3: the 3 best distinct DP/Karras can
 held-out error is kept) and the sweep cap.
 Prints a markdown table of mean (median) validation RMSE and the model calls the refinement used.
 
-    python scripts/study_refine.py --threads 1
-    python scripts/study_refine.py --datasets shapes --steps 6 --samplers dpmpp_2m --write
+    python -m bench.study_refine --threads 1
+    python -m bench.study_refine --datasets shapes --steps 6 --samplers dpmpp_2m --write
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from samplers import schedule_opt as so
+from samplers.catalog import solver
+from samplers.exact import ExactDenoiser, MixtureSpec
+from samplers.reference import reference_states
+from samplers.schedules import karras_sigmas, sd_discrete_sigmas
 
-from samplers import schedule_opt as so  # noqa: E402
-from samplers.catalog import solver  # noqa: E402
-from samplers.exact import ExactDenoiser, MixtureSpec  # noqa: E402
-from samplers.reference import reference_states  # noqa: E402
-from samplers.schedules import karras_sigmas, sd_discrete_sigmas  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SECTION_START = "<!-- refine-study:start -->"
 SECTION_END = "<!-- refine-study:end -->"
@@ -91,7 +89,7 @@ def main():
     ap.add_argument("--save", help="also save the measured rows as JSON to this file")
     ap.add_argument("--load", nargs="+", help="print (and --write) the table of rows saved by earlier runs "
                     "(e.g. one run per data set), measuring nothing")
-    ap.add_argument("--write", action="store_true", help="write the table into BENCHMARKS.md (own section)")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/benchmarks-history.md (own section)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.load:
@@ -158,8 +156,8 @@ def main():
 def publish(rows, variants, args):
     sels = sorted({k for r in rows for k in r if k.startswith("DP+select")}, key=lambda k: int(k.split()[1].split("+")[0]))
     cols = ["Karras"] + sels + [v[0] for v in variants]
-    out = [SECTION_START, "## Refinement variants: validation error (scripts/study_refine.py)", "",
-           f"`python scripts/study_refine.py --threads {args.threads}` — lab at 4x16x16, SD/SDXL sigma range; fit noises "
+    out = [SECTION_START, "## Refinement variants: validation error (bench/study_refine.py)", "",
+           f"`python -m bench.study_refine --threads {args.threads}` — lab at 4x16x16, SD/SDXL sigma range; fit noises "
            f"seed 1 (train) + seed 2 (held-out, early stopping, patience 2), validation = {args.eval} noises of seed "
            f"{args.eval_seed} (the benchmark's test noises, seed 3, are not used here). Every variant runs the "
            "optimiser on its fitting noises: DP + selection (Karras among the candidates), then the refinement "
@@ -189,7 +187,7 @@ def publish(rows, variants, args):
     md = "\n".join(out)
     print(md)
     if args.write:
-        path = REPO / "BENCHMARKS.md"
+        path = REPO / "docs" / "benchmarks-history.md"
         text = path.read_text()
         if SECTION_START in text:
             head, rest = text.split(SECTION_START, 1)

@@ -9,20 +9,17 @@ the reference. Also shown: the same run without the corrector and with DPM-Solve
 The lab data are a 64-component Gaussian mixture on 4x16x16 latents (unit-scale means, spread 0.3)
 — a stand-in for a real model, so the numbers rank solvers; they are not image quality.
 
-    python scripts/recipe_lab_error.py
+    python -m bench.recipe_lab_error
 """
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from samplers.dpmpp import sample_dpmpp_1s  # noqa: E402
-from samplers.exact import ExactDenoiser, MixtureSpec  # noqa: E402
-from samplers.recipe import build_recipe, recipe_sigmas  # noqa: E402
-from samplers.schedules import sd_discrete_sigmas  # noqa: E402
-from samplers.unipc import sample_unipc_fs, timestep_midpoint  # noqa: E402
+from samplers.dpmpp import sample_dpmpp_1s
+from samplers.exact import ExactDenoiser, MixtureSpec
+from samplers.recipe import build_recipe, recipe_sigmas
+from samplers.schedules import sd_discrete_sigmas
+from samplers.unipc import sample_unipc_fs, timestep_midpoint
 
 PRESETS = [("512", 5), ("512", 6), ("512", 8), ("1024", 5), ("1024", 6), ("1024", 8)]
 

@@ -1,23 +1,22 @@
 """Puts ComfyUI on sys.path for the benchmark scripts ($COMFYUI_PATH, e.g. .gpu/ComfyUI on the
-GPU machine) and sets ComfyUI's argument defaults without parsing the benchmark's argv."""
+GPU machine) and sets ComfyUI's argument defaults without parsing the benchmark's argv.
+
+The benchmarks run from the repo root as modules (`python -m bench.bench_freeu`): the root is on
+sys.path, and they import `samplers`, `freeu`, `bench` and `tests.support` by name."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
+from tests.support.comfy_server import put_comfy_on_path
 
 
 def setup_comfy(cpu: bool = False, root: str | None = None):
     root = root or os.environ.get("COMFYUI_PATH")
     if not root or not (Path(root) / "comfy").is_dir():
         raise SystemExit("set COMFYUI_PATH to a ComfyUI tree (scripts/host.sh or .gpu/ComfyUI)")
-    for p in (root, str(SCRIPTS)):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    put_comfy_on_path(root)
     import comfy.options
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args

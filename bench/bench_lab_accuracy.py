@@ -20,8 +20,8 @@ benchmark's noises (seed --seed); the fitted schedule is then scored like every 
 Stochastic samplers (output changes with the sampler seed at fixed initial noise) are listed but
 not ranked: they do not approximate the ODE map, so their distance to it is not an accuracy.
 
-    python scripts/bench_lab_accuracy.py                 # prints the tables, writes BENCHMARKS.md + docs/
-    python scripts/bench_lab_accuracy.py --no-write --nfe 5 8 --datasets shapes
+    python -m bench.bench_lab_accuracy                 # prints the tables, writes docs/benchmarks-history.md + docs/
+    python -m bench.bench_lab_accuracy --no-write --nfe 5 8 --datasets shapes
 Needs ComfyUI: $COMFYUI_PATH, or `comfy` importable. --device cuda runs the lab on the GPU.
 """
 from __future__ import annotations
@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.support.comfy_inprocess import load_inprocess
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_NFE = (5, 6, 8, 10, 15, 20)
@@ -67,8 +69,6 @@ def load_comfy(device: str):
         if spec is None or not spec.submodule_search_locations:
             sys.exit("ComfyUI not found: set COMFYUI_PATH to a ComfyUI checkout (or run through scripts/host.sh)")
         os.environ["COMFYUI_PATH"] = str(Path(list(spec.submodule_search_locations)[0]).parent)
-    sys.path.insert(0, str(REPO / "scripts"))
-    from comfy_inprocess import load_inprocess
     return load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-")), cpu=(device == "cpu"))
 
 
@@ -187,8 +187,8 @@ def main(argv=None):
     ap.add_argument("--fit-holdout", type=int, default=FIT_DEFAULTS["holdout"], help="held-out noises (early stopping)")
     ap.add_argument("--only", default="", help="regex: keep only samplers/schedules whose name matches (quick looks)")
     ap.add_argument("--render", action="store_true",
-                    help="only rebuild BENCHMARKS.md section and plot from docs/lab_accuracy.csv/.json")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch BENCHMARKS.md / docs/")
+                    help="only rebuild the docs/benchmarks-history.md section and plot from docs/lab_accuracy.csv/.json")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not touch docs/")
     args = ap.parse_args(argv)
     if args.render:
         return render_saved()
@@ -410,7 +410,7 @@ CSV_COLUMNS = ["dataset", "origin", "sampler", "schedule", "nfe", "steps", "rmse
 
 
 def publish(rows, meta, write=True):
-    """Prints the markdown; with write, also BENCHMARKS.md (own section), the plot, the CSV and its meta."""
+    """Prints the markdown; with write, also docs/benchmarks-history.md (own section), the plot, the CSV and its meta."""
     md = markdown(rows, meta)
     print(md)
     if not write:
@@ -425,8 +425,8 @@ def publish(rows, meta, write=True):
         for r in sorted(rows, key=lambda r: (r["dataset"], r["nfe"], r["rmse_mean"])):
             w.writerow({k: (f"{r[k]:.5g}" if isinstance(r[k], float) else r[k]) for k in CSV_COLUMNS})
     (docs / "lab_accuracy.json").write_text(json.dumps(meta, indent=1) + "\n")
-    write_section(REPO / "BENCHMARKS.md", md)
-    print(f"[bench] wrote BENCHMARKS.md, {plot_path.relative_to(REPO)}, docs/lab_accuracy.csv, docs/lab_accuracy.json")
+    write_section(REPO / "docs" / "benchmarks-history.md", md)
+    print(f"[bench] wrote docs/benchmarks-history.md, {plot_path.relative_to(REPO)}, docs/lab_accuracy.csv, docs/lab_accuracy.json")
 
 
 def render_saved():
@@ -501,7 +501,7 @@ def markdown(rows, meta) -> str:
     nfes = sorted(set(args["nfe"]))
     lines = [SECTION_START, "## Lab accuracy: error vs model calls (exact-denoiser lab)", ""]
     lines += [
-        f"Measured {meta['date']} with `python scripts/bench_lab_accuracy.py` "
+        f"Measured {meta['date']} with `python -m bench.bench_lab_accuracy` "
         f"(ComfyUI {meta['comfy_version']}, torch {meta['torch']}, {meta['machine']} {args['device']}, "
         f"{meta['elapsed_s']:.0f} s). Lab model `{args['schedule']}` (sigma 0.0292-14.61), latent 4x{args['size']}x{args['size']}, "
         f"batch {args['batch']}, noise seed {args['seed']}. Data sets: "
@@ -604,7 +604,6 @@ def write_section(path: Path, md: str):
 
 
 def error_plot(rows, nfes, datasets):
-    sys.path.insert(0, str(REPO))
     from samplers.plotting import Series, hstack, line_plot
     nfes = sorted(set(nfes))
     panels = []

@@ -1,9 +1,9 @@
 """Where the lab's mean error comes from at few model calls: samples that end on another mode.
 
-    python scripts/study_lab_flips.py                    # NFE 5 and 6, both data sets, noise seed 0
-    python scripts/study_lab_flips.py --seed 5 --nfe 5
+    python -m bench.study_lab_flips                    # NFE 5 and 6, both data sets, noise seed 0
+    python -m bench.study_lab_flips --seed 5 --nfe 5
 
-Runs scripts/bench_lab_accuracy.py's benchmark (same samplers, schedules, fitted schedules and
+Runs bench/bench_lab_accuracy.py's benchmark (same samplers, schedules, fitted schedules and
 noises; nothing written) and splits every top combination's per-sample error into samples that end
 near the exact sample and samples that end far from it (error above --far, on another mode of the
 data: the modes of the lab sets are far apart, so the two groups do not overlap), then shows how
@@ -13,10 +13,8 @@ combinations share. Prints markdown.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench import bench_lab_accuracy as bench
 
 
 def split(errs, far):
@@ -33,8 +31,6 @@ def main(argv=None):
     ap.add_argument("--far", type=float, default=0.1, help="per-sample RMSE above which a sample counts as far")
     ap.add_argument("--top", type=int, default=4, help="combinations per origin shown per cell")
     args, rest = ap.parse_known_args(argv)
-    sys.path.insert(0, str(REPO / "scripts"))
-    import bench_lab_accuracy as bench
     rows = bench.main(["--nfe", *map(str, args.nfe), "--seed", str(args.seed), "--no-write", *rest])
     import torch
     print(f"\nNoise seed {args.seed}; far = per-sample RMSE > {args.far}; mean = near part + far part.\n")

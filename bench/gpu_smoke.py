@@ -1,15 +1,18 @@
-"""Checks the GPU machine can import ComfyUI from the bundle and times one SDXL UNet call."""
+"""Checks the GPU machine can import ComfyUI from the bundle and times one SDXL UNet call.
+
+    python -m bench.gpu_smoke [--tiny]
+"""
 import argparse
 import platform
 import time
 
 import torch
 
-from gpu_env import setup_comfy
+from bench.gpu_env import setup_comfy
+from tests.support import random_unet
 
 
 def random_conditioning_tensor(config, batch, dev):
-    import random_unet
     return random_unet.random_conditioning(config, batch)[0][0].to(dev, torch.float16)
 
 
@@ -20,7 +23,6 @@ def main():
     setup_comfy(cpu=not torch.cuda.is_available())
     import comfy.model_management as mm
     import comfyui_version
-    import random_unet
     print("python", platform.python_version(), "torch", torch.__version__, "ComfyUI", comfyui_version.__version__,
           "device", mm.get_torch_device(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
     for mod in ("comfy.samplers", "comfy.k_diffusion.sampling", "comfy_extras.nodes_freelunch",
@@ -50,7 +52,8 @@ def main():
                 patcher.model.diffusion_model(x, t, context=ctx, y=y)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-        print(f"{"tiny SD1.5" if args.tiny else "SDXL"} UNet batch {batch}: {(time.perf_counter() - t0) / 10 * 1000:.1f} ms/call")
+        unet = "tiny SD1.5" if args.tiny else "SDXL"
+        print(f"{unet} UNet batch {batch}: {(time.perf_counter() - t0) / 10 * 1000:.1f} ms/call")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """What FewStep costs and saves on SDXL at 1024² (issue 10), measured in one run.
 
-    python scripts/bench_gpu_sdxl.py            # CUDA: SDXL UNet (random fp16 weights), 1024²
-    python scripts/bench_gpu_sdxl.py --tiny     # anywhere: tiny SD1.5-layout UNet, 16x16 latents
+    python -m bench.bench_gpu_sdxl            # CUDA: SDXL UNet (random fp16 weights), 1024²
+    python -m bench.bench_gpu_sdxl --tiny     # anywhere: tiny SD1.5-layout UNet, 16x16 latents
 
 Needs $COMFYUI_PATH (the host's tree, or .gpu/ComfyUI made by scripts/gpu_bundle.sh). The pack is
 loaded into ComfyUI by ComfyUI's own loader. Sections:
@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_env import setup_comfy, time_ms  # noqa: E402
+from bench.gpu_env import setup_comfy, time_ms
+from tests.support import random_unet
+from tests.support.comfy_inprocess import load_inprocess
 
 CFG = 5.5
 
@@ -124,14 +124,12 @@ def main():
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     setup_comfy(cpu=not cuda)
-    from comfy_inprocess import load_inprocess
     nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-")), cpu=not cuda)
     import comfy.k_diffusion.sampling as k_sampling
     import comfy.model_management as mm
     import comfy.sample
     import comfy.samplers
     import comfyui_version
-    import random_unet
 
     device = mm.get_torch_device()
     dtype = torch.float32 if args.tiny else torch.float16

@@ -1,0 +1,1 @@
+"""Benchmarks and studies, run from the repo root as modules: `python -m bench.bench_freeu`."""

@@ -1,0 +1,2 @@
+"""User commands. The Python ones run from the repo root as modules (`python -m scripts.demo`);
+the shell wrappers do that for you."""
