@@ -363,7 +363,7 @@ class RayEngine:
         if not ray.is_initialized():
             package = str(Path(__file__).resolve().parent)
             try:
-                ray.init(address=s.address, runtime_env={"py_modules": [package]}, include_dashboard=False,
+                ray.init(address=s.address or "local", runtime_env={"py_modules": [package]}, include_dashboard=False,
                          log_to_driver=False, logging_level="ERROR")
             except ConnectionError as e:
                 raise EngineError(f"--ray-address {s.address}: cannot join the cluster ({e})") from None
