@@ -181,6 +181,13 @@ class ComfyServerHost:
     def object_info(self) -> dict:
         return ComfyClient(self.url).object_info()
 
+    def object_info_digest(self) -> str:
+        """Servers of one install answer the same /object_info: the driver fetches one per digest."""
+        import hashlib
+        import json
+        text = json.dumps(self.object_info(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def knows(self, prompt_id: str) -> bool:
         client = ComfyClient(self.url, timeout=10)
         running, pending = client.queue_ids()
@@ -417,8 +424,18 @@ class RayEngine:
         return sorted(ready, key=lambda e: e.name)
 
     def object_infos(self, log) -> dict:
-        infos = {}
+        """One /object_info per distinct answer (a digest from every actor, the full text from one
+        actor per digest): a thousand servers of one install cost one transfer of a few MB."""
+        by_digest = {}
         for e in self.executors:
+            try:
+                digest = self.ray.get(e.actor.object_info_digest.remote(), timeout=120)
+            except Exception as err:
+                log(f"warning: {e.name} does not answer /object_info now ({str(err).splitlines()[0][:200]})")
+                continue
+            by_digest.setdefault(digest, e)
+        infos = {}
+        for e in by_digest.values():
             try:
                 infos[e.name] = self.ray.get(e.actor.object_info.remote(), timeout=120)
             except Exception as err:

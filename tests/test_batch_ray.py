@@ -17,7 +17,10 @@ import pytest
 
 # Ray binds a Linux head to the machine's network address and resolves 127.0.0.1 to it, read when ray
 # is imported; Ray's single-machine mode keeps every Ray process, and this test's drivers, on loopback.
+# Token authentication with this run's own token, also read when ray is imported (in-process drivers).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 ray = pytest.importorskip("ray", reason="the Ray engine is optional: pip install 'comfyui-fewstep[ray]'")
 
 from comfy_host import ComfyServer, comfy_path, make_base_directory
@@ -37,11 +40,8 @@ WAIT = 180
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A local Ray cluster on 127.0.0.1 owned by a keeper process (closing its stdin shuts it down),
-    with token authentication: the token is this module's own, in the environment of every driver."""
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    """A local Ray cluster on 127.0.0.1 owned by a keeper process (closing its stdin shuts it down);
+    its token is this module's own, in the environment of every driver."""
     keeper = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, ray\n"
@@ -60,11 +60,6 @@ def cluster(tmp_path_factory):
             keeper.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(keeper.pid, signal.SIGKILL)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
