@@ -110,7 +110,7 @@ class _Pause:
 
 class _JobRun:
     def __init__(self):
-        self.events, self.result, self.lock = [], None, threading.Lock()
+        self.events, self.result, self.lock = [], None, threading.Condition()
 
 
 class ComfyServerHost:
@@ -219,6 +219,7 @@ class ComfyServerHost:
             data.pop("job", None)
             with run.lock:
                 run.events.append((kind, data))
+                run.lock.notify_all()
 
         worker = ServerWorker(self.url, _Pause(), recorder, out, options, emit)
         try:
@@ -237,12 +238,16 @@ class ComfyServerHost:
             shutil.rmtree(out, ignore_errors=True)
         with run.lock:
             run.result = result
+            run.lock.notify_all()
 
-    def poll(self, key: str) -> dict:
+    def poll(self, key: str, wait: float = 0.0) -> dict:
+        """The job's events since the last poll and its result once it has one; waits up to `wait`
+        seconds for either, so the driver hears of the end at once and makes few calls."""
         run = self.runs.get(key)
         if run is None:
             return {"events": [], "result": {"dropped": "the actor does not know this job (restarted?)", "sent": True}}
         with run.lock:
+            run.lock.wait_for(lambda: run.events or run.result is not None, timeout=wait)
             events, run.events = run.events, []
             result = run.result
         if result is not None:
@@ -256,7 +261,7 @@ class RayWorker(QueueWorker):
     """Driver thread for one actor: journals each job before handing it out, relays the actor's
     progress, writes the outputs and the records the actor returns; an actor that dies is a drop."""
 
-    POLL = 0.5
+    POLL_WAIT = 2.0  # the actor answers a poll as soon as it has news, else after this long
 
     def __init__(self, executor, queue, manifest, out_dir, options, emit, engine):
         super().__init__(executor.name, queue, manifest, out_dir, options, emit)
@@ -301,7 +306,7 @@ class RayWorker(QueueWorker):
         while True:
             if self.queue.stopped:
                 return
-            polled = self._call("poll", job.key)
+            polled = self._call("poll", job.key, self.POLL_WAIT)
             final = []
             for kind, data in polled["events"]:
                 (final if kind in FINAL_EVENTS else []).append((kind, data))
@@ -315,7 +320,6 @@ class RayWorker(QueueWorker):
                 return
             if time.time() > deadline:
                 raise Dropped(f"actor {self.executor.name} gave no result within {self.opt.timeout + 60:g} s", sent=True)
-            time.sleep(self.POLL)
 
     def _record(self, job, base, result):
         if "dropped" in result:
