@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .runner import RunError, run_batch
 from .sweep import merge_plans, plan_from_cli, plan_from_file
-from .workflow import InputError
+from .workflow import InputError, load_workflow
 from .worker import Options
 
 EPILOG = """\
@@ -57,12 +57,46 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-checks", action="store_true", help="do not check inputs against /object_info")
     p.add_argument("--dry-run", action="store_true", help="check and list the jobs; send nothing")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    ray = p.add_argument_group("cluster engine (--engine ray; needs pip install 'comfyui-fewstep[ray]')")
+    ray.add_argument("--engine", choices=("servers", "ray"), default="servers",
+                     help="servers: the --server list (default); ray: Ray places one ComfyUI server per GPU "
+                          "(--server URLs, if given, are attached to instead of starting servers)")
+    ray.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster ('auto', host:6379, "
+                     "ray://host:10001); default: start a local one")
+    ray.add_argument("--ray-servers", type=int, default=0, metavar="N",
+                     help="server actors to start (default: one per GPU in the cluster, one if it has none)")
+    ray.add_argument("--ray-comfyui", metavar="DIR", help="ComfyUI folder on every node (default: $COMFYUI_PATH there)")
+    ray.add_argument("--ray-python", metavar="EXE", help="python that runs ComfyUI on the nodes (default: Ray's)")
+    ray.add_argument("--ray-comfy-arg", action="append", default=[], metavar="ARG",
+                     help="extra main.py argument, repeatable (e.g. --ray-comfy-arg=--lowvram)")
+    ray.add_argument("--ray-gpus-per-server", type=float, default=None, metavar="G",
+                     help="GPUs per server actor (default 1 when the cluster has GPUs, else 0)")
+    ray.add_argument("--ray-cpus-per-server", type=float, default=1.0, metavar="C", help="CPUs per server actor (default 1)")
+    ray.add_argument("--ray-startup-timeout", type=float, default=300.0, metavar="S",
+                     help="seconds for a server to come up (default 300)")
+    ray.add_argument("--ray-max-restarts", type=int, default=3, metavar="N",
+                     help="restarts of a dead actor, each with a fresh server (default 3)")
     return p
+
+
+def ray_engine(args, servers):
+    """The Ray engine for these arguments (imported only here: the plain runner needs no Ray)."""
+    from .ray_engine import RayEngine, RaySettings
+    try:
+        settings = RaySettings(address=args.ray_address, servers=args.ray_servers, comfyui=args.ray_comfyui,
+                               python=args.ray_python, comfy_args=tuple(args.ray_comfy_arg),
+                               gpus_per_server=args.ray_gpus_per_server, cpus_per_server=args.ray_cpus_per_server,
+                               attach=tuple(servers), startup_timeout=args.ray_startup_timeout,
+                               max_restarts=args.ray_max_restarts)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return RayEngine(settings)
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    servers = [s for item in (args.server or ["http://127.0.0.1:8188"]) for s in item.split(",") if s.strip()]
+    default = [] if args.engine == "ray" else ["http://127.0.0.1:8188"]
+    servers = [s for item in (args.server or default) for s in item.split(",") if s.strip()]
     out = Path(args.out) if args.out else Path(f"batch-{Path(args.workflow).stem}")
     options = Options(timeout=args.timeout, job_retries=args.job_retries, server_retries=args.server_retries,
                       backoff=args.backoff, poll=args.poll, include_temp=args.include_temp)
@@ -70,8 +104,11 @@ def main(argv=None) -> int:
         plan = plan_from_cli(args.set, getattr(args, "axes", None) or [])
         if args.sweep_file:
             plan = merge_plans(plan_from_file(args.sweep_file), plan)
+        if args.engine == "ray":
+            load_workflow(args.workflow)  # a UI-format file is refused before any cluster starts
+        engine = ray_engine(args, servers) if args.engine == "ray" else None
         summary = run_batch(args.workflow, plan, servers, out, options, skip_checks=args.skip_checks,
-                            dry_run=args.dry_run, quiet=args.quiet)
+                            dry_run=args.dry_run, quiet=args.quiet, engine=engine)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -87,7 +87,11 @@ def _adopt(job, rec, servers, log):
 
 
 def run_batch(workflow, plan: Plan, servers, out_dir, options: Options | None = None, *, skip_checks=False,
-              dry_run=False, quiet=False, on_event=None, stream=None) -> Summary:
+              dry_run=False, quiet=False, on_event=None, stream=None, engine=None) -> Summary:
+    """Runs every job of `plan` once. `servers`: ComfyUI URLs (the plain runner, one worker thread
+    each); or `engine` (e.g. batch.ray_engine.RayEngine), which places its own servers and gives one
+    worker per server: then `servers` is unused. Either way the manifest, the checks and the queue
+    are the same."""
     stream = stream or sys.stderr
     options = options or Options()
 
@@ -96,10 +100,25 @@ def run_batch(workflow, plan: Plan, servers, out_dir, options: Options | None = 
             print(text, file=stream, flush=True)
 
     workflow = load_workflow(workflow) if not isinstance(workflow, dict) else check_api_format(workflow)
-    servers = list(dict.fromkeys(normalise_url(s) for s in servers))
-    if not servers:
-        raise InputError("no server given; pass --server http://host:port (one per GPU)")
-    infos = None if skip_checks else fetch_object_infos(servers, log)
+    if engine is None:
+        servers = list(dict.fromkeys(normalise_url(s) for s in servers))
+        if not servers:
+            raise InputError("no server given; pass --server http://host:port (one per GPU)")
+        infos = None if skip_checks else fetch_object_infos(servers, log)
+    else:
+        servers = engine.start(log)
+    try:
+        if engine is not None:
+            infos = None if skip_checks else engine.object_infos(log)
+        return _run_checked(workflow, plan, servers, infos, out_dir, options, dry_run, quiet, on_event, stream,
+                            engine, log)
+    finally:
+        if engine is not None:
+            engine.shutdown()
+
+
+def _run_checked(workflow, plan, servers, infos, out_dir, options, dry_run, quiet, on_event, stream, engine,
+                 log) -> Summary:
     jobs = plan_jobs(workflow, plan, infos)
 
     out_dir = Path(out_dir)
@@ -135,7 +154,11 @@ def run_batch(workflow, plan: Plan, servers, out_dir, options: Options | None = 
                 skipped.append(job)
                 continue
             if rec and rec.get("status") == "submitted":
-                _adopt(job, rec, servers, log)
+                if engine is None:
+                    _adopt(job, rec, servers, log)
+                else:
+                    target = engine.adopt_target(rec)
+                    job.attach = (target, rec["prompt_id"]) if target else None
             todo.append(job)
         manifest.write({"run": {"workflow": wf_copy.name, "servers": servers, "jobs": len(jobs),
                                 "already_done": len(skipped), "to_run": len(todo),
@@ -144,8 +167,9 @@ def run_batch(workflow, plan: Plan, servers, out_dir, options: Options | None = 
         log(f"{len(jobs)} jobs: {len(skipped)} already done, {len(todo)} to run on {len(servers)} server(s)")
         summary = Summary(jobs, skipped=skipped, out_dir=out_dir)
         if todo:
-            summary.sent = _run_queue(todo, servers, manifest, out_dir, options, len(jobs), len(skipped),
-                                      quiet, on_event, stream)
+            make_worker = ServerWorker if engine is None else engine.worker
+            summary.sent = _run_queue(todo, servers, make_worker, manifest, out_dir, options, len(jobs),
+                                      len(skipped), quiet, on_event, stream)
         summary.states = manifest.states()
     finally:
         manifest.close()
@@ -153,7 +177,8 @@ def run_batch(workflow, plan: Plan, servers, out_dir, options: Options | None = 
     return summary
 
 
-def _run_queue(todo, servers, manifest, out_dir, options, total, already, quiet, on_event, stream) -> int:
+def _run_queue(todo, servers, make_worker, manifest, out_dir, options, total, already, quiet, on_event,
+               stream) -> int:
     queue = JobQueue(todo)
     bar = ProgressBar(total, servers, stream=stream, quiet=quiet, already_done=already)
     sent = [0]
@@ -165,7 +190,7 @@ def _run_queue(todo, servers, manifest, out_dir, options, total, already, quiet,
         if on_event is not None:
             on_event(kind, **data)
 
-    workers = [ServerWorker(url, queue, manifest, out_dir, options, emit) for url in servers]
+    workers = [make_worker(url, queue, manifest, out_dir, options, emit) for url in servers]
     for w in workers:
         w.start()
     try:

@@ -45,6 +45,7 @@ class Job:
     prompt: dict
     attach: tuple | None = None   # (server url, prompt id) of an earlier run's submission to adopt
     drops: int = 0                # times a server dropped while holding this job
+    prompt_id: str | None = None  # chosen by a driver that journals the submission itself (Ray engine)
 
 
 def parse_target(label: str) -> Target:

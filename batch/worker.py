@@ -67,20 +67,33 @@ def _timestamps(entry: dict) -> dict:
     return {"run_s": round((end - start) / 1000, 3)} if start and end else {}
 
 
-class ServerWorker(threading.Thread):
+class QueueWorker(threading.Thread):
+    """Takes jobs from the shared queue for one executor (`self.url` keys it in the queue and the
+    manifest) until the queue is empty, with back-off while the executor is down and bounded re-queues
+    of the job it held when it dropped. Subclasses say how a job runs and how health is checked."""
+
     def __init__(self, url: str, queue, manifest, out_dir: Path, options: Options, emit):
         super().__init__(name=f"worker {url}", daemon=True)
-        self.client = ComfyClient(url, timeout=options.http_timeout)
-        self.url = self.client.url
+        self.url = url
         self.queue, self.manifest, self.out_dir, self.opt, self._emit = queue, manifest, Path(out_dir), options, emit
-        self.client_id = f"fewstep-batch-{uuid.uuid4().hex[:12]}"
-        self.ws = None
         self.gave_up = False
         self.jobs_done = 0
         self._current_pid = None
 
     def emit(self, kind, **data):
         self._emit(kind, server=self.url, **data)
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def run_job(self, job):
+        raise NotImplementedError
+
+    def cancel(self, prompt_id: str):
+        """Best effort: the executor may only be slow or have lost our connection."""
+
+    def close(self):
+        """Releases connections when the loop ends."""
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -97,12 +110,12 @@ class ServerWorker(threading.Thread):
                     self.emit("server_retry", delay=delay, attempt=failures)
                     if self.queue.sleep(delay):
                         return
-                    if not self.client.alive():
+                    if not self.alive():
                         failures += 1
                         continue
                     self.emit("server_back")
                     failures = 0
-                elif not self.client.alive():
+                elif not self.alive():
                     self.emit("server_down", reason="no answer to /system_stats")
                     failures = 1
                     continue
@@ -115,7 +128,7 @@ class ServerWorker(threading.Thread):
                 except Dropped as d:
                     d.prompt_id = d.prompt_id or self._current_pid
                     failures = 1
-                    self._close_ws()
+                    self.close()
                     self.emit("server_down", reason=d.reason)
                     self._dropped(job, d)
                 except Exception as e:  # a bug or a local disk error: record it, keep the queue moving
@@ -124,18 +137,16 @@ class ServerWorker(threading.Thread):
                     self.emit("failed", job=job, error=f"runner error: {e}")
                     self.queue.finish(job)
         finally:
-            self._close_ws()
+            self.close()
             self.queue.release_server(self.url)
 
     def _dropped(self, job, d: Dropped):
         if d.sent:
             job.drops += 1
             if d.prompt_id:
-                try:  # the server may only be slow or have lost our connection: do not let it run on
-                    ComfyClient(self.url, timeout=3).cancel(d.prompt_id)
-                except (ServerDown, ServerRefused):
-                    pass
+                self.cancel(d.prompt_id)
         job.attach = None
+        job.prompt_id = None
         base = {"job": job.key, "index": job.index, "params": job.params, "server": self.url}
         if job.drops > self.opt.job_retries:
             self.manifest.write({**base, "status": "failed", "error": f"servers dropped this job {job.drops} "
@@ -146,6 +157,30 @@ class ServerWorker(threading.Thread):
             self.manifest.write({**base, "status": "requeued", "reason": d.reason, "drops": job.drops})
             self.emit("requeued", job=job, reason=d.reason)
             self.queue.requeue(job)
+
+
+class ServerWorker(QueueWorker):
+    """One ComfyUI server over HTTP: submits each job, follows it over the websocket (with /queue and
+    /history as the source of truth), fetches its outputs and records it."""
+
+    def __init__(self, url: str, queue, manifest, out_dir: Path, options: Options, emit):
+        client = ComfyClient(url, timeout=options.http_timeout)
+        super().__init__(client.url, queue, manifest, out_dir, options, emit)
+        self.client = client
+        self.client_id = f"fewstep-batch-{uuid.uuid4().hex[:12]}"
+        self.ws = None
+
+    def alive(self) -> bool:
+        return self.client.alive()
+
+    def cancel(self, prompt_id: str):
+        try:
+            ComfyClient(self.url, timeout=3).cancel(prompt_id)
+        except (ServerDown, ServerRefused):
+            pass
+
+    def close(self):
+        self._close_ws()
 
     # --- one job ---------------------------------------------------------------------------------
 
@@ -171,7 +206,7 @@ class ServerWorker(threading.Thread):
             self.emit("adopted", job=job, prompt_id=prompt_id)
         else:
             self._ws()
-            prompt_id = str(uuid.uuid4())
+            prompt_id = job.prompt_id or str(uuid.uuid4())
             self._current_pid = prompt_id
             # journaled before the POST: a runner killed right after it can still find the job on resume
             self.manifest.write({**base, "status": "submitted", "prompt_id": prompt_id, "client_id": self.client_id})
