@@ -2,7 +2,7 @@
 against `--engine ray` attached to those servers, for 1, 2 and 4 headless CPU ComfyUI servers running
 the exact-denoiser lab workflow, on a local Ray cluster kept on loopback.
 
-    eval "$(bash scripts/host.sh)"; "$FEWSTEP_PYTHON" bench/bench_batch_ray.py [--jobs 48] [--servers 1 2 4]
+    eval "$(bash scripts/host.sh)"; "$FEWSTEP_PYTHON" -m bench.bench_batch_ray [--jobs 48] [--servers 1 2 4]
 
 Prints a markdown table: jobs per minute once jobs flow (engine start-up and /object_info checks
 reported apart), the runner's own time per job (submission to record, minus
@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep Ray on loopback (see tests/test_batch_ray.py)
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
-from comfy_host import ComfyServer  # noqa: E402
+from tests.support.comfy_host import ComfyServer  # noqa: E402
 
 from batch import Options, plan_from_cli, run_batch  # noqa: E402
 from batch.manifest import read_records  # noqa: E402

@@ -23,7 +23,7 @@ os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 ray = pytest.importorskip("ray", reason="the Ray engine is optional: pip install 'comfyui-fewstep[ray]'")
 
-from comfy_host import ComfyServer, comfy_path, make_base_directory
+from tests.support.comfy_host import ComfyServer, comfy_path, make_base_directory
 
 from batch import Options, plan_from_cli, run_batch
 from batch.manifest import read_records
