@@ -377,11 +377,14 @@ class LaunchFreeUNet:
         by_id = {id(v): s for v, s in zip(walk.tensors, statics)}
         for s, v in zip(statics, walk.tensors):
             s.copy_(v)
-        s_args = _substitute(args, by_id)
-        s_kwargs = _substitute(kwargs, by_id)
-        s_options = _substitute(transformer_options, by_id, top_options=True)
+        template = (_substitute(args, by_id), _substitute(transformer_options, by_id, top_options=True),
+                    _substitute(kwargs, by_id))
+        del by_id
 
         def run():
+            # Fresh containers every run: the UNet pops ControlNet lists and writes into
+            # transformer_options, and the warm-up must not leave the capture an emptied structure.
+            s_args, s_options, s_kwargs = _substitute(template, {})
             return executor(*s_args, s_options, **s_kwargs)
 
         label = _describe(signature[0][1])

@@ -261,3 +261,27 @@ def test_gated_freeu_reads_each_calls_sigma_through_the_static_buffer(comfy, une
     model = launch_free(nodes, patched, backend, bridge=bridge)
     assert torch.equal(plain, ksampler(nodes, model, steps=6))
     assert backend.captures == 1 and bridge.find(model).counts["replays"] == 5
+
+
+def test_controlnet_style_input_is_a_graph_input(comfy, unet, bridge):
+    """A ControlNet's per-call residuals reach the UNet as the `control` argument (lists the UNet pops
+    from): they are static buffers of the graph, refilled at every replay."""
+    import comfy.patcher_extension as pe
+    nodes, _ = comfy
+    backend = StandInCapture()
+    model = launch_free(nodes, unet, backend, bridge=bridge)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(1, 4, 8, 8, generator=gen)
+    ctx = cond(4)[0][0]
+    s = torch.tensor([1.2])
+    for _ in range(3):
+        residual = torch.randn(1, 128, 2, 2, generator=gen)  # the middle block's features
+        opts = {"sigmas": s, "wrappers": {pe.WrappersMP.APPLY_MODEL: {"k": [bridge.find(model)]}}}
+        with torch.inference_mode():
+            got = model.model.apply_model(x, s, c_crossattn=ctx, control={"middle": [residual.clone()]},
+                                          transformer_options=opts)
+            want = unet.model.apply_model(x, s, c_crossattn=ctx, control={"middle": [residual.clone()]},
+                                          transformer_options={"sigmas": s})
+            plain = unet.model.apply_model(x, s, c_crossattn=ctx, transformer_options={"sigmas": s})
+        assert torch.equal(got, want) and not torch.equal(got, plain)
+    assert backend.captures == 1 and bridge.find(model).counts["replays"] == 2
