@@ -19,7 +19,7 @@ through ComfyUI's model calls gets it.
   fingerprint of parameter addresses).
 - Eager fallback, with one log line per reason, where a replay could differ from the eager call:
   no capture device, weights not all resident (lowvram, partial or dynamic loading), weight hooks,
-  autograd, a host tensor input, a capture error (host reads, e.g. a patch calling .item(), fail
+  autograd, an input tensor on another accelerator, a capture error (host reads, e.g. a patch calling .item(), fail
   the capture), or a first replay that differs from the eager call of the same inputs (`verify`).
 
 The capture itself is behind a backend object (`CudaGraphBackend` here; tests inject a stand-in
@@ -40,7 +40,6 @@ WRAPPER_KEY = "fewstep_launch_free"
 # UNet code never reads them) or written by the UNet itself during a call: not part of a signature.
 VOLATILE_OPTIONS = frozenset({"uuids", "transformer_index", "block", "block_index", "original_shape",
                               "activations_shape"})
-HOST_TENSOR_MAX = 64  # small host tensors (e.g. a CPU σ list) are part of the signature by value
 _PLAIN = (type(None), bool, int, float, str, bytes, torch.dtype, torch.device)
 
 
@@ -95,13 +94,14 @@ class CudaGraphBackend:
             eager = run()  # warm-up, and the reference the first replay is checked against
         torch.cuda.current_stream(device).wait_stream(stream)
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # torch.cuda.graph empties it too: measure the pool's growth alone
         reserved = torch.cuda.memory_reserved(device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool, stream=stream):
             output = run()
         if not torch.is_tensor(output):
             raise Fallback(f"the model returned {type(output).__name__}, not a tensor")
-        return CapturedGraph(graph, output, torch.cuda.memory_reserved(device) - reserved), eager
+        return CapturedGraph(graph, output, max(0, torch.cuda.memory_reserved(device) - reserved)), eager
 
     def release(self, device=None):
         """Forgets the memory pools (their memory returns once no graph uses it)."""
@@ -125,26 +125,25 @@ def default_backend():
 class _Walk:
     """One pass over a call's arguments: the signature key and the tensors in slot order."""
 
-    def __init__(self, capture_device_ok):
+    def __init__(self, device: torch.device):
         self.tensors = []
         self.seen = {}
         self.refs = []
-        self.device_ok = capture_device_ok
+        self.device = device
 
     def key(self, obj, top_options=False):
         if isinstance(obj, torch.Tensor):
             slot = self.seen.get(id(obj))
             if slot is not None:
                 return ("alias", slot)
-            if self.device_ok(obj.device):
-                self.seen[id(obj)] = len(self.tensors)
-                self.tensors.append(obj)
-                return ("T", tuple(obj.shape), obj.stride(), obj.dtype, str(obj.device))
-            if obj.numel() <= HOST_TENSOR_MAX:
-                self.refs.append(obj)
-                return ("V", tuple(obj.shape), obj.dtype, str(obj.device), tuple(obj.reshape(-1).tolist()))
-            raise Fallback(f"a {tuple(obj.shape)} tensor on {obj.device} among the inputs (not in device "
-                           "memory, so a graph cannot read it)")
+            # Host tensors (ComfyUI keeps conditioning on the CPU and casts it inside the call) get a
+            # device buffer too: the H2D copy happens before the replay instead of inside the call.
+            if obj.device != self.device and obj.device.type != "cpu":
+                raise Fallback(f"a {tuple(obj.shape)} tensor on {obj.device} among the inputs (neither on the "
+                               f"model's device {self.device} nor on the host)")
+            self.seen[id(obj)] = len(self.tensors)
+            self.tensors.append(obj)
+            return ("T", tuple(obj.shape), obj.stride(), obj.dtype, obj.device.type)
         if isinstance(obj, _PLAIN):
             return (type(obj).__name__, obj)
         if isinstance(obj, dict):
@@ -174,11 +173,11 @@ def _substitute(obj, statics: dict, top_options=False):
     return obj
 
 
-def _static_like(t: torch.Tensor) -> torch.Tensor:
+def _static_like(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     with torch.inference_mode(False), torch.no_grad():  # usable inside and outside inference mode
-        if t.is_contiguous():
-            return torch.empty(t.shape, dtype=t.dtype, device=t.device)
-        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+        if t.is_contiguous() or t.device != device:
+            return torch.empty(t.shape, dtype=t.dtype, device=device)
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
 
 
 def _describe(args_key) -> str:
@@ -355,7 +354,7 @@ class LaunchFreeUNet:
         reason = self._check_state(base, device)
         if reason:
             raise Fallback(reason)
-        walk = _Walk(lambda d: d == device)
+        walk = _Walk(device)
         args = (x, t, c_concat, c_crossattn, control)
         signature = (walk.key(args), walk.key(kwargs), walk.key(transformer_options, top_options=True))
         refused = self.refused.get(signature)
@@ -366,17 +365,17 @@ class LaunchFreeUNet:
             return self._capture(executor, signature, walk, args, kwargs, transformer_options, device)
         self.entries.move_to_end(signature)
         for static, value in zip(entry.statics, walk.tensors):
-            static.copy_(value)
+            static.copy_(value, non_blocking=True)  # host sources: staged by the driver, no stream sync
         entry.captured.replay()
         entry.replays += 1
         self.counts["replays"] += 1
         return entry.captured.output.clone()
 
     def _capture(self, executor, signature, walk, args, kwargs, transformer_options, device):
-        statics = [_static_like(v) for v in walk.tensors]
+        statics = [_static_like(v, device) for v in walk.tensors]
         by_id = {id(v): s for v, s in zip(walk.tensors, statics)}
         for s, v in zip(statics, walk.tensors):
-            s.copy_(v)
+            s.copy_(v, non_blocking=True)
         template = (_substitute(args, by_id), _substitute(transformer_options, by_id, top_options=True),
                     _substitute(kwargs, by_id))
         del by_id
