@@ -285,3 +285,24 @@ def test_controlnet_style_input_is_a_graph_input(comfy, unet, bridge):
             plain = unet.model.apply_model(x, s, c_crossattn=ctx, transformer_options={"sigmas": s})
         assert torch.equal(got, want) and not torch.equal(got, plain)
     assert backend.captures == 1 and bridge.find(model).counts["replays"] == 2
+
+
+def test_weight_hooks_fall_back(comfy, unet, bridge):
+    """Conditioning with a weight hook (ComfyUI's hook LoRA): the hooked weights are patched per
+    keyframe while sampling, so the calls run eagerly."""
+    import comfy.hooks as comfy_hooks
+    nodes, _ = comfy
+    key = next(k for k in unet.model_state_dict() if k.endswith("out.2.weight"))
+    weights = {key: unet.model_state_dict()[key] * 1.5}
+    hooks = comfy_hooks.create_hook_model_as_lora(weights, None, 1.0, 1.0)
+    pos = comfy_hooks.set_hooks_for_conditioning(cond(1), hooks)
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+
+    def run(model):
+        with torch.inference_mode():
+            return nodes.common_ksampler(model, 0, 3, 5.5, "dpmpp_2m", "karras", pos, cond(2), latent)[0]["samples"]
+    want = run(unet)
+    model = launch_free(nodes, unet, StandInCapture(), bridge=bridge)
+    assert torch.equal(run(model), want)
+    assert not torch.equal(want, ksampler(nodes, unet, steps=3))  # the hook changed the result
+    assert "weight hooks" in bridge.find(model).last_fallback
