@@ -196,6 +196,10 @@ class _Entry:
 
 
 # ----------------------------------------------------------------------------- the wrapper
+def _address(t) -> int:
+    return t.data_ptr() if isinstance(t, torch.Tensor) else 0
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -288,7 +292,7 @@ class LaunchFreeUNet:
         return (id(base), self.generation, str(getattr(base, "device", None)), str(device),
                 getattr(base, "current_weight_patches_uuid", None), bool(getattr(base, "model_lowvram", False)),
                 getattr(base, "lowvram_patch_counter", 0), getattr(base, "model_loaded_weight_memory", 0),
-                tuple(getattr(m, n).data_ptr() for m, n in params))
+                tuple(_address(getattr(m, n, None)) for m, n in params))
 
     def _residency_reason(self, base, device):
         """Why the weights cannot be read from a graph (None: all resident on `device`)."""
@@ -321,7 +325,6 @@ class LaunchFreeUNet:
         state = self._weight_state(base, device)
         if state != self.state:
             if self.state is not None:
-                log.debug("FewStep launch-free UNet: weight state %s -> %s", self.state, state)
                 self.clear("the model's weights, patches or placement changed")
             self.state_reason = self._residency_reason(base, device)
             self.state = self._weight_state(base, device)  # with the new fingerprint
