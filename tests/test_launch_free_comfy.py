@@ -306,3 +306,17 @@ def test_weight_hooks_fall_back(comfy, unet, bridge):
     assert torch.equal(run(model), want)
     assert not torch.equal(want, ksampler(nodes, unet, steps=3))  # the hook changed the result
     assert "weight hooks" in bridge.find(model).last_fallback
+
+
+def test_freeu_buffers_dropped_from_its_caches_stay_alive(comfy):
+    """A graph captured around FewStep FreeU's fused blocks holds the addresses of its filter factors
+    and counters: the caches keep what they drop referenced."""
+    fused = pack_module(comfy[1], "freeu.fused")
+    before = len(fused._retired)
+    first = fused._factors(8, 8, 1, 0.5, torch.device("cpu"))
+    for i in range(fused._FACTOR_CACHE_MAX):
+        fused._factors(8, 8 + i + 1, 1, 0.5, torch.device("cpu"))
+    assert any(entry is first for entry in fused._retired[before:])
+    small = fused._tile_counters(torch.device("cpu"), 8)
+    fused._tile_counters(torch.device("cpu"), small.numel() + 1)
+    assert any(buf is small for buf in fused._retired)
