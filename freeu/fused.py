@@ -65,6 +65,9 @@ _kernel = None
 _broken: set = set()        # devices where compiling or launching failed: torch route there
 _factor_cache: dict = {}
 _FACTOR_CACHE_MAX = 64
+# Device buffers dropped from the caches below stay referenced here: a CUDA graph captured around a
+# block (bridge/cuda_graph.py) holds their addresses, and freed memory could be handed to other tensors.
+_retired: list = []
 
 # The launch settings a benchmark may sweep: public name -> the module global the launches read.
 _LAUNCH_SETTINGS = {"tile": "_TILE", "num_warps": "_NUM_WARPS", "scale_piece": "_SCALE_PIECE",
@@ -183,6 +186,8 @@ def _tile_counters(device: torch.device, n: int) -> torch.Tensor:
     if buf is None or buf.numel() < n:
         with torch.inference_mode(False):
             buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        if key in _counters:
+            _retired.append(_counters[key])
         _counters[key] = buf
     return buf
 
@@ -213,6 +218,7 @@ def _factors(height: int, width: int, threshold: int, scale: float, device: torc
         hit = (er_p, ec_p, a.to(device=device, dtype=torch.float32),
                b.to(device=device, dtype=torch.float32), pp)
     if len(_factor_cache) >= _FACTOR_CACHE_MAX:
+        _retired.extend(_factor_cache.values())
         _factor_cache.clear()
     _factor_cache[key] = hit
     return hit

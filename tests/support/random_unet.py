@@ -19,6 +19,15 @@ SDXL_UNET = {
     "use_temporal_attention": False, "use_temporal_resblock": False,
 }
 
+SD15_UNET = {
+    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+    "model_channels": 320, "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_spatial_transformer": True,
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8, "legacy": False,
+    "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
 # SDXL's block structure (label embedding, linear transformers) at a width a CPU runs in milliseconds.
 TINY_SDXL_UNET = {
     "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
@@ -75,6 +84,10 @@ def build(unet_config: dict, dtype=torch.float32, device=None, seed: int = 0, fa
 
 def tiny_sd15(dtype=torch.float32, device=None, seed: int = 0):
     return build(TINY_SD15_UNET, dtype=dtype, device=device, seed=seed, family="sd15")
+
+
+def sd15(dtype=torch.float16, device=None, seed: int = 0):
+    return build(SD15_UNET, dtype=dtype, device=device, seed=seed, family="sd15")
 
 
 def sdxl(dtype=torch.float16, device=None, seed: int = 0):
