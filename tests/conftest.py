@@ -11,6 +11,10 @@ if os.environ.get("FEWSTEP_TEST_DEVICE", "cpu") == "cpu":
 # top-level `samplers` / `freeu`, the test support as `tests.support`. It is imported here, before
 # any test puts ComfyUI's root (which has a `tests` package of its own) in front of the repo root.
 from tests.support.comfy_host import ComfyServer, load_inprocess  # noqa: E402
+# Likewise the maths packages: ComfyUI's nodes.py puts its comfy/ folder first on sys.path, where
+# comfy/samplers.py would shadow ours for a test module first imported after ComfyUI loaded.
+import freeu  # noqa: E402,F401
+import samplers  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
