@@ -89,8 +89,10 @@ def _runners(nodes, patcher, pos, neg, side):
                                                seed=SEED, disable_pbar=True)
 
     def recipe_run(cfg):
+        # SDXL: the paper's 1024² setting (its FreeU window); tiny: the 512 preset with a window from step 4
+        options = dict(freeu="on", freeu_start_index=4) if side <= 64 else dict(freeu="auto")
         model, sigmas, sampler, _ = recipe.build(patcher, "512 (SD1.5)" if side <= 64 else "1024 (SDXL)", STEPS,
-                                                 "unipc_fs", freeu="on")
+                                                 "unipc_fs", **options)
         return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, pos, neg, latent, seed=SEED,
                                           disable_pbar=True)
 
@@ -160,8 +162,16 @@ def child(mode, tiny, out_dir: Path, budget_s: float):
                     if time.perf_counter() - t_start > budget_s:
                         result["not_run"].append(f"{name} cfg {cfg} {gm_name}")
                         continue
-                    with gm():
-                        out, peak, after, secs = _measure(fn, cfg, cuda)
+                    try:
+                        with gm():
+                            out, peak, after, secs = _measure(fn, cfg, cuda)
+                    except Exception as e:  # recorded (an OOM is a finding), the other rows still run
+                        row = {"cfg": cfg, "grad_mode": gm_name, "sampler": name,
+                               "error": f"{type(e).__name__}: {str(e)[:200]}"}
+                        result["rows"].append(row)
+                        print(json.dumps(row), flush=True)
+                        gc.collect()
+                        continue
                     base = peak if name == "ComfyUI dpmpp_2m" else base
                     row = {"cfg": cfg, "grad_mode": gm_name, "sampler": name, "peak_mib": peak / 2**20,
                            "after_mib": after / 2**20, "seconds": secs, "ratio": peak / base if base else None,
@@ -226,6 +236,9 @@ def _table_memory(res):
              "", "| CFG | grad mode | sampler | peak MiB | × ComfyUI dpmpp_2m | MiB held after | s | finite | graph |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['cfg']:g} | {r['grad_mode']} | {r['sampler']} | ERROR {r['error']} | | | | | |")
+            continue
         ratio = f"{r['ratio']:.4f}" if r.get("ratio") else "-"
         lines.append(f"| {r['cfg']:g} | {r['grad_mode']} | {r['sampler']} | {r['peak_mib']:.0f} | {ratio} | "
                      f"{r['after_mib']:.0f} | {r['seconds']:.2f} | {r['finite']} | {r['graph']} |")
