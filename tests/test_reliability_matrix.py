@@ -105,7 +105,7 @@ def unets(comfy):
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_random_unet_every_sampler_every_dtype(env, unets, dtype):
     """fp16 / bf16 / fp32 weights (what --force-fp16 / --bf16-unet / --fp32-unet select), 4 and 30
-    steps, CFG 5: finite; 8 steps: the same seed twice is bitwise the same latent."""
+    steps, CFG 5: finite, and the same seed twice is bitwise the same latent (checked at 4 steps)."""
     _, samplers, _, _, _ = env
     unet = unets[dtype]
     assert unet.model.diffusion_model.dtype == DTYPES[dtype] and unet.model_dtype() == DTYPES[dtype]
@@ -114,8 +114,8 @@ def test_random_unet_every_sampler_every_dtype(env, unets, dtype):
         for steps in (4, 30):
             out = sample(unet, cond, name, steps, cfg=5.0)
             assert torch.isfinite(out).all(), (name, dtype, steps)
-        a, b = sample(unet, cond, name, 8, cfg=5.0), sample(unet, cond, name, 8, cfg=5.0)
-        assert torch.equal(a, b), (name, dtype)
+            if steps == 4:
+                assert torch.equal(out, sample(unet, cond, name, steps, cfg=5.0)), (name, dtype)
 
 
 def _batch_deviation(model, cond, name, steps=8):
