@@ -151,6 +151,12 @@ def test_every_sampler_node_and_schedule_node_builds_no_graph(env):
         if out.grad_fn is not None or saved or any(graphs):
             bad[name] = saved
     assert not bad, f"SAMPLER nodes that built autograd graphs (tensors saved): {bad}"
+    ksa = M["FewStepKSamplerAdvanced"]()
+    for override in ({}, {"sampler": _sampler_node_outputs(nodes, unet)["deis tab"], "sigmas": schedules["fscheduler"]}):
+        with torch.enable_grad(), counting_saved_tensors() as count:
+            out = ksa.sample(unet, "enable", 7, STEPS, 1.0, "fewstep_dpmpp_3m", "karras", cond, cond,
+                             {"samples": _latent()}, 0, 10000, "disable", **override)[0]["samples"]
+        assert out.grad_fn is None and count["saved"] == 0, list(override)
 
 
 def test_recipe_and_freeu_patch_build_no_graph_and_stay_differentiable_on_request(env):
