@@ -66,6 +66,13 @@ def submit(server, prompt, client_id):
     return body["prompt_id"]
 
 
+def interrupt(server):
+    """POST /interrupt as the UI's Cancel does (ComfyUI answers with an empty body)."""
+    req = urllib.request.Request(server.url + "/interrupt", data=b"{}", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
+
+
 def wait_history(server, pid, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -98,7 +105,7 @@ def test_interrupt_over_http_stops_the_run_and_the_next_prompt_equals_a_fresh_ru
                 seen = max(seen, int(data["value"]))
                 if posted_at is None and seen >= 20:
                     posted_at, t_post = seen, time.time()
-                    assert server.post("/interrupt", {})[0] == 200
+                    interrupt(server)
             elif event["type"] == "execution_interrupted":
                 stopped_at = seen
                 break
@@ -135,7 +142,7 @@ def test_batch_runner_records_an_interrupted_job_as_not_done_and_reruns_it(serve
     def on_event(kind, job=None, value=None, **_):
         if kind == "progress" and job is not None and job.index == 0 and not interrupted and (value or 0) >= 5:
             interrupted.append(value)
-            assert server.post("/interrupt", {})[0] == 200
+            interrupt(server)
 
     out = tmp_path / "out"
     first = run_batch(workflow, plan, [server.url], out, opts, on_event=on_event, quiet=True)
