@@ -16,7 +16,8 @@ at import:
   lowvram / novram / partial
            the same samplers and the recipe with ComfyUI's --lowvram, --novram, and a VRAM budget
            smaller than the model (--reserve-vram sized so that about half the weights fit), weights
-           offloaded to the CPU; each latent compared with the fully loaded run of the memory phase.
+           offloaded to the CPU, at 4 steps and CFG 1 (--novram streams every weight on every call);
+           each latent compared with the same run fully loaded in the memory phase.
 
 Writes results.json and prints markdown tables."""
 from __future__ import annotations
@@ -39,7 +40,9 @@ sys.path.insert(0, str(SCRIPTS))
 
 STEPS = 8
 CFGS = (1.0, 5.0)
-OFFLOAD_CFG = 5.0
+# Offloaded runs stream the weights on every call (--novram: all 5 GB of them), so they use 4 steps at
+# CFG 1 to fit every sampler into the run; the memory phase computes the same runs fully loaded.
+OFFLOAD_STEPS, OFFLOAD_CFG = 4, 1.0
 SEED = 0
 MODES = ("memory", "lowvram", "novram", "partial")
 
@@ -77,7 +80,7 @@ def _build_model(mode, tiny, device):
 
 
 def _runners(nodes, patcher, pos, neg, side):
-    """name -> fn(cfg) returning the latent, all through ComfyUI's sampling entry points."""
+    """name -> fn(cfg, steps) returning the latent, all through ComfyUI's sampling entry points."""
     import comfy.sample
     import comfy.samplers
     latent = torch.zeros(1, 4, side, side)
@@ -85,13 +88,13 @@ def _runners(nodes, patcher, pos, neg, side):
     recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]()
 
     def dropdown(name, scheduler="karras"):
-        return lambda cfg: comfy.sample.sample(patcher, noise, STEPS, cfg, name, scheduler, pos, neg, latent,
+        return lambda cfg, steps=STEPS: comfy.sample.sample(patcher, noise, steps, cfg, name, scheduler, pos, neg, latent,
                                                seed=SEED, disable_pbar=True)
 
-    def recipe_run(cfg):
-        # SDXL: the paper's 1024² setting (its FreeU window); tiny: the 512 preset with a window from step 4
-        options = dict(freeu="on", freeu_start_index=4) if side <= 64 else dict(freeu="auto")
-        model, sigmas, sampler, _ = recipe.build(patcher, "512 (SD1.5)" if side <= 64 else "1024 (SDXL)", STEPS,
+    def recipe_run(cfg, steps=STEPS):
+        # SDXL at 8 steps: the paper's 1024² setting (its FreeU window); otherwise a window from mid-run
+        options = dict(freeu="auto") if side > 64 and steps == 8 else dict(freeu="on", freeu_start_index=steps // 2)
+        model, sigmas, sampler, _ = recipe.build(patcher, "512 (SD1.5)" if side <= 64 else "1024 (SDXL)", steps,
                                                  "unipc_fs", **options)
         return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, pos, neg, latent, seed=SEED,
                                           disable_pbar=True)
@@ -104,7 +107,7 @@ def _runners(nodes, patcher, pos, neg, side):
     return runs
 
 
-def _measure(fn, cfg, cuda):
+def _measure(fn, cfg, cuda, steps=STEPS):
     """(latent, peak allocated bytes, allocated after the run with the latent alive, seconds)."""
     gc.collect()
     if cuda:
@@ -112,7 +115,7 @@ def _measure(fn, cfg, cuda):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    out = fn(cfg)
+    out = fn(cfg, steps)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
@@ -121,7 +124,7 @@ def _measure(fn, cfg, cuda):
     return out, peak, after, seconds
 
 
-def child(mode, tiny, out_dir: Path, budget_s: float):
+def child(mode, tiny, out_dir: Path, budget_s: float, smoke: bool = False):
     t_start = time.perf_counter()
     if tiny:
         torch.set_num_threads(1)  # a smoke run on a shared CPU: extra threads only spin
@@ -131,6 +134,9 @@ def child(mode, tiny, out_dir: Path, budget_s: float):
     patcher, pos, neg = _build_model(mode, tiny, device)
     side = 16 if tiny else 128
     runs = _runners(nodes, patcher, pos, neg, side)
+    if smoke:
+        keep = ("ComfyUI dpmpp_2m", "fewstep_dpmpp_2m", "fewstep_dpmpp_2s", "FewStep recipe (UniPC+AFS+FreeU)")
+        runs = {k: v for k, v in runs.items() if k in keep}
     result = {"mode": mode, "device": torch.cuda.get_device_name() if cuda else "CPU", "torch": torch.__version__,
               "vram_state": mm.vram_state.name, "rows": [], "not_run": []}
     import comfyui_version
@@ -139,7 +145,7 @@ def child(mode, tiny, out_dir: Path, budget_s: float):
     if mode == "partial" and cuda:
         import comfy.sampler_helpers
         conds = {"positive": pos, "negative": neg}
-        # what ComfyUI's loader will ask for at CFG 5 (batch-2 chunks), then reserve all but half the weights
+        # what ComfyUI's loader will ask for at CFG 1 (batch 1), then reserve all but half the weights
         _, minimum = comfy.sampler_helpers.estimate_memory(patcher, (1, 4, side, side), {})
         free = mm.get_free_memory(device)
         reserve = free - minimum - 0.5 * patcher.model_size()
@@ -149,7 +155,7 @@ def child(mode, tiny, out_dir: Path, budget_s: float):
 
     import importlib
     common = importlib.import_module(f"{pack.__name__}.samplers.common")
-    latents = {}
+    latents, by_grad_mode = {}, {}
     if mode == "memory":
         grad_modes = {"inference_mode": torch.inference_mode, "grad on, no inference_mode": torch.enable_grad}
         # warm-up (cuDNN / cuBLAS workspaces) outside the measurements
@@ -177,19 +183,22 @@ def child(mode, tiny, out_dir: Path, budget_s: float):
                            "after_mib": after / 2**20, "seconds": secs, "ratio": peak / base if base else None,
                            "finite": bool(torch.isfinite(out).all()), "graph": out.grad_fn is not None}
                     result["rows"].append(row)
-                    if cfg == OFFLOAD_CFG:
-                        key = name
-                        if key in latents:
-                            row["same_as_inference_mode"] = bool(torch.equal(latents[key], out.detach().cpu()))
-                        else:
-                            latents[key] = out.detach().cpu().clone()
+                    if name in by_grad_mode.setdefault(cfg, {}):
+                        row["same_as_inference_mode"] = bool(torch.equal(by_grad_mode[cfg][name], out.detach().cpu()))
+                    else:
+                        by_grad_mode[cfg][name] = out.detach().cpu().clone()
                     del out
                     print(json.dumps(row), flush=True)
         # determinism: the same seed twice, bitwise
         with torch.inference_mode():
-            a = runs["fewstep_dpmpp_2m"](OFFLOAD_CFG).cpu()
-            b = runs["fewstep_dpmpp_2m"](OFFLOAD_CFG).cpu()
-        result["same_seed_twice_bitwise"] = bool(torch.equal(a, b))
+            a = runs["fewstep_dpmpp_2m"](5.0).cpu()
+            b = runs["fewstep_dpmpp_2m"](5.0).cpu()
+            result["same_seed_twice_bitwise"] = bool(torch.equal(a, b))
+            # the fully loaded reference for the offload phases
+            for name, fn in runs.items():
+                if time.perf_counter() - t_start > budget_s + 20:
+                    break
+                latents[name] = fn(OFFLOAD_CFG, OFFLOAD_STEPS).detach().cpu().clone()
         # what a kept graph costs: the trainer's switch, CFG 1, gradients on
         if cuda and time.perf_counter() - t_start < budget_s:
             try:
@@ -210,7 +219,7 @@ def child(mode, tiny, out_dir: Path, budget_s: float):
                 continue
             try:
                 with torch.inference_mode():
-                    out, peak, after, secs = _measure(fn, OFFLOAD_CFG, cuda)
+                    out, peak, after, secs = _measure(fn, OFFLOAD_CFG, cuda, OFFLOAD_STEPS)
             except Exception as e:  # recorded: an offload failure is a finding, not a crash of the bench
                 result["rows"].append({"sampler": name, "error": f"{type(e).__name__}: {str(e)[:200]}"})
                 continue
@@ -283,16 +292,17 @@ def main():
     ap.add_argument("--out", default=None, help="folder for results.json and the reference latents")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--budget", type=float, default=330.0, help="seconds for all phases together")
+    ap.add_argument("--smoke", action="store_true", help="three samplers and the recipe only (a quick check)")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--child-budget", type=float, default=120.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="fewstep-rel-out-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.child:
-        child(args.child, args.tiny, out_dir, args.child_budget)
+        child(args.child, args.tiny, out_dir, args.child_budget, args.smoke)
         return
     t0 = time.perf_counter()
-    shares = {"memory": 0.45, "lowvram": 0.15, "novram": 0.22, "partial": 0.18}
+    shares = {"memory": 0.4, "lowvram": 0.15, "novram": 0.25, "partial": 0.2}
     results = {}
     for mode in args.modes:
         left = args.budget - (time.perf_counter() - t0)
@@ -303,6 +313,7 @@ def main():
             continue
         cmd = [sys.executable, __file__, "--child", mode, "--child-budget", str(budget - 25), "--out", str(out_dir)]
         cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--smoke"] if args.smoke else []
         print(f"== {mode} (budget {budget:.0f} s)", flush=True)
         proc = subprocess.run(cmd, env=os.environ.copy(), timeout=budget + 60)
         path = out_dir / f"{mode}.json"
@@ -314,7 +325,8 @@ def main():
     print("\n## Peak memory against ComfyUI's dpmpp_2m (8 steps)\n")
     if "memory" in results:
         print(_table_memory(results["memory"]))
-    print("\n## Offloaded models (CFG 5, inference mode), latents against the fully loaded run\n")
+    print(f"\n## Offloaded models ({OFFLOAD_STEPS} steps, CFG {OFFLOAD_CFG:g}, inference mode), latents against "
+          f"the fully loaded run\n")
     for mode in ("lowvram", "novram", "partial"):
         if mode in results:
             print(_table_offload(results[mode]) + "\n")
