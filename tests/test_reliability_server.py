@@ -134,7 +134,7 @@ def test_interrupt_over_http_stops_the_run_and_the_next_prompt_equals_a_fresh_ru
 def test_batch_runner_records_an_interrupted_job_as_not_done_and_reruns_it(server, tmp_path):
     """A job stopped by someone's /interrupt (the UI's Cancel) is 'failed: interrupted', not done; the
     next invocation with the same output folder runs it again and its latent equals a fresh run's."""
-    workflow = lab_prompt(2000, "batch")
+    workflow = lab_prompt(60, "batch")
     plan = plan_from_cli([], [("sweep", "s0.seed=3,4")])
     opts = Options(timeout=240, job_retries=0, server_retries=1, backoff=0.2, poll=0.5)
     interrupted = []
@@ -156,7 +156,7 @@ def test_batch_runner_records_an_interrupted_job_as_not_done_and_reruns_it(serve
     done = second.states[stopped.key]
     assert done["status"] == "done"
     rerun = saved_latents(server, server.get(f"/history/{done['prompt_id']}")[done["prompt_id"]])
-    fresh_prompt = lab_prompt(2000, "batch_fresh", seed=3)
+    fresh_prompt = lab_prompt(60, "batch_fresh", seed=3)
     fresh = saved_latents(server, server.run_prompt(fresh_prompt))
     assert torch.equal(rerun["o0"], fresh["o0"])
 
@@ -182,7 +182,7 @@ def test_sigmas_route_under_50_concurrent_requests_while_a_prompt_runs(server):
     expected = [_get(u) for u in urls]  # sequential, idle server
     assert all(status == 200 for status, _, _ in expected), [b for s, b, _ in expected if s != 200][:1]
     client_id = f"rel-{uuid.uuid4()}"
-    pid = submit(server, lab_prompt(3000, "route_load", samplers=("fewstep_dpmpp_2m",)), client_id)
+    pid = submit(server, lab_prompt(150, "route_load", samplers=("fewstep_dpmpp_2m",)), client_id)
     deadline = time.time() + 60
     while server.get("/queue")["queue_running"] == [] and time.time() < deadline:
         time.sleep(0.05)
