@@ -1,8 +1,8 @@
 """Reliability matrix, server rows (issue 25, items 3, 4 and 6) over HTTP against a headless ComfyUI
 with the pack, on the CPU: ComfyUI's /interrupt mid-run, the batch runner meeting an interrupted
-job, /fewstep/sigmas under 50 concurrent requests while a prompt runs, and every FewStep sampler
-under --lowvram / --novram (which ComfyUI accepts on a CPU device but turns into its DISABLED vram
-state: the weights stay where they are; the GPU rows are bench/bench_reliability_gpu.py)."""
+job, /fewstep/sigmas under 50 concurrent requests while a prompt runs, and what ComfyUI does with
+--lowvram / --novram on a CPU host (it refuses them: the offload rows are
+bench/bench_reliability_gpu.py on the GPU)."""
 import json
 import statistics
 import time
@@ -18,12 +18,6 @@ import torch
 from batch.client import ComfyClient
 from batch.runner import Options, run_batch
 from batch.sweep import plan_from_cli
-
-SAMPLERS = ["fewstep_dpmpp_1s", "fewstep_dpmpp_2s", "fewstep_dpmpp_2m", "fewstep_dpmpp_3m", "fewstep_deis_tab2",
-            "fewstep_deis_tab3", "fewstep_deis_rhoab2", "fewstep_deis_rhoab3", "fewstep_deis_rhork3",
-            "fewstep_deis_rhork4", "fewstep_edm_heun", "fewstep_edm_stochastic", "fewstep_edm_midpoint",
-            "fewstep_dpmpp_3s", "fewstep_unipc_fs", "fewstep_unipc_fs_afs"]
-
 
 def lab_prompt(steps, prefix, samplers=("fewstep_dpmpp_3m",), scheduler="fewstep_fscheduler_512", seed=7):
     """Lab model -> one KSampler per sampler -> SaveLatent (bitwise comparable, unlike a PNG)."""
@@ -207,21 +201,15 @@ def test_sigmas_route_under_50_concurrent_requests_while_a_prompt_runs(server):
 
 # ------------------------------------------------------------------ memory flags on the CPU host
 
-@pytest.fixture(scope="module")
-def every_sampler_default(server):
-    return saved_latents(server, server.run_prompt(lab_prompt(6, "flags_default", samplers=SAMPLERS)))
-
-
 @pytest.mark.parametrize("flag", ["--lowvram", "--novram"])
-def test_memory_flags_give_the_default_latents(every_sampler_default, flag, tmp_path):
+def test_comfyui_refuses_memory_flags_on_a_cpu_host(flag, tmp_path):
+    """Offloading needs a second device: ComfyUI's command line makes --lowvram / --novram exclusive
+    with --cpu (and without --cpu it asks torch for a CUDA device), and in-process load_models_gpu
+    uses its DISABLED vram state for a CPU load device. So the offload rows run on the GPU
+    (bench/bench_reliability_gpu.py); this checks that the CPU host really cannot take them."""
     from comfy_host import ComfyServer
     srv = ComfyServer(tmp_path / "base", extra_args=[flag])
-    try:
-        srv.start()
-        assert "Set vram state to: DISABLED" in srv.log()  # what ComfyUI makes of the flag on a CPU device
-        got = saved_latents(srv, srv.run_prompt(lab_prompt(6, "flags", samplers=SAMPLERS)))
-    finally:
-        srv.stop()
-    assert got.keys() == every_sampler_default.keys()
-    for k in got:
-        assert torch.equal(got[k], every_sampler_default[k]), (flag, k)
+    with pytest.raises(RuntimeError, match=r"exited with 2") as info:
+        srv.start(timeout=120)
+    srv.stop()
+    assert "not allowed with argument --cpu" in str(info.value)
