@@ -34,9 +34,23 @@ from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parent
-SCRIPTS = BENCH.parent / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a file, or as `python -m bench.bench_reliability_gpu` from the repo root
+    sys.path.insert(0, str(REPO))
+
+
+def _host():
+    """(setup_comfy, load_inprocess, random_unet) from the repo's test support, in either layout."""
+    try:
+        from bench.gpu_env import setup_comfy
+        from tests.support import random_unet
+        from tests.support.comfy_inprocess import load_inprocess
+    except ImportError:  # the earlier layout: everything in scripts/
+        sys.path.insert(0, str(REPO / "scripts"))
+        from comfy_inprocess import load_inprocess
+        from gpu_env import setup_comfy
+        import random_unet
+    return setup_comfy, load_inprocess, random_unet
 
 STEPS = 8
 CFGS = (1.0, 5.0)
@@ -50,7 +64,7 @@ MODES = ("memory", "lowvram", "novram", "partial")
 # ------------------------------------------------------------------ child process: one phase
 
 def _setup(mode, tiny):
-    from gpu_env import setup_comfy
+    setup_comfy, load_inprocess, _ = _host()
     cuda = torch.cuda.is_available()
     setup_comfy(cpu=not cuda)
     import comfy.cli_args
@@ -59,14 +73,13 @@ def _setup(mode, tiny):
         args.lowvram = True
     elif mode == "novram":
         args.novram = True
-    from comfy_inprocess import load_inprocess
     nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-rel-")), cpu=not cuda)
     return nodes, pack, cuda
 
 
 def _build_model(mode, tiny, device):
     import comfy.model_patcher
-    import random_unet
+    random_unet = _host()[2]
     config = random_unet.TINY_SD15_UNET if tiny else random_unet.SDXL_UNET
     dtype = torch.float32 if tiny else torch.float16
     # Built on the GPU in every phase: the same generator gives the same weights.

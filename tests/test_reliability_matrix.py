@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import random_unet  # noqa: E402
+try:  # the repo's import layout since tests/support/ (python -m / pytest from the repo root)
+    from tests.support import random_unet
+except ImportError:  # the earlier layout: scripts/random_unet.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import random_unet  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
