@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 import types
 import weakref
 
@@ -291,12 +292,26 @@ def read(path: str) -> dict:
 
 
 def write(path: str, record: dict):
+    """Atomic: a reader (or a crash at any moment) sees the old file or the new one, never a part.
+    The temporary file is unique per call (two threads of one server may write at once), flushed
+    to disk before the rename, and removed when the write fails; its name does not end in .json,
+    so a temporary left by a killed process is never listed or read as a schedule."""
     validate(record, path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, path)  # readers never see a half-written file
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def now() -> str:

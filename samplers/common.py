@@ -2,6 +2,10 @@
 the denoised estimate D(x; sigma), the probability-flow ODE is dx/dsigma = (x - D) / sigma)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+
 import torch
 
 from .noise import default_noise_sampler
@@ -10,6 +14,49 @@ try:  # console progress like ComfyUI's own samplers; optional so the maths need
     from tqdm.auto import trange as _trange
 except ImportError:  # pragma: no cover
     _trange = None
+
+
+# Off by default: a solver runs under torch.no_grad() whatever its caller's grad mode, as ComfyUI's own
+# k-diffusion samplers do; otherwise a caller with gradients on (a script, another pack's node, a
+# training loop) keeps every model call's activations alive for the whole run.
+_KEEP_CALLER_GRAD_MODE = contextvars.ContextVar("fewstep_keep_caller_grad_mode", default=False)
+
+
+@contextlib.contextmanager
+def sampling_with_gradients(enabled: bool = True):
+    """The switch for callers that need gradients through a sampler on purpose (a trainer):
+
+        with sampling_with_gradients():
+            samples = comfy.sample.sample(...)   # or any FewStep solver called directly
+
+    Inside, FewStep solvers keep the caller's grad mode (gradients flow where torch.enable_grad() is
+    on); outside, they never build an autograd graph. Scoped to the current thread / async task."""
+    token = _KEEP_CALLER_GRAD_MODE.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _KEEP_CALLER_GRAD_MODE.reset(token)
+
+
+def gradients_requested() -> bool:
+    """True inside sampling_with_gradients()."""
+    return _KEEP_CALLER_GRAD_MODE.get()
+
+
+def solver_entry(fn):
+    """Marks a public solver (k-diffusion signature): it runs under torch.no_grad() unless its caller
+    is inside sampling_with_gradients(). Every sample_* entry point of this package carries it
+    (tests/test_reliability_grad.py checks that none is missing)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if _KEEP_CALLER_GRAD_MODE.get():
+            return fn(*args, **kwargs)
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    run.fewstep_solver = True
+    return run
 
 
 def steps(n: int, disable=None):

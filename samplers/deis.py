@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 
 from .constants import AB_ORDERS, RK_METHODS  # noqa: F401  (re-exported)
-from .common import Stepper, step_order, steps, to_d
+from .common import Stepper, solver_entry, step_order, steps, to_d
 from .validation import (check_choice, check_multistep_length, check_order, check_positive,
                          check_sigmas)
 
@@ -104,6 +104,7 @@ def _sample_ab(model, x, sigmas, extra_args, callback, disable, order, lower_ord
     return x
 
 
+@solver_entry
 def sample_deis_tab(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3,
                     lower_order_final=False, allow_short_schedule=False, beta_min=0.1, beta_d=19.9):
     """DEIS tAB: eps extrapolated by a polynomial in VP-SDE time t (see module docstring),
@@ -118,6 +119,7 @@ def sample_deis_tab(model, x, sigmas, extra_args=None, callback=None, disable=No
                       allow_short_schedule, time_fn, "DEIS tAB")
 
 
+@solver_entry
 def sample_deis_rhoab(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3,
                       lower_order_final=False, allow_short_schedule=False):
     """DEIS rhoAB: variable-step Adams-Bashforth in rho = sigma on dx/dsigma = eps. Order 1 = Euler.
@@ -126,6 +128,7 @@ def sample_deis_rhoab(model, x, sigmas, extra_args=None, callback=None, disable=
                       allow_short_schedule, None, "DEIS rhoAB")
 
 
+@solver_entry
 def sample_deis_rhork(model, x, sigmas, extra_args=None, callback=None, disable=None, method="kutta"):
     """DEIS rhoRK: explicit Runge-Kutta in sigma (euler 1, heun 2, kutta 3, rk4 4 NFE/step; the step
     to sigma = 0 is an Euler step). rhoRK-heun is Heun's method (EDM Algorithm 1)."""

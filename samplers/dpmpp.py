@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from .common import Stepper, step_order, steps
+from .common import Stepper, solver_entry, step_order, steps
 from .validation import check_multistep_length, check_range, check_sigmas
 
 
@@ -24,6 +24,7 @@ def _first_order(x, denoised, sigma, sigma_next):
     return ratio * x + (1 - ratio) * denoised
 
 
+@solver_entry
 def sample_dpmpp_1s(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++ first order (= DDIM; algebraically an Euler step in sigma space). 1 NFE/step."""
     check_sigmas(sigmas)
@@ -36,6 +37,7 @@ def sample_dpmpp_1s(model, x, sigmas, extra_args=None, callback=None, disable=No
     return x
 
 
+@solver_entry
 def sample_dpmpp_2s(model, x, sigmas, extra_args=None, callback=None, disable=None, r=0.5):
     """DPM-Solver++(2S), single-step second order with intermediate point lambda + r h
     (0 < r <= 1; r = 1/2 is the midpoint in lambda). 2 NFE per step, 1 on a step to sigma = 0."""
@@ -58,6 +60,7 @@ def sample_dpmpp_2s(model, x, sigmas, extra_args=None, callback=None, disable=No
     return x
 
 
+@solver_entry
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None,
                     lower_order_final=False, allow_short_schedule=False):
     """DPM-Solver++(2M), multistep second order (the paper's Algorithm 2, as in k-diffusion):
@@ -96,6 +99,7 @@ def _taylor_step(x, derivs, sigma, sigma_next):
     return out
 
 
+@solver_entry
 def sample_dpmpp_3m(model, x, sigmas, extra_args=None, callback=None, disable=None,
                     lower_order_final=False, allow_short_schedule=False):
     """DPM-Solver++(3M), multistep third order: D' and D'' (in lambda) come from the quadratic
@@ -138,6 +142,7 @@ def _psi2(z):
     return z + math.expm1(-z)
 
 
+@solver_entry
 def sample_dpmpp_3s(model, x, sigmas, extra_args=None, callback=None, disable=None, r1=1 / 3, r2=2 / 3,
                     last_order=3):
     """DPM-Solver++(3S) (Lu et al. 2022b, data prediction), single-step third order. Each step

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 
-from .common import Stepper, steps, to_d
+from .common import Stepper, solver_entry, steps, to_d
 from .validation import check_non_negative, check_range, check_sigmas
 
 
+@solver_entry
 def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, alpha=1.0,
                s_churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0, noise_sampler=None):
     """EDM sampler with every option: alpha (0 < alpha <= 1) and the churn settings."""
@@ -61,11 +62,13 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, a
     return x
 
 
+@solver_entry
 def sample_edm_heun(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """EDM Algorithm 1 (deterministic Heun). 2 NFE per step, 1 on the step to sigma = 0."""
     return sample_edm(model, x, sigmas, extra_args, callback, disable)
 
 
+@solver_entry
 def sample_edm_stochastic(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0,
                           s_tmin=0.0, s_tmax=math.inf, s_noise=1.0, noise_sampler=None):
     """EDM Algorithm 2 (stochastic churn + Heun). With s_churn = 0 it is Algorithm 1 exactly."""
@@ -73,6 +76,7 @@ def sample_edm_stochastic(model, x, sigmas, extra_args=None, callback=None, disa
                       s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, noise_sampler=noise_sampler)
 
 
+@solver_entry
 def sample_edm_alpha(model, x, sigmas, extra_args=None, callback=None, disable=None, alpha=1.0):
     """EDM general second-order method with parameter alpha (Heun at alpha = 1)."""
     return sample_edm(model, x, sigmas, extra_args, callback, disable, alpha=alpha)

@@ -35,7 +35,7 @@ import math
 import torch
 
 from . import validation
-from .common import steps
+from .common import solver_entry, steps
 from .schedules import table_sigma, table_timestep
 
 ORDERS = (1, 2, 3)
@@ -120,7 +120,7 @@ def afs_grid(sigmas, afs_sigma=None) -> list[float]:
     return [values[0], mid] + values[1:]
 
 
-@torch.no_grad()
+@solver_entry
 def sample_unipc_fs(model, x, sigmas, extra_args=None, callback=None, disable=None, order=1,
                     corrector=True, lower_order_final=True, afs=False, afs_sigma=None,
                     afs_eps_scale=1.0, **_ignored):
