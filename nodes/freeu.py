@@ -1,29 +1,10 @@
 """FreeU with a σ window (start/end as σ, percent of the schedule, or steps of a SIGMAS input)."""
+from ..bridge.freeu import patch_freeu, unet_model_channels
 from ..freeu.backbone import VERSIONS
-from ..freeu.patch import FreeUPatch
 from ..freeu.presets import CUSTOM, NAMES as PRESET_NAMES, resolve
 from ..freeu.window import window_from_percent, window_from_sigma, window_from_steps
 
 WINDOW_MODES = ("percent", "sigma", "step")
-
-
-def unet_model_channels(model) -> int:
-    """The UNet's base width, or a ValueError naming the model when it has no UNet decoder."""
-    base = getattr(model, "model", None)
-    config = getattr(base, "model_config", None)
-    unet_config = getattr(config, "unet_config", None) or {}
-    net = getattr(base, "diffusion_model", None)
-    channels = unet_config.get("model_channels")
-    if channels is None or not hasattr(net, "output_blocks"):
-        raise ValueError(
-            f"model: FewStep FreeU needs a UNet with decoder output blocks (SD1.x, SD2.x, SDXL); this "
-            f"model is {type(base).__name__} (config {type(config).__name__}, network "
-            f"{type(net).__name__}), which has none. FreeU does not apply to DiT/Flux/SD3-style models.")
-    mult = unet_config.get("channel_mult")
-    if mult is not None and not ({2, 4} & {int(m) for m in mult}):
-        raise ValueError(f"model: {type(base).__name__} has channel_mult {list(mult)}: no decoder stage "
-                         "with 2x or 4x model_channels for FreeU to act on")
-    return int(channels)
 
 
 class FewStepFreeU:
@@ -74,7 +55,7 @@ class FewStepFreeU:
         }
 
     def patch(self, model, preset, b1, b2, s1, s2, version, threshold, window, start, end, sigmas=None):
-        channels = unet_model_channels(model)
+        unet_model_channels(model)  # a clear error for a model without a UNet, before any other check
         b1, b2, s1, s2 = resolve(preset, b1, b2, s1, s2)
         if window not in WINDOW_MODES:
             raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
@@ -89,10 +70,7 @@ class FewStepFreeU:
             span = window_from_sigma(start, end)
         else:
             span = window_from_percent(start, end, model.get_model_object("model_sampling").percent_to_sigma)
-        freeu = FreeUPatch(channels, b1, b2, s1, s2, threshold=threshold, version=version, window=span)
-        patched = model.clone()
-        patched.set_model_output_block_patch(freeu)
-        return (patched,)
+        return (patch_freeu(model, b1, b2, s1, s2, version, threshold, span),)
 
 
 NODE_CLASS_MAPPINGS = {"FewStepFreeU": FewStepFreeU}

@@ -2,40 +2,13 @@
 probability-flow ODE solution from the same noise (ground truth, not a reference sampler)."""
 import json
 
-import numpy as np
-import torch
-
 import comfy.samplers
 
+from ..bridge import lab_runner
 from ..samplers.accuracy import TARGETS
-from . import _lab_runner as runner
 from .lab import CATEGORY
 
 COUNT_MODES = ("steps", "model calls")
-
-
-def accuracy_plot(result, title: str):
-    """Left: error of the sampler's state at each model call vs sigma, and the final error.
-    Right: the schedule."""
-    from ..samplers.plotting import Series, hstack, line_plot  # Pillow is loaded at run time, not at pack import
-    traj = [(s, e) for s, e in result.trajectory if e > 0]
-    final = result.mean()
-    series = [Series("state at each model call", [s for s, _ in traj], [e for _, e in traj])]
-    lo = min([s for s, _ in traj] + [s for s in result.sigmas if s > 0])
-    hi = max(s for s in result.sigmas)
-    series.append(Series(f"final sample: {final:.3g}", [lo, hi], [final, final], color="#d62728", dash=True, marker=""))
-    left = line_plot(series, title=title, xlabel="sigma at the model call", ylabel="RMSE vs exact ODE (mean over batch)",
-                     xlog=True, ylog=True, size=(640, 400), note=f"NFE {result.nfe}; {result.convention}")
-    steps = list(range(len(result.sigmas)))
-    right = line_plot([Series("sigmas", [i for i in steps if result.sigmas[i] > 0],
-                              [s for s in result.sigmas if s > 0], color="#1f77b4")],
-                      title=f"schedule: {len(steps) - 1} steps", xlabel="step", ylabel="sigma", ylog=True,
-                      legend=False, size=(360, 400))
-    return hstack([left, right])
-
-
-def pil_to_image(img) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
 
 
 class FewStepLabAccuracy:
@@ -76,27 +49,15 @@ class FewStepLabAccuracy:
         }
 
     def measure(self, model, sampler, scheduler, steps, count, seed, batch_size, size, target, sigmas=None):
-        runner.lab_denoiser(model)  # refuse a non-lab model before any work
+        lab_runner.lab_denoiser(model)  # refuse a non-lab model before any work
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         if count not in COUNT_MODES:
             raise ValueError(f"count must be one of {COUNT_MODES}, got {count!r}")
-        if sigmas is None:
-            if count == "model calls":
-                found = runner.steps_for_nfe(model, sampler, steps, lambda n: runner.schedule_sigmas(model, scheduler, n))
-                if found is None:
-                    raise ValueError(f"this sampler cannot make exactly {steps} model calls with scheduler "
-                                     f"{scheduler!r}; try a neighbouring count")
-                steps = found
-            sigmas = runner.schedule_sigmas(model, scheduler, steps)
-        result, run = runner.score(model, sampler, sigmas, seed, batch_size, size)
-        mean, median = result.mean(target), result.median(target)
-        report = f"target: {target}\n" + result.report()
-        plot = pil_to_image(accuracy_plot(result, f"error along the trajectory (final RMSE {mean:.3g}, {target})"))
-        summary = {"target": target, "rmse_mean_target": mean, "rmse_median_target": median, **result.as_dict()}
-        return {"ui": {"text": [report], "fewstep_accuracy": [json.loads(json.dumps(summary))]},
-                "result": (mean, median, result.nfe, report, plot, {"samples": run.output.float()},
-                           {"samples": result.target_latent(target).float()})}
+        m = lab_runner.measure(model, sampler, sigmas, scheduler, steps, count == "model calls", target, seed,
+                               batch_size, size)
+        return {"ui": {"text": [m.report], "fewstep_accuracy": [json.loads(json.dumps(m.summary))]},
+                "result": (m.mean, m.median, m.nfe, m.report, m.plot, {"samples": m.samples}, {"samples": m.exact})}
 
 
 NODE_CLASS_MAPPINGS = {"FewStepLabAccuracy": FewStepLabAccuracy}

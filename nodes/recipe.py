@@ -69,14 +69,17 @@ class FewStepFSchedulerRecipe:
     SIGMA_GRAPH = {"live": True, "function": "graph", "freeu": "graph_freeu"}
 
     def build(self, model, resolution, steps, solver, **options):
+        from ..bridge.recipe import build_outputs
         return build_outputs(model, self.recipe(resolution, steps, solver, **options))
 
     def graph(self, model, resolution, steps, solver, **options):
         """The editor's graph: the same SIGMAS as build(), without patching the model."""
+        from ..bridge.recipe import plan
         sigmas, _, _ = plan(model, self.recipe(resolution, steps, solver, **options))
         return (model, sigmas, None, "")
 
     def graph_freeu(self, sigmas, model, resolution, steps, solver, **options):
+        from ..bridge.recipe import plan
         _, _, window = plan(model, self.recipe(resolution, steps, solver, **options))
         return {"start": window.sigma_on, "end": 0.0, "unit": "sigma"} if window.on_indices else None
 
@@ -96,73 +99,6 @@ class FewStepFSchedulerRecipe:
             freeu_start=_override(freeu_start_index, -1),
             b1=None if b1 == PAPER_FREEU["b1"] else b1, b2=None if b2 == PAPER_FREEU["b2"] else b2,
             s1=None if s1 == PAPER_FREEU["s1"] else s1, s2=None if s2 == PAPER_FREEU["s2"] else s2)
-
-
-def plan(model, recipe):
-    """(sigmas, AFS sigma or None, FreeU window) of a recipe on this model; patches nothing."""
-    from ..samplers.recipe import freeu_window, recipe_sigmas, solver_grid
-    from ..samplers.unipc import timestep_midpoint
-    from ._model_time import VP, time_table
-    table, kind = time_table(model.get_model_object("model_sampling"), "the F-scheduler recipe")
-    if kind != VP and recipe.solver == "unipc_fs":
-        raise ValueError("solver: the paper's UniPC (noise-prediction form) needs an SD1.5/SDXL-style "
-                         "model (x = x0 + sigma*eps); this is a flow model: choose dpmpp_1s or dpmpp_2m")
-    interpolation = "alphas_cumprod" if kind == VP else "log_sigma"
-    sigmas = recipe_sigmas(recipe, table, interpolation)
-    afs_sigma = timestep_midpoint(float(sigmas[0]), float(sigmas[1]), table, interpolation) if recipe.afs else None
-    window = freeu_window(solver_grid(sigmas, recipe.afs, afs_sigma), recipe.freeu_start, recipe.afs)
-    return sigmas, afs_sigma, window
-
-
-def build_outputs(model, recipe):
-    from .freeu import FewStepFreeU
-    sigmas, afs_sigma, window = plan(model, recipe)
-    out_model = model
-    if window.on_indices:
-        # FreeU v1 (the paper's), threshold 1, on for every call with sigma <= sigma_on
-        try:
-            out_model = FewStepFreeU().patch(model, "custom", recipe.b1, recipe.b2, recipe.s1, recipe.s2, "v1", 1,
-                                             "sigma", window.sigma_on, 0.0)[0]
-        except ValueError as err:
-            raise ValueError(f"freeu: the recipe turns FreeU on for this setting, but {err} "
-                             "Set freeu to 'off' for this model.") from err
-    sampler = make_sampler(recipe)
-    return (out_model, sigmas, sampler, summary(recipe, sigmas, afs_sigma, window))
-
-
-def make_sampler(recipe):
-    import comfy.samplers
-
-    from ..samplers import dpmpp
-    from .unipc import unipc_sampler
-    if recipe.solver == "unipc_fs":
-        return unipc_sampler(recipe.order, True, True, recipe.afs, 1.0)
-    if recipe.solver == "dpmpp_1s":
-        return comfy.samplers.KSAMPLER(dpmpp.sample_dpmpp_1s)
-    return comfy.samplers.KSAMPLER(dpmpp.sample_dpmpp_2m, extra_options={"allow_short_schedule": True})
-
-
-def summary(recipe, sigmas, afs_sigma, window) -> str:
-    from ..samplers.recipe import PUBLISHED_FID, SOLVER_NOTES
-    src = recipe.source
-    tag = lambda k: f" [{src.get(k, 'published')}]"  # noqa: E731
-    lines = [
-        f"F-scheduler recipe: {recipe.resolution} / {recipe.steps} steps / solver {recipe.solver}",
-        f"schedule: p1 {recipe.p1:g}{tag('p1')}, aux Karras grid {recipe.grid_points} points{tag('grid_points')}, "
-        f"rho p2 {recipe.p2:g}{tag('p2')}, stop index {recipe.stop_index}{tag('stop_index')}",
-        "sigmas: " + ", ".join(f"{float(s):.4f}" for s in sigmas),
-        f"solver: {SOLVER_NOTES[recipe.solver]}, order {recipe.order}{tag('order')}",
-        ("analytic first step: on, extra point sigma %.4f (no model call)" % afs_sigma if recipe.afs
-         else "analytic first step: off") + tag("afs"),
-        f"model calls: {recipe.steps}",
-        window.describe() + tag("freeu_start") + (
-            f", b1 {recipe.b1:g} b2 {recipe.b2:g} s1 {recipe.s1:g} s2 {recipe.s2:g}" if window.on_indices else ""),
-        f"paper CFG for this setting: {recipe.cfg:g}{tag('cfg')} (set it on the guider)",
-    ]
-    fid = PUBLISHED_FID.get((recipe.resolution, recipe.steps))
-    if fid:
-        lines.append("published: " + fid)
-    return "\n".join(lines)
 
 
 NODE_CLASS_MAPPINGS = {"FewStepFSchedulerRecipe": FewStepFSchedulerRecipe}

@@ -1,7 +1,7 @@
 """SIGMAS nodes: Karras, timestep-power and F-scheduler schedules with every parameter exposed."""
 
 from ..samplers.constants import FSCHEDULER_PRESETS, INTERPOLATIONS
-from ._model_time import VP, sigma_range, time_table
+from ..bridge.model_time import VP, sigma_range, time_table
 
 CATEGORY = "FewStep/schedules"
 _DENOISE = ("FLOAT", {"default": 1.0, "min": 0.01, "max": 1.0, "step": 0.01,
@@ -25,7 +25,7 @@ class FewStepKarrasSigmas:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "build"
-    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (nodes/sigma_graph.py)
+    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (bridge/sigma_graph.py)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -62,7 +62,7 @@ class FewStepTimestepPowerSigmas:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "build"
-    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (nodes/sigma_graph.py)
+    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (bridge/sigma_graph.py)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -98,7 +98,7 @@ class FewStepFSchedulerSigmas:
     CATEGORY = CATEGORY
     RETURN_TYPES = ("SIGMAS",)
     FUNCTION = "build"
-    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (nodes/sigma_graph.py)
+    SIGMA_GRAPH = {"live": True}  # graph in the editor, computed by this node (bridge/sigma_graph.py)
 
     @classmethod
     def INPUT_TYPES(cls):

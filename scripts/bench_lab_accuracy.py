@@ -203,10 +203,10 @@ def main(argv=None):
     import torch
     torch.set_num_threads(max(1, args.threads))
     import comfy.samplers
-    runner = sys.modules[pack.__name__ + ".nodes._lab_runner"]
+    runner = pack.bridge.lab_runner
     accuracy = sys.modules[pack.__name__ + ".samplers.accuracy"]
     reference = sys.modules[pack.__name__ + ".samplers.reference"]
-    lab = sys.modules[pack.__name__ + ".nodes.lab"]
+    lab = pack.bridge.lab_model
     schedule_opt = importlib.import_module(pack.__name__ + ".samplers.schedule_opt")
 
     samplers, schedulers = discover(pack, runner, args.with_nodes)

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def lab(comfy):
     nodes, pack = comfy
-    runner = sys.modules[pack.__name__ + ".nodes._lab_runner"]
+    runner = pack.bridge.lab_runner
     build = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build
     return nodes, runner, build
 
@@ -25,7 +25,7 @@ def sampler(name):
 def test_comfy_sampler_observed_order_matches_theory(lab, name, steps, order):
     """ComfyUI's own Euler and Heun, run through its sampling path on a smooth lab data set."""
     _, runner, build = lab
-    observed_order = sys.modules[runner.__name__.rsplit(".nodes.", 1)[0] + ".samplers.accuracy"].observed_order
+    observed_order = sys.modules[runner.__name__.rsplit(".bridge.", 1)[0] + ".samplers.accuracy"].observed_order
     model = build("gmm", 2, 1.0, 0, "sd_discrete")[0]
     nfes, errs = [], []
     for n in steps:

@@ -91,7 +91,7 @@ def test_description_lists_the_published_settings(comfy):
 
 def test_recipe_grid_rule_matches_the_fscheduler_dropdowns(comfy):
     nodes, pack = comfy
-    dropdowns = sys.modules[pack.__name__ + ".nodes.dropdowns"]
+    dropdowns = pack.bridge.dropdowns
     recipe_math = sys.modules[pack.__name__ + ".samplers.recipe"]
     presets = sys.modules[pack.__name__ + ".samplers.schedules"].FSCHEDULER_PRESETS
     for res in ("512", "1024"):

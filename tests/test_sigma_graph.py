@@ -18,7 +18,7 @@ LIVE_NODES = ("FewStepKarrasSigmas", "FewStepTimestepPowerSigmas", "FewStepFSche
 @pytest.fixture(scope="module")
 def sg(comfy):
     _, pack = comfy
-    return sys.modules[pack.__name__ + ".nodes.sigma_graph"]
+    return pack.bridge.sigma_graph
 
 
 def q(**kw):

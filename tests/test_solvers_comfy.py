@@ -17,8 +17,7 @@ def env(comfy):
     nodes, pack = comfy
     mods = types.SimpleNamespace(**{name: importlib.import_module(f"{pack.__name__}.{path}") for name, path in [
         ("dpmpp", "samplers.dpmpp"), ("deis", "samplers.deis"), ("edm", "samplers.edm"),
-        ("schedules", "samplers.schedules"), ("exact", "samplers.exact"), ("dropdowns", "nodes.dropdowns"),
-        ("ksa", "nodes.ksampler_advanced")]})
+        ("schedules", "samplers.schedules"), ("exact", "samplers.exact"), ("dropdowns", "bridge.dropdowns")]})
     M = nodes.NODE_CLASS_MAPPINGS
     sd = M["FewStepLabModel"]().build("gmm", 6, 0.3, 0, "sd_discrete")[0]
     cond = M["FewStepLabConditioning"]().make()[0]

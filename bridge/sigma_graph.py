@@ -42,6 +42,7 @@ import sys
 ROUTE = "/fewstep/sigmas"
 SPEC_ROUTE = "/fewstep/sigma_graphs"
 UI_KEY = "fewstep_sigmas"
+MAX_SHOWN = 10000         # a schedule longer than this is refused by the preview, not truncated silently
 MAX_STEPS = 1000          # largest `steps` the route computes (a graph, not a sampling run)
 STEP_INPUTS = ("steps",)  # INT inputs capped at MAX_STEPS
 WIDGET_TYPES = ("INT", "FLOAT", "BOOLEAN")
@@ -62,9 +63,17 @@ class RouteError(ValueError):
 
 # --- declarations ------------------------------------------------------------------------------
 
+_NODES: dict = {}  # node id -> class, given by the pack at import (this layer does not import nodes/)
+
+
+def use_nodes(node_classes: dict) -> None:
+    """The node classes whose SIGMA_GRAPH declarations the routes serve."""
+    _NODES.clear()
+    _NODES.update(node_classes)
+
+
 def _pack_nodes() -> dict:
-    from . import NODE_CLASS_MAPPINGS
-    return NODE_CLASS_MAPPINGS
+    return _NODES
 
 
 def input_kind(spec) -> str | None:
@@ -243,12 +252,24 @@ def parse_query(query):
     return node_id, cls, kwargs
 
 
+def sigma_ui(sigmas) -> dict:
+    """A node's UI message for the graph drawn after a run: the values (web/sigma_graph.js) and a
+    text line per value."""
+    values = [float(s) for s in sigmas.detach().reshape(-1).cpu().double().tolist()]
+    if not values:
+        raise ValueError("sigmas is empty: nothing to preview")
+    if len(values) > MAX_SHOWN:
+        raise ValueError(f"sigmas has {len(values)} values; the preview shows at most {MAX_SHOWN}")
+    text = "\n".join(f"{i:>3}  {s:.6g}" for i, s in enumerate(values))
+    return {UI_KEY: [v if math.isfinite(v) else None for v in values], "text": [text]}
+
+
 # --- reference models ----------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def reference_model(name: str):
     """A real ModelPatcher (the exact-denoiser lab) with the reference model's model_sampling."""
-    from .lab import build_lab_model
+    from .lab_model import build_lab_model
     return build_lab_model("gmm", 1, 0.1, 0, name)
 
 
@@ -353,7 +374,7 @@ async def _spec_handler(request):
     return web.json_response(describe())
 
 
-def setup():
+def register_routes():
     """Registers the routes on a running ComfyUI server, once. Without a server (ComfyUI's `server`
     module not imported, or no PromptServer instance yet) it does nothing."""
     server = sys.modules.get("server")
@@ -365,5 +386,3 @@ def setup():
     routes.get(SPEC_ROUTE)(_spec_handler)
     prompt_server._fewstep_sigma_routes = True
 
-
-NODE_CLASS_MAPPINGS = {}
