@@ -25,18 +25,23 @@ DROPDOWN_SAMPLERS = {
 }
 
 
+def solver_options(spec) -> dict:
+    """A catalogue solver's options as the pack hands it to ComfyUI: multistep solvers accept short
+    schedules (KSamplerAdvanced splits and small step counts are routine: run short chunks at lower order)."""
+    options = dict(spec.options)
+    if spec.multistep:
+        options["allow_short_schedule"] = True
+    return options
+
+
 def _dropdown_sampler(name, key):
     """The solver behind a dropdown entry; its module loads on first use, not at ComfyUI start-up."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
         from ..samplers.catalog import SOLVERS
         spec = SOLVERS[key]
-        options = dict(spec.options)
-        if spec.multistep:
-            # KSamplerAdvanced splits and small step counts are routine here: run short chunks at lower order.
-            options["allow_short_schedule"] = True
         return spec.fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                       **{**options, **kwargs})
+                       **{**solver_options(spec), **kwargs})
 
     sample.__name__ = f"sample_{name}"
     sample.__qualname__ = sample.__name__

@@ -42,13 +42,13 @@ class FewStepFSchedulerRecipe:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from ..samplers.recipe import PAPER_FREEU, SOLVER_NOTES, SOLVERS
+        from ..samplers.recipe import PAPER_FREEU, SOLVER_NOTES
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "An SD1.5 / SDXL (eps or v) model; FreeU needs a UNet."}),
                 "resolution": (list(RESOLUTION_CHOICES), {"default": "1024 (SDXL)", "tooltip": "Which published preset to follow. 1024 (SDXL): aux Karras grid 12 points rho 12, stop 10 (9 at 5 steps) -> sigma_stop 0.0598; AFS on up to 8 steps. 512 (SD1.5): 8 points rho 5 stop 6 (5-6 steps, sigma_stop 0.1320) or 12 points rho 7 stop 9 (8 steps, 0.1471). custom: no preset, set p2, grid_points and stop_index."}),
                 "steps": ("INT", {"default": 8, "min": 1, "max": 200, "tooltip": "Number of model calls N (the schedule has N+1 sigmas). Published: 5, 6, 8 at 512²; 5, 6, 8 at 1024²."}),
-                "solver": (list(SOLVERS), {"default": "unipc_fs", "tooltip": "unipc_fs: " + SOLVER_NOTES["unipc_fs"] + ". dpmpp_1s: " + SOLVER_NOTES["dpmpp_1s"] + ". dpmpp_2m: " + SOLVER_NOTES["dpmpp_2m"] + "."}),
+                "solver": (list(SOLVER_NOTES), {"default": "unipc_fs", "tooltip": "unipc_fs: " + SOLVER_NOTES["unipc_fs"] + ". dpmpp_1s: " + SOLVER_NOTES["dpmpp_1s"] + ". dpmpp_2m: " + SOLVER_NOTES["dpmpp_2m"] + "."}),
             },
             "optional": {
                 "unipc_order": ([AUTO, "1", "2", "3"], {"default": AUTO, "tooltip": "UniPC predictor order. auto: 1 for up to 6 steps, 2 from 7 (paper: 1 at 5-6 steps, 2 at 8)."}),
@@ -75,13 +75,13 @@ class FewStepFSchedulerRecipe:
     def graph(self, model, resolution, steps, solver, **options):
         """The editor's graph: the same SIGMAS as build(), without patching the model."""
         from ..bridge.recipe import plan
-        sigmas, _, _ = plan(model, self.recipe(resolution, steps, solver, **options))
+        sigmas = plan(model, self.recipe(resolution, steps, solver, **options))[0]
         return (model, sigmas, None, "")
 
     def graph_freeu(self, sigmas, model, resolution, steps, solver, **options):
+        """The FreeU window build() patches in (a SigmaWindow), or None when FreeU stays off."""
         from ..bridge.recipe import plan
-        _, _, window = plan(model, self.recipe(resolution, steps, solver, **options))
-        return {"start": window.sigma_on, "end": 0.0, "unit": "sigma"} if window.on_indices else None
+        return plan(model, self.recipe(resolution, steps, solver, **options))[3]
 
     @staticmethod
     def recipe(resolution, steps, solver, unipc_order=AUTO, analytic_first_step=AUTO, freeu=AUTO,

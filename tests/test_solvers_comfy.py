@@ -57,7 +57,7 @@ def test_dropdown_entries_are_registered_in_place(env):
     assert list(env.m.dropdowns.DROPDOWN_SAMPLERS) == FS_SAMPLERS
     assert list(env.m.dropdowns.DROPDOWN_SCHEDULERS) == FS_SCHEDULERS
     before = (list(comfy.samplers.SAMPLER_NAMES), list(comfy.samplers.SCHEDULER_NAMES))
-    env.m.dropdowns.setup()  # idempotent on re-import
+    env.m.dropdowns.register()  # idempotent on re-import
     assert (list(comfy.samplers.SAMPLER_NAMES), list(comfy.samplers.SCHEDULER_NAMES)) == before
     for name in FS_SAMPLERS:
         assert comfy.samplers.SAMPLER_NAMES.count(name) == 1 and name in comfy.samplers.KSAMPLER_NAMES
