@@ -10,7 +10,7 @@ import comfy.model_patcher
 import comfy.model_sampling
 import comfy.supported_models_base
 
-from ..samplers.exact import DATASETS, ExactDenoiser, MixtureSpec
+from ..samplers.exact import ExactDenoiser, MixtureSpec
 
 SCHEDULES = ("sd_discrete", "edm")
 

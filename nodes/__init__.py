@@ -1,6 +1,8 @@
-"""ComfyUI node classes, nothing else. Each module here exports NODE_CLASS_MAPPINGS (and optionally
-NODE_DISPLAY_NAME_MAPPINGS); this package merges them so a new module needs no edit elsewhere.
-Dropdown entries, routes and other registration live in bridge/ (bridge.register)."""
+"""ComfyUI node classes, nothing else, on ComfyUI's current node API (comfy_api.latest: io.ComfyNode
+with define_schema / execute; node id, display name and category live in the schema). Each module
+here exports NODE_CLASS_MAPPINGS; this package merges them so a new module needs no edit elsewhere.
+ComfyUI 0.3.75 and later register v3 classes given this way. Dropdown entries, routes and other
+registration live in bridge/ (bridge.register)."""
 import importlib
 import pkgutil
 

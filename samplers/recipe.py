@@ -17,7 +17,6 @@ freeu.window.window_from_start_index (the pack's one FreeU-window type, SigmaWin
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch

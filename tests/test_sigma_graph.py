@@ -36,7 +36,7 @@ def get(server, path, **params):
 
 def lab(comfy, schedule="sd_discrete"):
     nodes, _ = comfy
-    return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 2, 0.1, 0, schedule)[0]
+    return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 2, 0.1, 0, schedule)[0]
 
 
 # --- the route runs the node itself: what the graph shows is what the run gives ------------------
@@ -88,7 +88,7 @@ def test_recipe_graph_shows_published_schedule_and_freeu_window(sg, comfy, resol
     nodes, _ = comfy
     out = sg.compute(q(node="FewStepFSchedulerRecipe", resolution=resolution, steps=steps, solver="unipc_fs"))
     lab_model = lab(comfy)
-    want = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]().build(lab_model, resolution, steps, "unipc_fs",
+    want = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"].execute(lab_model, resolution, steps, "unipc_fs",
                                                                         freeu="off")[1]
     assert out["sigmas"] == pytest.approx([float(s) for s in want], abs=1e-6)
     assert out["sigma_stop"] == pytest.approx(float(want[-1]))
@@ -232,14 +232,14 @@ def test_spec_check_lists_inputs_and_refuses_mistakes(sg):
 
 def test_preview_node_returns_the_values_for_the_ui(comfy):
     nodes, _ = comfy
-    node = nodes.NODE_CLASS_MAPPINGS["FewStepPreviewSigmas"]()
-    ui = node.preview(torch.tensor([14.6146, 3.0, 0.5, 0.0]))["ui"]
+    node = nodes.NODE_CLASS_MAPPINGS["FewStepPreviewSigmas"]
+    ui = node.execute(torch.tensor([14.6146, 3.0, 0.5, 0.0])).ui
     assert ui["fewstep_sigmas"] == pytest.approx([14.6146, 3.0, 0.5, 0.0], rel=1e-6)
     assert ui["text"][0].splitlines()[1].split() == ["1", "3"]
-    nan = node.preview(torch.tensor([1.0, float("nan")]))["ui"]["fewstep_sigmas"]
+    nan = node.execute(torch.tensor([1.0, float("nan")])).ui["fewstep_sigmas"]
     assert nan[1] is None and json.dumps(nan)  # JSON-safe for the websocket
     with pytest.raises(ValueError, match="empty"):
-        node.preview(torch.tensor([]))
+        node.execute(torch.tensor([]))
 
 
 # --- over HTTP on a running server -------------------------------------------------------------
