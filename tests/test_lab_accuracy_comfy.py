@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def lab(comfy):
     nodes, pack = comfy
     runner = pack.bridge.lab_runner
-    build = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build
+    build = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute
     return nodes, runner, build
 
 

@@ -83,11 +83,11 @@ def test_pure_schedule_helpers_agree_with_comfy_model_sampling(env):
 def test_schedule_nodes_match_dropdowns_presets_and_core_karras(env):
     import comfy.samplers
     ms = env.sd.get_model_object("model_sampling")
-    fs_node = env.M["FewStepFSchedulerSigmas"]()
+    fs_node = env.M["FewStepFSchedulerSigmas"]
     for preset in ("512x5", "512x6", "512x8", "1024x5", "1024x6", "1024x8"):
         res, steps = (int(v) for v in preset.split("x"))
         from_dropdown = comfy.samplers.calculate_sigmas(ms, f"fewstep_fscheduler_{res}", steps)
-        from_node = fs_node.build(env.sd, preset, 1, 1.0, 1.0, 2, 1, -1.0, "auto")[0]
+        from_node = fs_node.execute(env.sd, preset, 1, 1.0, 1.0, 2, 1, -1.0, "auto")[0]
         assert torch.equal(from_dropdown, from_node), preset
         assert from_node.numel() == steps + 1 and from_node[-1] > 0
     core = comfy.samplers.calculate_sigmas(ms, "karras", 9)
