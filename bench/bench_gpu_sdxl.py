@@ -160,14 +160,14 @@ def main():
 
     # 2. full runs
     latent = {"samples": torch.zeros(1, 4, side, side)}
-    recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]()
+    recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]
 
     def ksampler(sampler, scheduler, steps):
         return lambda: time_ms(
             lambda: nodes.common_ksampler(patcher, 0, steps, CFG, sampler, scheduler, pos, neg, latent), device)
 
     def recipe_run(steps, freeu=True):
-        model, sigmas, sampler, _ = recipe.build(patcher, "1024 (SDXL)", steps, "unipc_fs",
+        model, sigmas, sampler, _ = recipe.execute(patcher, "1024 (SDXL)", steps, "unipc_fs",
                                                  freeu="auto" if freeu else "off")
         noise = comfy.sample.prepare_noise(latent["samples"], 0)
 
@@ -216,7 +216,7 @@ def compile_check(nodes, recipe, patcher, pos, neg, latent, device):
     import torch._dynamo.utils as dyn
     from comfy_extras.nodes_torch_compile import TorchCompileModel
     print("\n## torch.compile (ComfyUI's TorchCompileModel, inductor) with the gated FreeU patch\n")
-    model, sigmas, sampler, _ = recipe.build(patcher, "1024 (SDXL)", 8, "unipc_fs")
+    model, sigmas, sampler, _ = recipe.execute(patcher, "1024 (SDXL)", 8, "unipc_fs")
     out = TorchCompileModel.execute(model, "inductor")
     compiled = out[0] if isinstance(out, tuple) else out.result[0]
     noise = comfy.sample.prepare_noise(latent["samples"], 0)

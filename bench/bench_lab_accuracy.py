@@ -80,8 +80,8 @@ class Entry:
 
 
 def _fill_defaults(cls, model, steps):
-    """kwargs for a V1 node from its defaults; MODEL gets the lab model, 'steps' the step count.
-    None when a required input has no default."""
+    """kwargs for a node from its defaults (its V1 INPUT_TYPES view, which v3 nodes also give); MODEL
+    gets the lab model, 'steps' the step count. None when a required input has no default."""
     kwargs = {}
     spec = cls.INPUT_TYPES()
     for name, entry in spec.get("required", {}).items():
@@ -95,6 +95,8 @@ def _fill_defaults(cls, model, steps):
             kwargs[name] = steps
         elif isinstance(kind, (list, tuple)) and kind:
             kwargs[name] = opts.get("default", kind[0])
+        elif kind == "COMBO" and opts.get("options"):  # v3 spelling of a combo
+            kwargs[name] = opts.get("default", opts["options"][0])
         elif "default" in opts:
             kwargs[name] = opts["default"]
         else:
@@ -203,10 +205,10 @@ def main(argv=None):
     import torch
     torch.set_num_threads(max(1, args.threads))
     import comfy.samplers
-    runner = sys.modules[pack.__name__ + ".nodes._lab_runner"]
+    runner = pack.bridge.lab_runner
     accuracy = sys.modules[pack.__name__ + ".samplers.accuracy"]
     reference = sys.modules[pack.__name__ + ".samplers.reference"]
-    lab = sys.modules[pack.__name__ + ".nodes.lab"]
+    lab = pack.bridge.lab_model
     schedule_opt = importlib.import_module(pack.__name__ + ".samplers.schedule_opt")
 
     samplers, schedulers = discover(pack, runner, args.with_nodes)

@@ -254,7 +254,7 @@ def run_sdxl(args):
         return [[torch.randn(1, 77, ctx, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g),
                                                         "width": size, "height": size}]]
     pos, neg = cond(), cond()
-    node = nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]()
+    node = nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]
     steps, mc = 8, (2 if args.tiny else 8)
     grid = 24 if args.tiny else args.grid
     cuda = torch.cuda.is_available() and not args.tiny
@@ -262,8 +262,8 @@ def run_sdxl(args):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    sig, _, report = node.optimise(model, pos, neg, 7.0, size, size, steps, "dpmpp_2m", mc, 0, grid=grid,
-                                   use_cache=False)["result"]
+    sig, _, report = node.execute(model, pos, neg, 7.0, size, size, steps, "dpmpp_2m", mc, 0, grid=grid,
+                                  use_cache=False).result
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t

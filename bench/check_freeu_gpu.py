@@ -37,8 +37,8 @@ def main():
     mm.load_models_gpu([patcher])
     latent = torch.zeros(1, 4, 128, 128)
     noise = comfy.sample.prepare_noise(latent, 0)
-    recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]()
-    model, sigmas, sampler, _ = recipe.build(patcher, "1024 (SDXL)", 8, "unipc_fs")
+    recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]
+    model, sigmas, sampler, _ = recipe.execute(patcher, "1024 (SDXL)", 8, "unipc_fs")
 
     launches = []
     real = fused.freeu_block
@@ -62,7 +62,7 @@ def main():
     run("auto")  # compile the kernels
     fused_out, fused_s, fused_launches = run("auto")
     torch_out, torch_s, torch_launches = run("off")
-    plain, _, _ = run("auto", recipe.build(patcher, "1024 (SDXL)", 8, "unipc_fs", freeu="off")[0])
+    plain, _, _ = run("auto", recipe.execute(patcher, "1024 (SDXL)", 8, "unipc_fs", freeu="off")[0])
     blocks = len(fused_launches)
     print(f"- recipe 8 steps, CFG {CFG}: fused route took {sum(ok for ok, _ in fused_launches)} of {blocks} "
           f"patched block calls (the torch route {len(torch_launches)}); block shapes "
@@ -74,7 +74,7 @@ def main():
 
     import torch._dynamo.utils as dyn
     from comfy_extras.nodes_torch_compile import TorchCompileModel
-    plain_model = recipe.build(patcher, "1024 (SDXL)", 8, "unipc_fs", freeu="off")[0]
+    plain_model = recipe.execute(patcher, "1024 (SDXL)", 8, "unipc_fs", freeu="off")[0]
     print("\nTorchCompileModel (inductor); the compiled run against the same run eager (compiling an fp16 UNet "
           "changes roundings, which 8 CFG steps of a random-weight UNet amplify: the no-FreeU row is the yardstick)\n")
     print("| compiled model | run | wall s | new graphs | fused block calls | max |diff| vs eager |")

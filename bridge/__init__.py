@@ -1,1 +1,15 @@
-"""ComfyUI-facing code that is not a node: model wrappers, caches (imports ComfyUI lazily)."""
+"""ComfyUI-facing code that is not a node: dropdown registration (registry, dropdowns), the model's
+time axis (model_time), the exact-denoiser lab model (lab_model) and its runner (lab_runner), the
+optimised-schedule cache and runs (schedule_cache, schedule_opt), the σ-graph routes (sigma_graph), the launch-free UNet (cuda_graph)
+and the solver wrappers the nodes hand to ComfyUI (unipc, freeu, recipe, ksampler).
+
+Layers: samplers/ and freeu/ (maths) -> bridge/ -> nodes/. Nothing here imports nodes/."""
+
+
+def register(node_classes: dict) -> None:
+    """What the pack adds to ComfyUI beside its nodes, done once at import: the dropdown entries
+    and, when a server is running, the /fewstep/... routes serving these node classes' graphs."""
+    from . import dropdowns, sigma_graph
+    dropdowns.register()
+    sigma_graph.use_nodes(node_classes)
+    sigma_graph.register_routes()

@@ -2,7 +2,11 @@
 
 FreeU is on for a model evaluation at σ when  low <= σ <= high  (both ends inclusive, with a
 relative slack of 1e-5 so a σ that went through float32 still counts as the grid point it is).
-Samplers walk σ downwards, so `high` is where FreeU starts and `low` where it stops."""
+Samplers walk σ downwards, so `high` is where FreeU starts and `low` where it stops.
+
+This is the one FreeU-window type of the pack: the FreeU node builds it from its widgets, the
+F-scheduler recipe from the paper's start index on its solver grid (window_from_start_index), and
+the σ graphs draw the model calls it covers (bridge/sigma_graph.py)."""
 from __future__ import annotations
 
 import math
@@ -24,6 +28,10 @@ class SigmaWindow:
     @property
     def covers_everything(self) -> bool:
         return self.low <= 0.0 and self.high >= UNBOUNDED
+
+    def calls_inside(self, call_sigmas: Sequence[float]) -> list:
+        """Positions in `call_sigmas` (the σ of each model call, in order) that get FreeU."""
+        return [i for i, sigma in enumerate(call_sigmas) if self.contains(float(sigma))]
 
 
 def check_sigma_batch(batch: int, n_sigmas: int) -> None:
@@ -93,3 +101,24 @@ def window_from_steps(sigmas: Sequence[float], start_step: float, end_step: floa
     if start > end:
         raise ValueError(f"start_step ({start}) must be <= end_step ({end})")
     return SigmaWindow(high=values[start], low=values[end])
+
+
+def window_from_start_index(grid: Sequence[float], start_index: int | None, first_call: int = 0) -> SigmaWindow | None:
+    """On for every model call at grid index >= start_index of a solver grid whose calls are at points
+    first_call .. len(grid) - 2 (the last point has none; an analytic first step makes point 0
+    call-free: first_call 1). The gate sits at the geometric middle of the gap between the last call
+    without FreeU and the first with it (every call is exactly at a grid σ), or above every σ when
+    the first call is on. None when no index is given or no call is that late: FreeU off."""
+    if start_index is None:
+        return None
+    index = _number("freeu_start", start_index)
+    if index != int(index) or index < 0:
+        raise ValueError(f"freeu_start must be a whole grid index >= 0, got {start_index}")
+    values = [float(s) for s in grid]
+    calls = range(int(first_call), len(values) - 1)
+    on = [i for i in calls if i >= index]
+    if not on:
+        return None
+    first = on[0]
+    high = math.inf if first == calls[0] else math.sqrt(values[first - 1] * values[first])
+    return SigmaWindow(high=high, low=0.0)

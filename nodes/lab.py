@@ -1,178 +1,64 @@
-"""Exact-denoiser lab: a real ComfyUI MODEL whose denoiser is a closed-form posterior mean, plus
-the conditioning and latent-to-image nodes that let KSampler run it without CLIP or a VAE."""
-import torch
+"""Exact-denoiser lab nodes: the MODEL, its empty conditioning and its latent-to-image decode
+(the model itself is bridge/lab_model.py)."""
+from comfy_api.latest import io
 
-import comfy.latent_formats
-import comfy.model_base
-import comfy.model_management
-import comfy.model_patcher
-import comfy.model_sampling
-import comfy.supported_models_base
-
-from ..samplers.exact import DATASETS, ExactDenoiser, MixtureSpec
+from ..bridge.lab_model import SCHEDULES, build_lab_model, empty_conditioning, lab_latent_to_image
+from ..samplers.exact import DATASETS
 
 CATEGORY = "FewStep/lab"
-SCHEDULES = ("sd_discrete", "edm")
 
 
-class LabLatentFormat(comfy.latent_formats.LatentFormat):
-    """Lab latents are the data itself: channels 0-2 are RGB in [-1, 1], channel 3 luminance."""
-    scale_factor = 1.0
-    latent_channels = 4
-
-    def __init__(self):
-        self.latent_rgb_factors = [[0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5], [0, 0, 0]]
-        self.latent_rgb_factors_bias = [0.5, 0.5, 0.5]
-
-
-class LabConfig(comfy.supported_models_base.BASE):
-    unet_extra_config = {}
-    latent_format = LabLatentFormat
-    memory_usage_factor = 0.01
-    supported_inference_dtypes = [torch.float32]
-
-
-class ExactDenoiserNet(torch.nn.Module):
-    """Stands where the UNet stands: gets ComfyUI's scaled input and returns the output in the
-    model's own parametrisation (eps, v, EDM ...), so every ComfyUI code path around it is real."""
-
-    def __init__(self, lab_spec=None, device=None, operations=None, **_):
-        super().__init__()
-        self.denoiser = ExactDenoiser(lab_spec)
-        self.dtype = torch.float32
-        self._owner = []  # [LabModel], held in a list so it is not registered as a submodule
-        self.calls = 0     # model evaluations, for NFE accounting in the lab
-
-    def forward(self, xc, t, context=None, control=None, transformer_options={}, **kwargs):
-        ms = self._owner[0].model_sampling  # read per call: a ModelPatcher may have replaced it
-        sigma = transformer_options.get("sigmas")
-        if sigma is not None and xc.shape[0] % sigma.numel() == 0:
-            sigma = sigma.to(xc.device, torch.float32).reshape(-1).repeat(xc.shape[0] // sigma.numel())
-        else:
-            sigma = ms.sigma(t).to(torch.float32)
-        ones = torch.ones((xc.shape[0],) + (1,) * (xc.ndim - 1), device=xc.device, dtype=torch.float32)
-        x = xc.float() / ms.calculate_input(sigma, ones)
-        if isinstance(ms, comfy.model_sampling.CONST):
-            # Flow models (x = (1 - s) x0 + s eps) are the VE form rescaled: x/(1-s) = x0 + s/(1-s) eps.
-            s = sigma.to(torch.float64).clamp(max=1 - 1e-6).view(-1, *([1] * (x.ndim - 1)))
-            denoised = self.denoiser(x.to(torch.float64) / (1 - s), (s / (1 - s)).reshape(-1)).to(x.dtype)
-        else:
-            denoised = self.denoiser(x, sigma)
-        self.calls += 1
-        # calculate_denoised is affine in the model output: denoised = c0(x) + c1 * output.
-        c0 = ms.calculate_denoised(sigma, torch.zeros_like(x), x)
-        c1 = ms.calculate_denoised(sigma, ones, torch.zeros_like(ones))
-        return ((denoised - c0) / c1).to(xc.dtype)
-
-
-class LabModel(comfy.model_base.BaseModel):
-    def __init__(self, model_config, model_type, device=None):
-        super().__init__(model_config, model_type, device=device, unet_model=ExactDenoiserNet)
-        self.diffusion_model._owner.append(self)
-
-    def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        # The net needs the exact sigma; ComfyUI's samplers pass it, direct callers may not.
-        if transformer_options.get("sigmas") is None:
-            transformer_options = {**transformer_options, "sigmas": t}
-        return super().apply_model(x, t, c_concat=c_concat, c_crossattn=c_crossattn, control=control,
-                                   transformer_options=transformer_options, **kwargs)
-
-    def extra_conds(self, **kwargs):
-        return {}  # conditioning is accepted and ignored
-
-    @property
-    def spec(self) -> MixtureSpec:
-        return self.diffusion_model.denoiser.spec
-
-
-def build_lab_model(dataset="shapes", components=16, spread=0.05, seed=0, schedule="sd_discrete"):
-    """A ModelPatcher around a LabModel, on the device ComfyUI chooses."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    spec = MixtureSpec(dataset=dataset, components=int(components), spread=float(spread), seed=int(seed))
-    config = LabConfig({"lab_spec": spec})
-    if schedule == "edm":
-        config.sampling_settings = {"sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}
-        model_type = comfy.model_base.ModelType.EDM
-    else:
-        config.sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}
-        model_type = comfy.model_base.ModelType.EPS
-    offload = comfy.model_management.unet_offload_device()
-    model = LabModel(config, model_type, device=offload)
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=offload)
-
-
-class FewStepLabModel:
-    DESCRIPTION = ("A MODEL with an exact denoiser: the closed-form posterior mean of a known Gaussian "
-                   "mixture (random latent means, or procedurally drawn shapes you can look at). "
-                   "Works with KSampler and every sampler node; ground truth for comparing samplers.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "build"
+class FewStepLabModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FewStepLabModel", display_name="Exact Denoiser Lab Model (FewStep)", category=CATEGORY,
+            description=("A MODEL with an exact denoiser: the closed-form posterior mean of a known Gaussian "
+                         "mixture (random latent means, or procedurally drawn shapes you can look at). "
+                         "Works with KSampler and every sampler node; ground truth for comparing samplers."),
+            inputs=[
+                io.Combo.Input("dataset", options=list(DATASETS), default="shapes", tooltip="shapes: images of discs and boxes on gradients; gmm: random latent-space means."),
+                io.Int.Input("components", default=16, min=1, max=4096, tooltip="Number of mixture components (data points)."),
+                io.Float.Input("spread", default=0.05, min=0.001, max=10.0, step=0.001, tooltip="Standard deviation of each component."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the data set (not of the sampling noise)."),
+                io.Combo.Input("schedule", options=list(SCHEDULES), default="sd_discrete", tooltip="sd_discrete: SD1.5/SDXL eps model, sigma 0.0292-14.61; edm: continuous EDM, sigma 0.002-80."),
+            ],
+            outputs=[io.Model.Output()])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "dataset": (list(DATASETS), {"default": "shapes", "tooltip": "shapes: images of discs and boxes on gradients; gmm: random latent-space means."}),
-            "components": ("INT", {"default": 16, "min": 1, "max": 4096, "tooltip": "Number of mixture components (data points)."}),
-            "spread": ("FLOAT", {"default": 0.05, "min": 0.001, "max": 10.0, "step": 0.001, "tooltip": "Standard deviation of each component."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the data set (not of the sampling noise)."}),
-            "schedule": (list(SCHEDULES), {"default": "sd_discrete", "tooltip": "sd_discrete: SD1.5/SDXL eps model, sigma 0.0292-14.61; edm: continuous EDM, sigma 0.002-80."}),
-        }}
-
-    def build(self, dataset, components, spread, seed, schedule):
-        return (build_lab_model(dataset, components, spread, seed, schedule),)
+    def execute(cls, dataset, components, spread, seed, schedule) -> io.NodeOutput:
+        return io.NodeOutput(build_lab_model(dataset, components, spread, seed, schedule))
 
 
-class FewStepLabConditioning:
-    DESCRIPTION = "Empty CONDITIONING for the lab model, so KSampler runs without a CLIP model."
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "make"
+class FewStepLabConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FewStepLabConditioning", display_name="Lab Empty Conditioning (FewStep)", category=CATEGORY,
+            description="Empty CONDITIONING for the lab model, so KSampler runs without a CLIP model.",
+            inputs=[], outputs=[io.Conditioning.Output()])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    def make(self):
-        return ([[torch.zeros((1, 1, 8)), {}]],)
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(empty_conditioning())
 
 
-def lab_latent_to_image(samples: torch.Tensor, scale: int = 8) -> torch.Tensor:
-    """[B, C, h, w] lab latent -> [B, h*scale, w*scale, 3] IMAGE in [0, 1] (no VAE needed)."""
-    rgb = samples[:, :3].float()
-    if rgb.shape[1] < 3:
-        rgb = rgb[:, :1].expand(-1, 3, -1, -1)
-    img = ((rgb + 1) * 0.5).clamp(0, 1)
-    img = torch.nn.functional.interpolate(img, scale_factor=scale, mode="nearest")
-    return img.permute(0, 2, 3, 1).cpu()
-
-
-class FewStepLabDecode:
-    DESCRIPTION = "Turns a lab LATENT into an IMAGE (channels 0-2 as RGB, upscaled like a VAE would)."
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("IMAGE",)
-    FUNCTION = "decode"
+class FewStepLabDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FewStepLabDecode", display_name="Lab Latent to Image (FewStep)", category=CATEGORY,
+            description="Turns a lab LATENT into an IMAGE (channels 0-2 as RGB, upscaled like a VAE would).",
+            inputs=[
+                io.Latent.Input("samples", tooltip="A latent sampled from the lab model."),
+                io.Int.Input("scale", default=8, min=1, max=16, tooltip="Pixels per latent cell."),
+            ],
+            outputs=[io.Image.Output()])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "samples": ("LATENT", {"tooltip": "A latent sampled from the lab model."}),
-            "scale": ("INT", {"default": 8, "min": 1, "max": 16, "tooltip": "Pixels per latent cell."}),
-        }}
-
-    def decode(self, samples, scale):
-        return (lab_latent_to_image(samples["samples"], scale),)
+    def execute(cls, samples, scale) -> io.NodeOutput:
+        return io.NodeOutput(lab_latent_to_image(samples["samples"], scale))
 
 
-NODE_CLASS_MAPPINGS = {
-    "FewStepLabModel": FewStepLabModel,
-    "FewStepLabConditioning": FewStepLabConditioning,
-    "FewStepLabDecode": FewStepLabDecode,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "FewStepLabModel": "Exact Denoiser Lab Model (FewStep)",
-    "FewStepLabConditioning": "Lab Empty Conditioning (FewStep)",
-    "FewStepLabDecode": "Lab Latent to Image (FewStep)",
-}
+NODE_CLASS_MAPPINGS = {"FewStepLabModel": FewStepLabModel, "FewStepLabConditioning": FewStepLabConditioning,
+                       "FewStepLabDecode": FewStepLabDecode}

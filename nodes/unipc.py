@@ -1,105 +1,35 @@
-"""The F-scheduler paper's UniPC as a SAMPLER node and as KSampler dropdown entries."""
-from ._registry import add_sampler
+"""The F-scheduler paper's UniPC as a SAMPLER node (the solver wrapper and its dropdown entries
+are in bridge/unipc.py)."""
+from comfy_api.latest import io
 
-# The maths module is imported at call time: the pack's import must stay cheap.
+from ..bridge.unipc import ORDERS, unipc_sampler
+
 CATEGORY = "FewStep/samplers"
-ORDERS = (1, 2, 3)  # samplers.unipc.ORDERS
 ORDER_CHOICES = ["auto"] + [str(o) for o in ORDERS]
 
 
-def model_sampling_of(model):
-    """The model_sampling object behind the k-diffusion model ComfyUI hands a sampler function
-    (KSamplerX0Inpaint -> guider -> ModelPatcher), or None when called outside ComfyUI."""
-    guider = getattr(model, "inner_model", None)
-    patcher = getattr(guider, "model_patcher", None)
-    if patcher is not None:
-        return patcher.get_model_object("model_sampling")
-    base = getattr(guider, "inner_model", None)
-    return getattr(base, "model_sampling", None)
-
-
-def afs_point(model_sampling, sigma0: float, sigma1: float):
-    """The paper's AFS point from the model's own training-timestep table, or None for models without
-    one (continuous EDM-style: the solver then takes the midpoint in log sigma, which is their own
-    timestep midpoint)."""
-    from ..samplers.unipc import timestep_midpoint
-    from ._model_time import VP, time_table
-    try:
-        table, kind = time_table(model_sampling, "the analytic first step")
-    except ValueError:
-        return None
-    mid = timestep_midpoint(sigma0, sigma1, table, "alphas_cumprod" if kind == VP else "log_sigma")
-    return mid if sigma1 < mid < sigma0 else None
-
-
-def sample_fewstep_unipc(model, x, sigmas, extra_args=None, callback=None, disable=None, afs=False,
-                         afs_sigma=None, **options):
-    """sample_unipc_fs with the AFS point taken from the model's timestep table (paper's rule)."""
-    import comfy.model_sampling
-
-    from ..samplers.unipc import sample_unipc_fs
-    ms = model_sampling_of(model)
-    if isinstance(ms, comfy.model_sampling.CONST):
-        raise ValueError("FewStep UniPC works in noise-prediction form for models with x = x0 + sigma*eps "
-                         "(SD1.5, SDXL, EDM); this model is a flow-matching (CONST) model: use another sampler")
-    if afs and afs_sigma is None and ms is not None and len(sigmas) > 1 and float(sigmas[1]) > 0:
-        afs_sigma = afs_point(ms, float(sigmas[0]), float(sigmas[1]))
-    return sample_unipc_fs(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                           afs=afs, afs_sigma=afs_sigma, **options)
-
-
-def sample_fewstep_unipc_fs(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-    """Dropdown entry: paper UniPC, order 1 up to 6 calls else 2, corrector, no AFS."""
-    options.setdefault("order", "auto")
-    return sample_fewstep_unipc(model, x, sigmas, extra_args, callback, disable, **options)
-
-
-def sample_fewstep_unipc_fs_afs(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
-    """Dropdown entry: as fewstep_unipc_fs plus the analytic first step (the paper's 1024² setting)."""
-    options.setdefault("order", "auto")
-    options.setdefault("afs", True)
-    return sample_fewstep_unipc(model, x, sigmas, extra_args, callback, disable, **options)
-
-
-def unipc_sampler(order="auto", corrector=True, lower_order_final=True, afs=False, afs_eps_scale=1.0):
-    """A ComfyUI SAMPLER running the paper's UniPC with these options."""
-    import comfy.samplers
-    order = order if order == "auto" else int(order)
-    if order != "auto" and order not in ORDERS:
-        raise ValueError(f"order must be 'auto' or one of {ORDERS}, got {order!r}")
-    return comfy.samplers.KSAMPLER(sample_fewstep_unipc, extra_options={
-        "order": order, "corrector": bool(corrector), "lower_order_final": bool(lower_order_final),
-        "afs": bool(afs), "afs_eps_scale": float(afs_eps_scale)})
-
-
-class FewStepSamplerUniPC:
-    DESCRIPTION = ("UniPC as the F-scheduler paper runs it: noise-prediction form with B(h) = h, a "
-                   "multistep predictor and a corrector after every move but the last (no extra model "
-                   "call), lower-order final steps. Works with sigmas that stop at sigma_stop > 0. "
-                   "Optional analytic first step (1024² recipe): an extra point after sigma_0 reached "
-                   "without a model call, so N sigmas still cost N model calls.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("SAMPLER",)
-    FUNCTION = "get_sampler"
+class FewStepSamplerUniPC(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FewStepSamplerUniPC", display_name="UniPC, F-scheduler form (FewStep)", category=CATEGORY,
+            description=("UniPC as the F-scheduler paper runs it: noise-prediction form with B(h) = h, a "
+                         "multistep predictor and a corrector after every move but the last (no extra model "
+                         "call), lower-order final steps. Works with sigmas that stop at sigma_stop > 0. "
+                         "Optional analytic first step (1024² recipe): an extra point after sigma_0 reached "
+                         "without a model call, so N sigmas still cost N model calls."),
+            inputs=[
+                io.Combo.Input("order", options=ORDER_CHOICES, default="auto", tooltip="Predictor order. auto = the paper's rule: 1 for up to 6 model calls (5-6 steps), 2 from 7 (8 steps). The corrector adds one order."),
+                io.Boolean.Input("corrector", default=True, tooltip="UniC corrector after every move except the last; reuses the next model call, so it costs nothing."),
+                io.Boolean.Input("lower_order_final", default=True, tooltip="Lower the order on the final moves (min(order, moves left)), as UniPC does for few steps."),
+                io.Boolean.Input("analytic_first_step", default=False, tooltip="Insert a point halfway (in training timestep) between sigma_0 and sigma_1 and reach it without a model call, using the latent itself as the noise prediction (VP scaling). The paper uses it at 1024²."),
+                io.Float.Input("afs_eps_scale", default=1.0, min=0.5, max=1.0, step=0.005, tooltip="Analytic first step noise prediction = scale * latent (VP scaling). 1.0 as in the paper's UniPC code; 0.975 in its diffusers-style variant."),
+            ],
+            outputs=[io.Sampler.Output()])
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "order": (ORDER_CHOICES, {"default": "auto", "tooltip": "Predictor order. auto = the paper's rule: 1 for up to 6 model calls (5-6 steps), 2 from 7 (8 steps). The corrector adds one order."}),
-            "corrector": ("BOOLEAN", {"default": True, "tooltip": "UniC corrector after every move except the last; reuses the next model call, so it costs nothing."}),
-            "lower_order_final": ("BOOLEAN", {"default": True, "tooltip": "Lower the order on the final moves (min(order, moves left)), as UniPC does for few steps."}),
-            "analytic_first_step": ("BOOLEAN", {"default": False, "tooltip": "Insert a point halfway (in training timestep) between sigma_0 and sigma_1 and reach it without a model call, using the latent itself as the noise prediction (VP scaling). The paper uses it at 1024²."}),
-            "afs_eps_scale": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 1.0, "step": 0.005, "tooltip": "Analytic first step noise prediction = scale * latent (VP scaling). 1.0 as in the paper's UniPC code; 0.975 in its diffusers-style variant."}),
-        }}
-
-    def get_sampler(self, order, corrector, lower_order_final, analytic_first_step, afs_eps_scale):
-        return (unipc_sampler(order, corrector, lower_order_final, analytic_first_step, afs_eps_scale),)
-
-
-def setup():
-    add_sampler("fewstep_unipc_fs", sample_fewstep_unipc_fs)
-    add_sampler("fewstep_unipc_fs_afs", sample_fewstep_unipc_fs_afs)
+    def execute(cls, order, corrector, lower_order_final, analytic_first_step, afs_eps_scale) -> io.NodeOutput:
+        return io.NodeOutput(unipc_sampler(order, corrector, lower_order_final, analytic_first_step, afs_eps_scale))
 
 
 NODE_CLASS_MAPPINGS = {"FewStepSamplerUniPC": FewStepSamplerUniPC}
-NODE_DISPLAY_NAME_MAPPINGS = {"FewStepSamplerUniPC": "UniPC, F-scheduler form (FewStep)"}

@@ -12,13 +12,11 @@ FreeU window. t_aug is a 0-based index into the solver's own time grid, which at
 AFS point (grid = sigma_0, sigma_mid, sigma_1, ..., sigma_N). The model is evaluated at every grid
 point but the last, except that with AFS grid point 0 has no evaluation. FreeU is on for every
 evaluation at grid index >= t_aug. Every evaluation happens exactly at a grid sigma (the corrector
-reuses the next evaluation), so a gate on the sigma of each model call reproduces the window: on
-when sigma <= sigma_on, with sigma_on = sqrt(grid[t_aug - 1] * grid[t_aug]), the geometric middle of
-the open interval that separates the last call without FreeU from the first call with it.
+reuses the next evaluation), so a gate on the sigma of each model call reproduces the window:
+freeu.window.window_from_start_index (the pack's one FreeU-window type, SigmaWindow).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -28,7 +26,7 @@ from .unipc import ORDERS, afs_grid, auto_order
 from .validation import check_choice, check_positive, check_steps
 
 RESOLUTIONS = ("1024", "512", "custom")
-SOLVERS = ("unipc_fs", "dpmpp_1s", "dpmpp_2m")
+# The recipe's solver choices, by their names in the solver table (samplers/catalog.py), with what each is.
 SOLVER_NOTES = {
     "unipc_fs": "UniPC, noise prediction, B(h)=h, predictor+corrector (paper v3)",
     "dpmpp_1s": "DPM-Solver++ first order (paper v1, 512² 5/6 steps)",
@@ -110,7 +108,7 @@ def build_recipe(resolution="1024", steps=8, solver="unipc_fs", p1=None, p2=None
     """Every value the recipe uses; None means 'the paper's value for this setting' (or the rule)."""
     check_choice(resolution, RESOLUTIONS, "resolution")
     steps = check_steps(steps)
-    check_choice(solver, SOLVERS, "solver")
+    check_choice(solver, tuple(SOLVER_NOTES), "solver")
     src = {}
 
     def pick(name, user, published, rule):
@@ -178,37 +176,6 @@ def recipe_sigmas(recipe: Recipe, model_sigmas, interpolation="alphas_cumprod", 
                              recipe.stop_index, interpolation=interpolation, dtype=dtype)
 
 
-@dataclass
-class FreeUWindow:
-    start_index: int | None       # t_aug in the solver grid; None = off
-    grid: list                    # solver grid (AFS point included)
-    eval_indices: list            # grid indices with a model evaluation
-    on_indices: list              # those with FreeU on
-    on_sigmas: list
-    sigma_on: float | None        # gate: FreeU on for model calls with sigma <= sigma_on
-
-    def describe(self) -> str:
-        if not self.on_indices:
-            return "FreeU off"
-        return (f"FreeU from grid index {self.start_index}: {len(self.on_indices)} of {len(self.eval_indices)} "
-                f"calls, at sigma {', '.join(f'{s:.4f}' for s in self.on_sigmas)} (gate sigma <= {self.sigma_on:.4f})")
-
-
 def solver_grid(sigmas, afs: bool, afs_sigma: float | None = None) -> list:
     values = [float(s) for s in sigmas]
     return afs_grid(values, afs_sigma) if afs else values
-
-
-def freeu_window(grid, start_index, afs: bool) -> FreeUWindow:
-    """Which model calls get FreeU for start index t_aug on this solver grid, and the sigma gate."""
-    grid = [float(s) for s in grid]
-    evals = list(range(1 if afs else 0, len(grid) - 1))
-    if start_index is None:
-        return FreeUWindow(None, grid, evals, [], [], None)
-    start = check_steps(start_index, "freeu_start", minimum=0)
-    on = [i for i in evals if i >= start]
-    if not on:
-        return FreeUWindow(start, grid, evals, [], [], None)
-    first = on[0]
-    sigma_on = math.inf if first == evals[0] else math.sqrt(grid[first - 1] * grid[first])
-    return FreeUWindow(start, grid, evals, on, [grid[i] for i in on], sigma_on)

@@ -50,9 +50,9 @@ def test_fit_layout_finds_the_steps_that_make_n_calls(solver, nfe, expected):
 def test_fitted_schedules_use_other_noises_and_make_n_calls(comfy, monkeypatch):
     nodes, pack = comfy
     bench = _bench()
-    runner = sys.modules[pack.__name__ + ".nodes._lab_runner"]
+    runner = pack.bridge.lab_runner
     so = sys.modules[pack.__name__ + ".samplers.schedule_opt"]
-    model = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 4, 0.3, 0, "sd_discrete")[0]
+    model = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 4, 0.3, 0, "sd_discrete")[0]
     seeds = []
     real = runner.make_noise
     monkeypatch.setattr(runner, "make_noise", lambda seed, *a, **k: seeds.append(seed) or real(seed, *a, **k))

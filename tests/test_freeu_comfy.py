@@ -29,8 +29,8 @@ def comfy_freeu(nodes, name, model, b1, b2, s1, s2):
 
 
 def ours(nodes, model, b1, b2, s1, s2, version, window="percent", start=0.0, end=1.0, sigmas=None, threshold=1):
-    node = nodes.NODE_CLASS_MAPPINGS["FewStepFreeU"]()
-    return node.patch(model, "custom", b1, b2, s1, s2, version, threshold, window, start, end, sigmas)[0]
+    node = nodes.NODE_CLASS_MAPPINGS["FewStepFreeU"]
+    return node.execute(model, "custom", b1, b2, s1, s2, version, threshold, window, start, end, sigmas)[0]
 
 
 class Route:
@@ -243,20 +243,20 @@ def test_percent_window_uses_the_models_schedule(comfy, unet):
 
 def test_presets_and_input_errors(comfy, unet):
     nodes, pack = comfy
-    node = nodes.NODE_CLASS_MAPPINGS["FewStepFreeU"]()
+    node = nodes.NODE_CLASS_MAPPINGS["FewStepFreeU"]
     presets = pack_module(pack, "freeu.presets")
     name = "SD1.5 (FreeU authors) 1.5/1.6/0.9/0.2"
-    patch = output_block_patches(node.patch(unet, name, 9, 9, 9, 9, "v1", 1, "percent", 0.0, 1.0)[0])[-1]
+    patch = output_block_patches(node.execute(unet, name, 9, 9, 9, 9, "v1", 1, "percent", 0.0, 1.0)[0])[-1]
     assert patch.stages == {128: (1.5, 0.9), 64: (1.6, 0.2)} and name in presets.PRESETS
     sig = torch.tensor([14.6, 3.0, 1.0, 0.0])
     with pytest.raises(ValueError, match="window 'step' needs"):
-        node.patch(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "step", 1, -1)
+        node.execute(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "step", 1, -1)
     with pytest.raises(ValueError, match="sigmas is connected"):
-        node.patch(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "percent", 0.0, 1.0, sig)
+        node.execute(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "percent", 0.0, 1.0, sig)
     with pytest.raises(ValueError, match="end_step"):
-        node.patch(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "step", 1, 7, sig)
+        node.execute(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "step", 1, 7, sig)
     with pytest.raises(ValueError, match="start_sigma"):
-        node.patch(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "sigma", 0.5, 1.0)
+        node.execute(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "sigma", 0.5, 1.0)
 
 
 def test_chains_with_existing_output_block_patches(comfy, unet):
@@ -299,7 +299,7 @@ def test_device_without_fft(comfy, unet, monkeypatch):
 
 def test_non_unet_model_gets_a_clear_error(comfy):
     nodes, _ = comfy
-    lab = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 4, 0.1, 0, "sd_discrete")[0]
+    lab = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 4, 0.1, 0, "sd_discrete")[0]
     with pytest.raises(ValueError) as exc:
         ours(nodes, lab, 1.3, 1.4, 0.9, 0.2, "v1")
     message = str(exc.value)

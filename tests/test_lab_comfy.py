@@ -4,8 +4,8 @@ import torch
 
 def test_lab_model_runs_through_core_ksampler(comfy):
     nodes, pack = comfy
-    model = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("shapes", 8, 0.05, 0, "sd_discrete")[0]
-    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"]().make()[0]
+    model = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("shapes", 8, 0.05, 0, "sd_discrete")[0]
+    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"].execute()[0]
     latent = {"samples": torch.zeros(2, 4, 8, 8)}
     out = nodes.common_ksampler(model, 7, 40, 1.0, "heun", "karras", cond, cond, latent)[0]["samples"]
     assert out.shape == (2, 4, 8, 8) and torch.isfinite(out).all()
@@ -20,7 +20,7 @@ def test_lab_model_output_is_the_exact_denoiser(comfy):
     nodes, pack = comfy
     import comfy.samplers
     for schedule in ("sd_discrete", "edm"):
-        model = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 6, 0.2, 1, schedule)[0]
+        model = nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 6, 0.2, 1, schedule)[0]
         den = model.model.diffusion_model.denoiser
         x = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0)) * 3
         sigma = torch.tensor([5.0, 0.9, 0.05])

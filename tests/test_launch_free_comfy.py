@@ -251,8 +251,8 @@ def test_gated_freeu_reads_each_calls_sigma_through_the_static_buffer(comfy, une
     """FewStep FreeU with a σ window on a captured model: the run equals the uncaptured one, so the
     window switched at the right calls although one signature serves every call."""
     nodes, _ = comfy
-    freeu = nodes.NODE_CLASS_MAPPINGS["FewStepFreeU"]()
-    patched = freeu.patch(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "sigma", 2.0, 0.0)[0]
+    freeu = nodes.NODE_CLASS_MAPPINGS["FewStepFreeU"]
+    patched = freeu.execute(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v1", 1, "sigma", 2.0, 0.0)[0]
     no_freeu = ksampler(nodes, unet, steps=6)
     plain = ksampler(nodes, patched, steps=6)
     assert not torch.equal(plain, no_freeu)

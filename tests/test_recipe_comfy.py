@@ -17,11 +17,11 @@ RES = {"1024": "1024 (SDXL)", "512": "512 (SD1.5)"}
 
 
 def lab(nodes):
-    return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("shapes", 8, 0.05, 0, "sd_discrete")[0]
+    return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("shapes", 8, 0.05, 0, "sd_discrete")[0]
 
 
 def recipe(nodes, model, res, steps, solver="unipc_fs", **kw):
-    return nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]().build(model, RES.get(res, res), steps, solver, **kw)
+    return nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"].execute(model, RES.get(res, res), steps, solver, **kw)
 
 
 
@@ -41,7 +41,7 @@ def test_recipe_node_outputs_and_model_calls(comfy, key):
     model, sigmas, sampler, text = recipe(nodes, lab(nodes), res, n, freeu="off")
     assert [round(float(s), 4) for s in sigmas] == PUBLISHED_SIGMAS[key]
     m = recording(model)
-    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"]().make()[0]
+    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"].execute()[0]
     out = run(m, sampler, sigmas, cond)
     assert torch.isfinite(out).all()
     assert len(m.seen) == n, m.seen
@@ -61,7 +61,7 @@ def test_recipe_with_dpmpp_solvers(comfy, solver):
     nodes, _ = comfy
     model, sigmas, sampler, text = recipe(nodes, lab(nodes), "512", 8, solver, freeu="off")
     m = recording(model)
-    out = run(m, sampler, sigmas, nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"]().make()[0])
+    out = run(m, sampler, sigmas, nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"].execute()[0])
     assert torch.isfinite(out).all() and len(m.seen) == 8
     assert "analytic first step: off" in text
 
@@ -70,8 +70,8 @@ def test_unipc_order_one_predictor_matches_dpmpp_1s_through_comfy(comfy):
     """UniP-1 without corrector is DDIM, as is DPM-Solver++(1S): same latent through ComfyUI."""
     nodes, pack = comfy
     model, sigmas, _, _ = recipe(nodes, lab(nodes), "512", 6, freeu="off")
-    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"]().make()[0]
-    unipc = nodes.NODE_CLASS_MAPPINGS["FewStepSamplerUniPC"]().get_sampler("1", False, True, False, 1.0)[0]
+    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"].execute()[0]
+    unipc = nodes.NODE_CLASS_MAPPINGS["FewStepSamplerUniPC"].execute("1", False, True, False, 1.0)[0]
     ddim = recipe(nodes, model, "512", 6, "dpmpp_1s", freeu="off")[2]
     a, b = run(model, unipc, sigmas, cond), run(model, ddim, sigmas, cond)
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
@@ -89,7 +89,7 @@ def test_description_lists_the_published_settings(comfy):
 
 def test_recipe_grid_rule_matches_the_fscheduler_dropdowns(comfy):
     nodes, pack = comfy
-    dropdowns = sys.modules[pack.__name__ + ".nodes.dropdowns"]
+    dropdowns = pack.bridge.dropdowns
     recipe_math = sys.modules[pack.__name__ + ".samplers.recipe"]
     presets = sys.modules[pack.__name__ + ".samplers.schedules"].FSCHEDULER_PRESETS
     for res in ("512", "1024"):

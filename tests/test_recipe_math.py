@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from samplers.recipe import (PUBLISHED, build_recipe, freeu_window, grid_preset, recipe_sigmas,
-                             solver_grid)
+from freeu.window import window_from_start_index
+from samplers.recipe import PUBLISHED, build_recipe, grid_preset, recipe_sigmas, solver_grid
 from samplers.schedules import sd_discrete_sigmas, table_timestep
 from samplers.unipc import timestep_midpoint
 
@@ -28,16 +28,25 @@ PUBLISHED_FREEU = {
 TABLE = sd_discrete_sigmas(dtype=__import__("torch").float64)
 
 
+def calls(grid, afs):
+    """Solver-grid indices with a model call: all but the last point, and not the AFS point 0."""
+    return list(range(1 if afs else 0, len(grid) - 1))
+
+
 def recipe_outputs(resolution, steps, **kw):
+    """(recipe, sigmas, AFS point, solver grid, FreeU window, grid indices of the calls with FreeU on)."""
     r = build_recipe(resolution, steps, **kw)
     sig = recipe_sigmas(r, TABLE)
     mid = timestep_midpoint(float(sig[0]), float(sig[1]), TABLE) if r.afs else None
-    return r, sig, mid, freeu_window(solver_grid(sig, r.afs, mid), r.freeu_start, r.afs)
+    grid = solver_grid(sig, r.afs, mid)
+    window = window_from_start_index(grid, r.freeu_start, first_call=1 if r.afs else 0)
+    on = [i for i in calls(grid, r.afs) if window is not None and window.contains(grid[i])]
+    return r, sig, mid, grid, window, on
 
 
 @pytest.mark.parametrize("key", list(PUBLISHED_SIGMAS))
 def test_recipe_sigmas_equal_the_published_lists(key):
-    r, sig, _, _ = recipe_outputs(*key)
+    r, sig = recipe_outputs(*key)[:2]
     assert [round(float(s), 4) for s in sig] == PUBLISHED_SIGMAS[key]
     assert all(v == "published" for k, v in r.source.items() if k in ("p1", "p2", "grid_points", "stop_index"))
 
@@ -45,20 +54,21 @@ def test_recipe_sigmas_equal_the_published_lists(key):
 @pytest.mark.parametrize("key", list(PUBLISHED_FREEU))
 def test_freeu_windows_equal_the_published_ones(key):
     start, sigmas_on, (lo, hi) = PUBLISHED_FREEU[key]
-    r, sig, mid, window = recipe_outputs(*key)
+    r, sig, mid, grid, window, on = recipe_outputs(*key)
     assert r.freeu_start == start and r.source["freeu_start"] == "published"
-    assert [round(s, 4) for s in window.on_sigmas] == sigmas_on
-    assert lo <= window.sigma_on <= hi
-    assert len(window.eval_indices) == r.steps  # N model calls, with or without AFS
+    assert [round(grid[i], 4) for i in on] == sigmas_on
+    assert on == [i for i in calls(grid, r.afs) if i >= start]
+    assert lo <= window.high <= hi and window.low == 0.0
+    assert len(calls(grid, r.afs)) == r.steps  # N model calls, with or without AFS
 
 
 @pytest.mark.parametrize("steps, t_mid, sigma_mid", [(6, 901.6, 8.4192), (8, 925.7, 9.5775)])
 def test_afs_point_is_the_timestep_midpoint(steps, t_mid, sigma_mid):
-    r, sig, mid, window = recipe_outputs("1024", steps)
-    assert r.afs and window.grid[1] == mid
+    r, sig, mid, grid = recipe_outputs("1024", steps)[:4]
+    assert r.afs and grid[1] == mid
     assert float(table_timestep(mid, TABLE)) == pytest.approx(t_mid, abs=0.1)
     assert mid == pytest.approx(sigma_mid, abs=2e-4)
-    assert window.eval_indices[0] == 1  # no evaluation at sigma_0
+    assert calls(grid, r.afs)[0] == 1  # no evaluation at sigma_0
 
 
 def test_solver_order_and_afs_follow_the_paper():
@@ -114,9 +124,18 @@ def test_bad_settings_are_refused(kwargs, word):
 
 def test_window_edges():
     grid = [10.0, 5.0, 2.0, 1.0, 0.5]
-    assert freeu_window(grid, 0, False).sigma_on == math.inf
-    assert freeu_window(grid, 4, False).on_indices == []  # the last grid point has no evaluation
-    w = freeu_window(grid, 2, True)
-    assert w.eval_indices == [1, 2, 3] and w.on_indices == [2, 3]
-    assert w.sigma_on == pytest.approx(math.sqrt(10.0))
-    assert freeu_window(grid, None, False).describe() == "FreeU off"
+    assert window_from_start_index(grid, 0).high == math.inf
+    assert window_from_start_index(grid, 4) is None  # the last grid point has no evaluation
+    w = window_from_start_index(grid, 2, first_call=1)
+    assert [i for i in calls(grid, True) if w.contains(grid[i])] == [2, 3]
+    assert w.high == pytest.approx(math.sqrt(10.0))
+    assert window_from_start_index(grid, None) is None
+    with pytest.raises(ValueError, match="freeu_start"):
+        window_from_start_index(grid, -1)
+
+
+def test_recipe_solvers_are_entries_of_the_solver_table():
+    from samplers.catalog import solver
+    from samplers.recipe import SOLVER_NOTES
+    for name in SOLVER_NOTES:
+        assert callable(solver(name).fn), name

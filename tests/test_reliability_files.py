@@ -26,14 +26,14 @@ def env(comfy, tmp_path):
     class Env:
         pass
     e = Env()
-    e.cache = sys.modules[f"{pack.__name__}.nodes._schedule_cache"]
+    e.cache = pack.bridge.schedule_cache
     e.dir = tmp_path / "fewstep" / "schedules"
-    e.model = M["FewStepLabModel"]().build("gmm", 8, 0.3, 0, "sd_discrete")[0]
-    e.cond = M["FewStepLabConditioning"]().make()[0]
+    e.model = M["FewStepLabModel"].execute("gmm", 8, 0.3, 0, "sd_discrete")[0]
+    e.cond = M["FewStepLabConditioning"].execute()[0]
     e.calls = lambda: e.model.model.diffusion_model.calls
-    e.optimise = lambda: M["FewStepOptimizeSchedule"]().optimise(e.model, e.cond, e.cond, 1.0, 64, 64, 3, "dpmpp_2m",
-                                                                 2, 0, **SMALL)["result"]
-    e.load = lambda name: M["FewStepLoadOptimizedSchedule"]().load(e.model, name, 3)["result"]
+    e.optimise = lambda: M["FewStepOptimizeSchedule"].execute(e.model, e.cond, e.cond, 1.0, 64, 64, 3, "dpmpp_2m",
+                                                                 2, 0, **SMALL).result
+    e.load = lambda name: M["FewStepLoadOptimizedSchedule"].execute(e.model, name, 3).result
     e.optimise()
     (e.path,) = list(e.dir.glob("*.json"))
     e.good = e.path.read_bytes()

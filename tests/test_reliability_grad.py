@@ -121,14 +121,14 @@ def test_cfg_and_fewstep_schedulers_build_no_graph(env):
 def _sampler_node_outputs(nodes, unet):
     """Every SAMPLER-producing FewStep node with the option that selects each solver family."""
     M = nodes.NODE_CLASS_MAPPINGS
-    out = {f"dpmpp {s}": M["FewStepSamplerDPMPP"]().get_sampler(s, allow_short_schedule=True)[0]
+    out = {f"dpmpp {s}": M["FewStepSamplerDPMPP"].execute(s, allow_short_schedule=True)[0]
            for s in ("1s", "2s", "2m", "3m")}
     for method in ("tab", "rhoab", "rhork"):
-        out[f"deis {method}"] = M["FewStepSamplerDEIS"]().get_sampler(method, allow_short_schedule=True)[0]
-    out["edm heun"] = M["FewStepSamplerEDM"]().get_sampler()[0]
-    out["edm churn"] = M["FewStepSamplerEDM"]().get_sampler(1.0, 2.0, 0.0, 1000.0, 1.0)[0]
-    out["unipc"] = M["FewStepSamplerUniPC"]().get_sampler("auto", True, True, False, 1.0)[0]
-    out["unipc afs"] = M["FewStepSamplerUniPC"]().get_sampler("2", True, True, True, 1.0)[0]
+        out[f"deis {method}"] = M["FewStepSamplerDEIS"].execute(method, allow_short_schedule=True)[0]
+    out["edm heun"] = M["FewStepSamplerEDM"].execute()[0]
+    out["edm churn"] = M["FewStepSamplerEDM"].execute(1.0, 2.0, 0.0, 1000.0, 1.0)[0]
+    out["unipc"] = M["FewStepSamplerUniPC"].execute("auto", True, True, False, 1.0)[0]
+    out["unipc afs"] = M["FewStepSamplerUniPC"].execute("2", True, True, True, 1.0)[0]
     return out
 
 
@@ -137,9 +137,9 @@ def test_every_sampler_node_and_schedule_node_builds_no_graph(env):
     M = nodes.NODE_CLASS_MAPPINGS
     with torch.enable_grad():
         schedules = {
-            "karras": M["FewStepKarrasSigmas"]().build(STEPS, 0.0, 0.0, 7.0, model=unet)[0],
-            "timestep power": M["FewStepTimestepPowerSigmas"]().build(unet, STEPS, 1.2, -1, -1, True, "log_sigma")[0],
-            "fscheduler": M["FewStepFSchedulerSigmas"]().build(unet, "512x5", 6, 1.2, 5.0, 8, 6, -1, "auto")[0],
+            "karras": M["FewStepKarrasSigmas"].execute(STEPS, 0.0, 0.0, 7.0, model=unet)[0],
+            "timestep power": M["FewStepTimestepPowerSigmas"].execute(unet, STEPS, 1.2, -1, -1, True, "log_sigma")[0],
+            "fscheduler": M["FewStepFSchedulerSigmas"].execute(unet, "512x5", 6, 1.2, 5.0, 8, 6, -1, "auto")[0],
         }
     for name, sig in schedules.items():
         assert torch.is_tensor(sig) and not sig.requires_grad and sig.grad_fn is None, name
@@ -150,10 +150,10 @@ def test_every_sampler_node_and_schedule_node_builds_no_graph(env):
         if out.grad_fn is not None or saved or any(graphs):
             bad[name] = saved
     assert not bad, f"SAMPLER nodes that built autograd graphs (tensors saved): {bad}"
-    ksa = M["FewStepKSamplerAdvanced"]()
+    ksa = M["FewStepKSamplerAdvanced"]
     for override in ({}, {"sampler": _sampler_node_outputs(nodes, unet)["deis tab"], "sigmas": schedules["fscheduler"]}):
         with torch.enable_grad(), counting_saved_tensors() as count:
-            out = ksa.sample(unet, "enable", 7, STEPS, 1.0, "fewstep_dpmpp_3m", "karras", cond, cond,
+            out = ksa.execute(unet, "enable", 7, STEPS, 1.0, "fewstep_dpmpp_3m", "karras", cond, cond,
                              {"samples": _latent()}, 0, 10000, "disable", **override)[0]["samples"]
         assert out.grad_fn is None and count["saved"] == 0, list(override)
 
@@ -164,9 +164,9 @@ def test_recipe_and_freeu_patch_build_no_graph_and_stay_differentiable_on_reques
     nodes, _, unet, cond, common, _ = env
     M = nodes.NODE_CLASS_MAPPINGS
     with torch.enable_grad():
-        model, sigmas, sampler, _ = M["FewStepFSchedulerRecipe"]().build(unet, "512 (SD1.5)", 5, "unipc_fs",
+        model, sigmas, sampler, _ = M["FewStepFSchedulerRecipe"].execute(unet, "512 (SD1.5)", 5, "unipc_fs",
                                                                          freeu="on", freeu_start_index=0)
-    freeu = M["FewStepFreeU"]().patch(unet, "custom", 1.2, 1.3, 0.9, 0.2, "v2", 1, "percent", 0.0, 1.0, None)[0]
+    freeu = M["FewStepFreeU"].execute(unet, "custom", 1.2, 1.3, 0.9, 0.2, "v2", 1, "percent", 0.0, 1.0, None)[0]
     for m in (model, freeu):
         out, saved, graphs = custom_run(m, cond, sampler, sigmas)
         assert out.grad_fn is None and saved == 0 and not any(graphs)
@@ -227,16 +227,16 @@ def test_lab_nodes_and_schedule_optimiser_build_no_graph(env, tmp_path):
     folder_paths.set_user_directory(str(tmp_path))
     try:
         with torch.enable_grad(), counting_saved_tensors() as count:
-            lab = M["FewStepLabModel"]().build("gmm", 4, 0.3, 0, "sd_discrete")[0]
-            lab_cond = M["FewStepLabConditioning"]().make()[0]
+            lab = M["FewStepLabModel"].execute("gmm", 4, 0.3, 0, "sd_discrete")[0]
+            lab_cond = M["FewStepLabConditioning"].execute()[0]
             latent = {"samples": torch.zeros(2, 4, 8, 8)}
             sampled = nodes.common_ksampler(lab, 1, STEPS, 1.0, "fewstep_dpmpp_2m", "karras", lab_cond, lab_cond,
                                             latent)[0]["samples"]
-            image = M["FewStepLabDecode"]().decode({"samples": sampled}, 1.0)[0]
-            acc = M["FewStepLabAccuracy"]().measure(lab, comfy.samplers.sampler_object("fewstep_dpmpp_2m"), "karras",
-                                                    STEPS, "steps", 0, 2, 4, "model sample")["result"]
-            sig, _, _ = M["FewStepOptimizeSchedule"]().optimise(lab, lab_cond, lab_cond, 1.0, 64, 64, 3,
-                                                                "fewstep_dpmpp_2m", 2, 0, grid=12)["result"]
+            image = M["FewStepLabDecode"].execute({"samples": sampled}, 1.0)[0]
+            acc = M["FewStepLabAccuracy"].execute(lab, comfy.samplers.sampler_object("fewstep_dpmpp_2m"), "karras",
+                                                    STEPS, "steps", 0, 2, 4, "model sample").result
+            sig, _, _ = M["FewStepOptimizeSchedule"].execute(lab, lab_cond, lab_cond, 1.0, 64, 64, 3,
+                                                                "fewstep_dpmpp_2m", 2, 0, grid=12).result
         tensors = [sampled, image, sig] + [v for v in acc if torch.is_tensor(v)] + \
                   [v["samples"] for v in acc if isinstance(v, dict)]
         assert all(t.grad_fn is None and not t.requires_grad for t in tensors)

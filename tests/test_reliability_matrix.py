@@ -24,12 +24,12 @@ def env(comfy):
     import comfy.samplers
     M = nodes.NODE_CLASS_MAPPINGS
     catalog = importlib.import_module(f"{pack.__name__}.samplers.catalog")
-    dropdowns = importlib.import_module(f"{pack.__name__}.nodes.dropdowns")
+    dropdowns = pack.bridge.dropdowns
     samplers = [n for n in comfy.samplers.KSampler.SAMPLERS if n.startswith("fewstep_")]
     calls_per_step = {name: catalog.SOLVERS[key].nfe_per_step for name, key in dropdowns.DROPDOWN_SAMPLERS.items()}
     calls_per_step.update({n: 1 for n in samplers if n not in calls_per_step})  # the UniPC entries
-    lab = M["FewStepLabModel"]().build("gmm", 6, 0.3, 0, "sd_discrete")[0]
-    cond = M["FewStepLabConditioning"]().make()[0]
+    lab = M["FewStepLabModel"].execute("gmm", 6, 0.3, 0, "sd_discrete")[0]
+    cond = M["FewStepLabConditioning"].execute()[0]
     return nodes, samplers, calls_per_step, lab, cond
 
 

@@ -1,5 +1,4 @@
 """Samplers and schedules through a running headless ComfyUI, driven over HTTP."""
-import importlib
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _dropdown_names(comfy):
     _, pack = comfy
-    dd = importlib.import_module(f"{pack.__name__}.nodes.dropdowns")
+    dd = pack.bridge.dropdowns
     return list(dd.DROPDOWN_SAMPLERS), list(dd.DROPDOWN_SCHEDULERS)
 
 

@@ -23,14 +23,14 @@ def env(comfy, tmp_path):
         pass
     e = Env()
     e.nodes, e.pack, e.user = nodes, pack, tmp_path
-    e.model = M["FewStepLabModel"]().build("gmm", 8, 0.3, 0, "sd_discrete")[0]
-    e.cond = M["FewStepLabConditioning"]().make()[0]
-    e.opt = M["FewStepOptimizeSchedule"]()
-    e.load = M["FewStepLoadOptimizedSchedule"]()
+    e.model = M["FewStepLabModel"].execute("gmm", 8, 0.3, 0, "sd_discrete")[0]
+    e.cond = M["FewStepLabConditioning"].execute()[0]
+    e.opt = M["FewStepOptimizeSchedule"]
+    e.load = M["FewStepLoadOptimizedSchedule"]
     e.net = lambda model=None: (model or e.model).model.diffusion_model
     e.files = lambda: sorted(os.listdir(tmp_path / "fewstep" / "schedules")) if (tmp_path / "fewstep" / "schedules").exists() else []
-    e.optimise = lambda *a, **kw: _result(e.opt.optimise(*a, **kw))
-    e.load_ = lambda *a: _result(e.load.load(*a))
+    e.optimise = lambda *a, **kw: _result(e.opt.execute(*a, **kw))
+    e.load_ = lambda *a: _result(e.load.execute(*a))
     e.run = lambda model=None, cfg=1.0, steps=3, sampler="dpmpp_2m", mc=2, seed=0, **kw: e.optimise(
         model or e.model, e.cond, e.cond, cfg, 64, 64, steps, sampler, mc, seed, **{**SMALL, **kw})
     yield e
@@ -38,9 +38,9 @@ def env(comfy, tmp_path):
 
 
 def _result(out):
-    """Nodes return {"ui": ..., "result": (...)}; the UI carries the sigmas for the editor graph."""
-    assert out["ui"]["fewstep_sigmas"] == [float(v) for v in out["result"][0].double().tolist()]
-    return out["result"]
+    """Nodes return io.NodeOutput(sigmas, model, report, ui=...); the UI carries the sigmas for the editor graph."""
+    assert out.ui["fewstep_sigmas"] == [float(v) for v in out.result[0].double().tolist()]
+    return out.result
 
 
 def _calculate(model, steps):
@@ -85,7 +85,7 @@ def test_key_changes_make_new_files(env):
     env.optimise(env.model, env.cond, other_neg, 3.0, 64, 64, 3, "dpmpp_2m", 2, 0, **SMALL)
     assert env.net().calls > calls and len(env.files()) == 6
     # A different model (other data set) and a patched model are other keys.
-    other = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 8, 0.3, 1, "sd_discrete")[0]
+    other = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 8, 0.3, 1, "sd_discrete")[0]
     env.run(model=other)
     assert len(env.files()) == 7
 
@@ -107,7 +107,7 @@ def test_model_patches_are_seen_by_the_teacher_and_change_the_key(env):
 def test_dropdown_scheduler_uses_the_schedule_of_the_current_model(env):
     import comfy.samplers
     assert "fewstep_optimized" in comfy.samplers.KSampler.SCHEDULERS
-    fresh = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 8, 0.3, 5, "sd_discrete")[0]
+    fresh = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 8, 0.3, 5, "sd_discrete")[0]
     with pytest.raises(ValueError, match="no optimised schedule is known.*Optimise Schedule"):
         _calculate(fresh, 3)
     sig, model_out, _ = env.run()
@@ -131,10 +131,10 @@ def test_load_node_latest_by_name_and_wrong_model(env):
     assert torch.allclose(got, sig) and "selected" in report
     assert torch.allclose(_calculate(model_out, 3), sig)
     name = env.files()[0]
-    assert name in env.load.INPUT_TYPES()["required"]["schedule"][0]
+    assert name in env.load.INPUT_TYPES()["required"]["schedule"][1]["options"]
     got2, _, _ = env.load_(env.model, name, 3)
     assert torch.allclose(got2, sig)
-    other = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 8, 0.3, 9, "sd_discrete")[0]
+    other = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 8, 0.3, 9, "sd_discrete")[0]
     with pytest.raises(ValueError, match="another model"):
         env.load_(other, name, 3)
     with pytest.raises(ValueError, match="no optimised schedule for this model"):

@@ -18,7 +18,7 @@ LIVE_NODES = ("FewStepKarrasSigmas", "FewStepTimestepPowerSigmas", "FewStepFSche
 @pytest.fixture(scope="module")
 def sg(comfy):
     _, pack = comfy
-    return sys.modules[pack.__name__ + ".nodes.sigma_graph"]
+    return pack.bridge.sigma_graph
 
 
 def q(**kw):
@@ -36,7 +36,7 @@ def get(server, path, **params):
 
 def lab(comfy, schedule="sd_discrete"):
     nodes, _ = comfy
-    return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build("gmm", 2, 0.1, 0, schedule)[0]
+    return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 2, 0.1, 0, schedule)[0]
 
 
 # --- the route runs the node itself: what the graph shows is what the run gives ------------------
@@ -88,7 +88,7 @@ def test_recipe_graph_shows_published_schedule_and_freeu_window(sg, comfy, resol
     nodes, _ = comfy
     out = sg.compute(q(node="FewStepFSchedulerRecipe", resolution=resolution, steps=steps, solver="unipc_fs"))
     lab_model = lab(comfy)
-    want = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]().build(lab_model, resolution, steps, "unipc_fs",
+    want = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"].execute(lab_model, resolution, steps, "unipc_fs",
                                                                         freeu="off")[1]
     assert out["sigmas"] == pytest.approx([float(s) for s in want], abs=1e-6)
     assert out["sigma_stop"] == pytest.approx(float(want[-1]))
@@ -155,22 +155,29 @@ def test_missing_and_repeated_parameters(sg):
 
 
 def test_freeu_window_by_step_and_by_sigma(sg):
+    """Declared windows mean what the FreeU node's window means (freeu/window.py): steps inclusive
+    with -1 the last point, σ bounds with start >= end; the graph shades the calls made inside."""
     sig = [10.0, 5.0, 2.0, 1.0, 0.5, 0.0]
-    assert sg.freeu_window(sig, None, None, "step") is None
-    assert sg.freeu_window(sig, 2, None, "step")["steps"] == [2, 3, 4]
-    assert sg.freeu_window(sig, 1, 3, "step") == {"start_step": 1, "end_step": 3, "steps": [1, 2]}
-    assert sg.freeu_window(sig, 2.0, 0.6, "sigma")["steps"] == [2, 3]   # calls made at σ in [0.6, 2]
-    assert sg.freeu_window(sig, 100, 50, "sigma")["steps"] == []
+    shaded = lambda *a: sg.freeu_steps(sig, sg.window_from_declaration(sig, *a))  # noqa: E731
+    assert sg.window_from_declaration(sig, None, None, "step") is None and sg.freeu_steps(sig, None) is None
+    assert shaded(2, None, "step")["steps"] == [2, 3, 4]
+    assert shaded(1, 3, "step") == {"start_step": 1, "end_step": 4, "steps": [1, 2, 3]}
+    assert shaded(2.0, 0.6, "sigma")["steps"] == [2, 3]   # calls made at σ in [0.6, 2]
+    assert shaded(100, 50, "sigma")["steps"] == []
+    with pytest.raises(ValueError, match="start_sigma"):
+        shaded(0.5, 2.0, "sigma")
 
 
 def test_freeu_window_from_a_declaration(sg, comfy, monkeypatch):
-    """Both declaration forms reach the answer: widget/constant bounds, and a node method."""
-    nodes, _ = comfy
+    """Both declaration forms reach the answer: widget/constant bounds, and a node method that
+    returns the pack's one window type."""
+    nodes, pack = comfy
     cls = nodes.NODE_CLASS_MAPPINGS["FewStepKarrasSigmas"]
     monkeypatch.setattr(cls, "SIGMA_GRAPH", {"live": True, "freeu": {"start": "rho", "end": 6}})
     out = sg.compute(q(**KARRAS, rho=3))
-    assert out["freeu"] == {"start_step": 3, "end_step": 6, "steps": [3, 4, 5]}
-    monkeypatch.setattr(cls, "window", lambda self, sigmas, **inputs: {"start": sigmas[2] + 1e-9, "unit": "sigma"},
+    assert out["freeu"] == {"start_step": 3, "end_step": 7, "steps": [3, 4, 5, 6]}
+    window = pack.freeu.window.SigmaWindow
+    monkeypatch.setattr(cls, "window", classmethod(lambda c, sigmas, **inputs: window(high=sigmas[2] + 1e-9, low=0.0)),
                         raising=False)
     monkeypatch.setattr(cls, "SIGMA_GRAPH", {"live": True, "freeu": "window"})
     assert sg.compute(q(**KARRAS))["freeu"]["steps"] == [2, 3, 4, 5, 6, 7]
@@ -225,14 +232,14 @@ def test_spec_check_lists_inputs_and_refuses_mistakes(sg):
 
 def test_preview_node_returns_the_values_for_the_ui(comfy):
     nodes, _ = comfy
-    node = nodes.NODE_CLASS_MAPPINGS["FewStepPreviewSigmas"]()
-    ui = node.preview(torch.tensor([14.6146, 3.0, 0.5, 0.0]))["ui"]
+    node = nodes.NODE_CLASS_MAPPINGS["FewStepPreviewSigmas"]
+    ui = node.execute(torch.tensor([14.6146, 3.0, 0.5, 0.0])).ui
     assert ui["fewstep_sigmas"] == pytest.approx([14.6146, 3.0, 0.5, 0.0], rel=1e-6)
     assert ui["text"][0].splitlines()[1].split() == ["1", "3"]
-    nan = node.preview(torch.tensor([1.0, float("nan")]))["ui"]["fewstep_sigmas"]
+    nan = node.execute(torch.tensor([1.0, float("nan")])).ui["fewstep_sigmas"]
     assert nan[1] is None and json.dumps(nan)  # JSON-safe for the websocket
     with pytest.raises(ValueError, match="empty"):
-        node.preview(torch.tensor([]))
+        node.execute(torch.tensor([]))
 
 
 # --- over HTTP on a running server -------------------------------------------------------------

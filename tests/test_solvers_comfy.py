@@ -17,11 +17,10 @@ def env(comfy):
     nodes, pack = comfy
     mods = types.SimpleNamespace(**{name: importlib.import_module(f"{pack.__name__}.{path}") for name, path in [
         ("dpmpp", "samplers.dpmpp"), ("deis", "samplers.deis"), ("edm", "samplers.edm"),
-        ("schedules", "samplers.schedules"), ("exact", "samplers.exact"), ("dropdowns", "nodes.dropdowns"),
-        ("ksa", "nodes.ksampler_advanced")]})
+        ("schedules", "samplers.schedules"), ("exact", "samplers.exact"), ("dropdowns", "bridge.dropdowns")]})
     M = nodes.NODE_CLASS_MAPPINGS
-    sd = M["FewStepLabModel"]().build("gmm", 6, 0.3, 0, "sd_discrete")[0]
-    cond = M["FewStepLabConditioning"]().make()[0]
+    sd = M["FewStepLabModel"].execute("gmm", 6, 0.3, 0, "sd_discrete")[0]
+    cond = M["FewStepLabConditioning"].execute()[0]
     return types.SimpleNamespace(nodes=nodes, M=M, m=mods, sd=sd, cond=cond)
 
 
@@ -43,7 +42,7 @@ def _core_adv(env, model, sampler_name, scheduler, steps=8, latent=None, add_noi
 def _ours_adv(env, model, sampler_name, scheduler, steps=8, latent=None, add_noise="enable", seed=3, start=0,
               end=10000, leftover="disable", cfg=1.0, **overrides):
     latent = _latent() if latent is None else latent
-    return env.M["FewStepKSamplerAdvanced"]().sample(model, add_noise, seed, steps, cfg, sampler_name, scheduler,
+    return env.M["FewStepKSamplerAdvanced"].execute(model, add_noise, seed, steps, cfg, sampler_name, scheduler,
                                                      env.cond, env.cond, latent, start, end, leftover,
                                                      **overrides)[0]["samples"]
 
@@ -58,7 +57,7 @@ def test_dropdown_entries_are_registered_in_place(env):
     assert list(env.m.dropdowns.DROPDOWN_SAMPLERS) == FS_SAMPLERS
     assert list(env.m.dropdowns.DROPDOWN_SCHEDULERS) == FS_SCHEDULERS
     before = (list(comfy.samplers.SAMPLER_NAMES), list(comfy.samplers.SCHEDULER_NAMES))
-    env.m.dropdowns.setup()  # idempotent on re-import
+    env.m.dropdowns.register()  # idempotent on re-import
     assert (list(comfy.samplers.SAMPLER_NAMES), list(comfy.samplers.SCHEDULER_NAMES)) == before
     for name in FS_SAMPLERS:
         assert comfy.samplers.SAMPLER_NAMES.count(name) == 1 and name in comfy.samplers.KSAMPLER_NAMES
@@ -84,15 +83,15 @@ def test_pure_schedule_helpers_agree_with_comfy_model_sampling(env):
 def test_schedule_nodes_match_dropdowns_presets_and_core_karras(env):
     import comfy.samplers
     ms = env.sd.get_model_object("model_sampling")
-    fs_node = env.M["FewStepFSchedulerSigmas"]()
+    fs_node = env.M["FewStepFSchedulerSigmas"]
     for preset in ("512x5", "512x6", "512x8", "1024x5", "1024x6", "1024x8"):
         res, steps = (int(v) for v in preset.split("x"))
         from_dropdown = comfy.samplers.calculate_sigmas(ms, f"fewstep_fscheduler_{res}", steps)
-        from_node = fs_node.build(env.sd, preset, 1, 1.0, 1.0, 2, 1, -1.0, "auto")[0]
+        from_node = fs_node.execute(env.sd, preset, 1, 1.0, 1.0, 2, 1, -1.0, "auto")[0]
         assert torch.equal(from_dropdown, from_node), preset
         assert from_node.numel() == steps + 1 and from_node[-1] > 0
     core = comfy.samplers.calculate_sigmas(ms, "karras", 9)
-    ours = env.M["FewStepKarrasSigmas"]().build(9, 0.0, 0.0, 7.0, True, 1.0, env.sd)[0]
+    ours = env.M["FewStepKarrasSigmas"].execute(9, 0.0, 0.0, 7.0, True, 1.0, env.sd)[0]
     assert torch.allclose(core, ours, rtol=2e-6, atol=0)
 
 
@@ -201,15 +200,15 @@ def test_ksampler_advanced_with_batch_index_and_inpaint_mask_equals_core(env):
 
 def test_sampler_and_sigmas_overrides_match_the_dropdowns(env):
     M = env.M
-    sampler = M["FewStepSamplerDPMPP"]().get_sampler("2m")[0]
+    sampler = M["FewStepSamplerDPMPP"].execute("2m")[0]
     a = _ours_adv(env, env.sd, "fewstep_dpmpp_2m", "fewstep_fscheduler_512")
     b = _ours_adv(env, env.sd, "euler", "fewstep_fscheduler_512", sampler=sampler)
     assert torch.equal(a, b)
-    sigmas = M["FewStepFSchedulerSigmas"]().build(env.sd, "512x8", 3, 1.0, 1.0, 2, 1, -1.0, "auto")[0]
+    sigmas = M["FewStepFSchedulerSigmas"].execute(env.sd, "512x8", 3, 1.0, 1.0, 2, 1, -1.0, "auto")[0]
     c = _ours_adv(env, env.sd, "fewstep_dpmpp_2m", "karras", steps=99, sigmas=sigmas)
     assert torch.equal(a, c)
     # the override reaches the sampler: a different SAMPLER changes the result
-    d = _ours_adv(env, env.sd, "euler", "karras", sampler=M["FewStepSamplerDEIS"]().get_sampler("rhork", 3, "rk4")[0],
+    d = _ours_adv(env, env.sd, "euler", "karras", sampler=M["FewStepSamplerDEIS"].execute("rhork", 3, "rk4")[0],
                   sigmas=sigmas)
     assert not torch.allclose(a, d, atol=1e-4)
 
@@ -226,8 +225,8 @@ def test_split_at_end_at_step_equals_one_run(env, sampler, scheduler, overrides)
     one-node result. Single-step solvers only: a multistep method restarts its history at the cut."""
     extra = {}
     if overrides:
-        extra = dict(sigmas=env.M["FewStepFSchedulerSigmas"]().build(env.sd, "512x6", 1, 1, 1, 2, 1, -1.0, "auto")[0],
-                     sampler=env.M["FewStepSamplerDPMPP"]().get_sampler("1s")[0])
+        extra = dict(sigmas=env.M["FewStepFSchedulerSigmas"].execute(env.sd, "512x6", 1, 1, 1, 2, 1, -1.0, "auto")[0],
+                     sampler=env.M["FewStepSamplerDPMPP"].execute("1s")[0])
     full = _ours_adv(env, env.sd, sampler, scheduler, **extra)
     first = _ours_adv(env, env.sd, sampler, scheduler, end=3, leftover="enable", **extra)
     second = _ours_adv(env, env.sd, sampler, scheduler, latent={"samples": first}, add_noise="disable", start=3,
@@ -242,7 +241,7 @@ def test_denoise_below_one_uses_comfy_convention(env):
     import comfy.samplers
     ks = comfy.samplers.KSampler(env.sd, steps=6, device="cpu", sampler="fewstep_dpmpp_2m",
                                  scheduler="fewstep_timestep_power", denoise=0.5)
-    node = env.M["FewStepTimestepPowerSigmas"]().build(env.sd, 6, 1.2, -1.0, -1.0, True, "log_sigma", 0.5)[0]
+    node = env.M["FewStepTimestepPowerSigmas"].execute(env.sd, 6, 1.2, -1.0, -1.0, True, "log_sigma", 0.5)[0]
     assert torch.equal(ks.sigmas.cpu(), node)
     src = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 0.3}
     half = env.nodes.KSampler().sample(env.sd, 1, 6, 1.0, "fewstep_dpmpp_2m", "fewstep_timestep_power", env.cond,
@@ -268,8 +267,8 @@ def test_previews_get_every_step(env):
     import comfy.sample
     import comfy.samplers
     seen = []
-    sampler = env.M["FewStepSamplerEDM"]().get_sampler(1.0, 0.0, 0.0, 1000.0, 1.0)[0]
-    sigmas = env.M["FewStepKarrasSigmas"]().build(5, 0.0, 0.0, 7.0, True, 1.0, env.sd)[0]
+    sampler = env.M["FewStepSamplerEDM"].execute(1.0, 0.0, 0.0, 1000.0, 1.0)[0]
+    sigmas = env.M["FewStepKarrasSigmas"].execute(5, 0.0, 0.0, 7.0, True, 1.0, env.sd)[0]
     comfy.sample.sample_custom(env.sd, torch.randn(1, 4, 8, 8), 1.0, sampler, sigmas, env.cond, env.cond,
                                torch.zeros(1, 4, 8, 8), callback=lambda i, x0, x, n: seen.append((i, n)))
     assert seen == [(i, 5) for i in range(5)]
@@ -313,17 +312,17 @@ def test_flow_model_lab_is_exact_and_samples_with_fewstep(env):
 
 
 def test_edm_model_refuses_timestep_schedules_before_any_model_call(env):
-    edm_model = env.M["FewStepLabModel"]().build("gmm", 6, 0.3, 0, "edm")[0]
+    edm_model = env.M["FewStepLabModel"].execute("gmm", 6, 0.3, 0, "edm")[0]
     for scheduler in FS_SCHEDULERS:
         before = _calls(edm_model)
         with pytest.raises(ValueError, match=r"^model: .*EDM"):
             env.nodes.common_ksampler(edm_model, 1, 6, 1.0, "euler", scheduler, env.cond, env.cond, _latent())
         assert _calls(edm_model) == before
     with pytest.raises(ValueError, match=r"^model: .*Karras"):
-        env.M["FewStepFSchedulerSigmas"]().build(edm_model, "512x6", 6, 1.2, 5.0, 8, 6, -1.0, "auto")
+        env.M["FewStepFSchedulerSigmas"].execute(edm_model, "512x6", 6, 1.2, 5.0, 8, 6, -1.0, "auto")
     with pytest.raises(ValueError, match=r"^model:"):
-        env.M["FewStepTimestepPowerSigmas"]().build(edm_model, 6, 1.2, -1.0, -1.0, True, "log_sigma")
-    karras = env.M["FewStepKarrasSigmas"]().build(6, 0.0, 0.0, 7.0, True, 1.0, edm_model)[0]
+        env.M["FewStepTimestepPowerSigmas"].execute(edm_model, 6, 1.2, -1.0, -1.0, True, "log_sigma")
+    karras = env.M["FewStepKarrasSigmas"].execute(6, 0.0, 0.0, 7.0, True, 1.0, edm_model)[0]
     assert karras[0].item() == pytest.approx(80.0) and karras[-2].item() == pytest.approx(0.002)
     out = _ours_adv(env, edm_model, "fewstep_dpmpp_3m", "karras", sigmas=karras)
     assert torch.isfinite(out).all()
@@ -334,22 +333,22 @@ def test_edm_model_refuses_timestep_schedules_before_any_model_call(env):
 def test_bad_node_input_is_a_clear_error_before_any_model_call(env):
     M = env.M
     cases = [
-        (lambda: M["FewStepKarrasSigmas"]().build(0, 0.1, 10.0, 7.0), "steps"),
-        (lambda: M["FewStepKarrasSigmas"]().build(6, 1.0, 10.0, 7.0), "sigma_min"),  # (steps, max, min, rho)
-        (lambda: M["FewStepKarrasSigmas"]().build(6, 10.0, 0.1, 0.0), "rho"),
-        (lambda: M["FewStepKarrasSigmas"]().build(6, 0.0, 0.1, 7.0), "sigma_min"),
-        (lambda: M["FewStepFSchedulerSigmas"]().build(env.sd, "custom", 6, 1.2, 5.0, 8, 8, -1.0, "auto"), "stop_index"),
-        (lambda: M["FewStepTimestepPowerSigmas"]().build(env.sd, 6, 1.2, 100.0, 500.0, True, "log_sigma"), "t_min"),
-        (lambda: M["FewStepSamplerDEIS"]().get_sampler("tab", 4), "order"),
-        (lambda: M["FewStepSamplerDEIS"]().get_sampler("rhork", 3, "rk5"), "rk_method"),
-        (lambda: M["FewStepSamplerDPMPP"]().get_sampler("2s", 0.0), "r"),
-        (lambda: M["FewStepSamplerEDM"]().get_sampler(0.0), "alpha"),
-        (lambda: M["FewStepSamplerEDM"]().get_sampler(1.0, 1.0, 5.0, 1.0), "s_tmax"),
+        (lambda: M["FewStepKarrasSigmas"].execute(0, 0.1, 10.0, 7.0), "steps"),
+        (lambda: M["FewStepKarrasSigmas"].execute(6, 1.0, 10.0, 7.0), "sigma_min"),  # (steps, max, min, rho)
+        (lambda: M["FewStepKarrasSigmas"].execute(6, 10.0, 0.1, 0.0), "rho"),
+        (lambda: M["FewStepKarrasSigmas"].execute(6, 0.0, 0.1, 7.0), "sigma_min"),
+        (lambda: M["FewStepFSchedulerSigmas"].execute(env.sd, "custom", 6, 1.2, 5.0, 8, 8, -1.0, "auto"), "stop_index"),
+        (lambda: M["FewStepTimestepPowerSigmas"].execute(env.sd, 6, 1.2, 100.0, 500.0, True, "log_sigma"), "t_min"),
+        (lambda: M["FewStepSamplerDEIS"].execute("tab", 4), "order"),
+        (lambda: M["FewStepSamplerDEIS"].execute("rhork", 3, "rk5"), "rk_method"),
+        (lambda: M["FewStepSamplerDPMPP"].execute("2s", 0.0), "r"),
+        (lambda: M["FewStepSamplerEDM"].execute(0.0), "alpha"),
+        (lambda: M["FewStepSamplerEDM"].execute(1.0, 1.0, 5.0, 1.0), "s_tmax"),
         (lambda: _ours_adv(env, env.sd, "euler", "karras", sigmas=torch.tensor([5.0, float("nan"), 0.0])), "sigmas"),
         (lambda: _ours_adv(env, env.sd, "euler", "karras", sigmas=torch.tensor([1.0, 5.0, 0.0])), "sigmas"),
         (lambda: _ours_adv(env, env.sd, "euler", "karras", steps=0), "steps"),
         (lambda: _ours_adv(env, env.sd, "euler", "karras", sigmas=torch.tensor([5.0, 1.0, 0.0]),
-                           sampler=M["FewStepSamplerDPMPP"]().get_sampler("3m")[0]), "sigmas"),
+                           sampler=M["FewStepSamplerDPMPP"].execute("3m")[0]), "sigmas"),
     ]
     for call, param in cases:
         before = _calls(env.sd)

@@ -13,14 +13,14 @@ SDXL_8 = [14.6146, 6.5481, 3.4672, 2.0671, 1.3238, 0.8711, 0.5597, 0.3171, 0.060
 
 
 def lab(nodes, dataset="shapes", components=8, spread=0.05):
-    return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"]().build(dataset, components, spread, 0, "sd_discrete")[0]
+    return nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute(dataset, components, spread, 0, "sd_discrete")[0]
 
 
 
 
 def sample(nodes, model, sampler, sigmas, seed=3, shape=(2, 4, 8, 8), cfg=1.0):
     import comfy.sample
-    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"]().make()[0]
+    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"].execute()[0]
     latent = torch.zeros(shape)
     noise = comfy.sample.prepare_noise(latent, seed)
     out = comfy.sample.sample_custom(model, noise, cfg, sampler, torch.tensor(sigmas), cond, cond, latent, seed=seed)
@@ -31,7 +31,7 @@ def sample(nodes, model, sampler, sigmas, seed=3, shape=(2, 4, 8, 8), cfg=1.0):
 def test_afs_keeps_model_calls_at_n_and_uses_the_timestep_midpoint(comfy, sigmas):
     nodes, _ = comfy
     model = recording(lab(nodes))
-    sampler = nodes.NODE_CLASS_MAPPINGS["FewStepSamplerUniPC"]().get_sampler("auto", True, True, True, 1.0)[0]
+    sampler = nodes.NODE_CLASS_MAPPINGS["FewStepSamplerUniPC"].execute("auto", True, True, True, 1.0)[0]
     out, _ = sample(nodes, model, sampler, sigmas)
     n = len(sigmas) - 1
     assert len(model.seen) == n, model.seen
@@ -47,7 +47,7 @@ def test_comfy_path_is_the_pure_solver(comfy):
     unipc = sys.modules[pack.__name__ + ".samplers.unipc"]
     model = lab(nodes, "gmm", 6, 0.3)
     den = model.model.diffusion_model.denoiser
-    sampler = nodes.NODE_CLASS_MAPPINGS["FewStepSamplerUniPC"]().get_sampler("2", True, True, True, 1.0)[0]
+    sampler = nodes.NODE_CLASS_MAPPINGS["FewStepSamplerUniPC"].execute("2", True, True, True, 1.0)[0]
     out, noise = sample(nodes, model, sampler, SDXL_8)
     x0 = noise.double() * math.sqrt(1 + SDXL_8[0] ** 2)  # ComfyUI's max-denoise noise scaling
     mid = unipc.timestep_midpoint(SDXL_8[0], SDXL_8[1], model.get_model_object("model_sampling").sigmas.double())
@@ -62,7 +62,7 @@ def test_dropdown_entries_run_in_core_ksampler(comfy, name, steps):
     import comfy.samplers
     assert name in comfy.samplers.KSampler.SAMPLERS
     model = recording(lab(nodes))
-    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"]().make()[0]
+    cond = nodes.NODE_CLASS_MAPPINGS["FewStepLabConditioning"].execute()[0]
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     out = nodes.common_ksampler(model, 1, steps, 1.0, name, "karras", cond, cond, latent)[0]["samples"]
     assert torch.isfinite(out).all()
@@ -79,6 +79,6 @@ def test_flow_models_are_refused_clearly(comfy):
     flow = Flow(model.model.model_config)
     flow.set_parameters(shift=3.0, multiplier=1000)
     model.add_object_patch("model_sampling", flow)  # what ComfyUI's ModelSamplingSD3 node does
-    sampler = nodes.NODE_CLASS_MAPPINGS["FewStepSamplerUniPC"]().get_sampler("auto", True, True, False, 1.0)[0]
+    sampler = nodes.NODE_CLASS_MAPPINGS["FewStepSamplerUniPC"].execute("auto", True, True, False, 1.0)[0]
     with pytest.raises(ValueError, match="flow"):
         sample(nodes, model, sampler, [1.0, 0.5, 0.1])

@@ -1,5 +1,5 @@
 // FewStep σ-schedule graphs: a canvas widget that draws σ against step on a log axis.
-//  - Live on every node that declares SIGMA_GRAPH = {"live": True} (nodes/sigma_graph.py): the
+//  - Live on every node that declares SIGMA_GRAPH = {"live": True} (bridge/sigma_graph.py): the
 //    server runs the node on its widget values (GET /fewstep/sigmas, the pack's own maths) and the
 //    graph is redrawn as the values change.
 //  - After the run on the Preview Sigmas node (and any node declaring SIGMA_GRAPH = {}): drawn

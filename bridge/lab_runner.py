@@ -1,7 +1,8 @@
 """Runs any SAMPLER on the lab MODEL through ComfyUI's own sampling path (CFGGuider.sample, as
 SamplerCustomAdvanced does) and scores it against the exact ODE (samplers/accuracy.py).
 
-Shared by the accuracy node, the benchmark script and the tests. Model calls are counted by a
+Shared by the accuracy node, the benchmark scripts and the tests (import it as
+`<pack>.bridge.lab_runner`). Model calls are counted by a
 model_function_wrapper on a clone of the ModelPatcher, so every sampler (core or pack) is counted
 the same way, and the user's model is left untouched."""
 from __future__ import annotations
@@ -15,7 +16,7 @@ import comfy.sample
 import comfy.samplers
 
 from ..samplers.accuracy import AccuracyResult, CallLog, check_sigmas, score_run
-from .lab import LabModel
+from .lab_model import LabModel, empty_conditioning
 
 PROBE_SHAPE = (1, 4, 4, 4)  # tiny latent for finding how many model calls a sampler makes
 
@@ -29,10 +30,6 @@ def lab_denoiser(model):
             f"got {type(inner if inner is not None else model).__name__}: ground truth needs a model whose "
             "denoiser is known in closed form")
     return inner.diffusion_model.denoiser
-
-
-def empty_conditioning():
-    return [[torch.zeros((1, 1, 8)), {}]]
 
 
 @dataclass
@@ -165,3 +162,62 @@ def score(model, sampler, sigmas, seed: int = 0, batch: int = 16, size: int = 16
     ms = model.get_model_object("model_sampling")
     result = score_run(denoiser, run.x_start, sig.double(), run.output, run.log, float(ms.sigma_min))
     return result, run
+
+
+def accuracy_plot(result, title: str):
+    """Left: error of the sampler's state at each model call vs sigma, and the final error.
+    Right: the schedule."""
+    from ..samplers.plotting import Series, hstack, line_plot  # Pillow is loaded at run time, not at pack import
+    traj = [(s, e) for s, e in result.trajectory if e > 0]
+    final = result.mean()
+    series = [Series("state at each model call", [s for s, _ in traj], [e for _, e in traj])]
+    lo = min([s for s, _ in traj] + [s for s in result.sigmas if s > 0])
+    hi = max(s for s in result.sigmas)
+    series.append(Series(f"final sample: {final:.3g}", [lo, hi], [final, final], color="#d62728", dash=True, marker=""))
+    left = line_plot(series, title=title, xlabel="sigma at the model call", ylabel="RMSE vs exact ODE (mean over batch)",
+                     xlog=True, ylog=True, size=(640, 400), note=f"NFE {result.nfe}; {result.convention}")
+    steps = list(range(len(result.sigmas)))
+    right = line_plot([Series("sigmas", [i for i in steps if result.sigmas[i] > 0],
+                              [s for s in result.sigmas if s > 0], color="#1f77b4")],
+                      title=f"schedule: {len(steps) - 1} steps", xlabel="step", ylabel="sigma", ylog=True,
+                      legend=False, size=(360, 400))
+    return hstack([left, right])
+
+
+def pil_to_image(img) -> torch.Tensor:
+    import numpy as np
+    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+@dataclass
+class Measurement:
+    """What the accuracy node outputs: the figures, a report, a plot IMAGE and both latents."""
+    mean: float
+    median: float
+    nfe: int
+    report: str
+    plot: torch.Tensor
+    samples: torch.Tensor
+    exact: torch.Tensor
+    summary: dict
+
+
+def measure(model, sampler, sigmas, scheduler: str, steps: int, by_model_calls: bool, target: str, seed: int,
+            batch: int, size: int) -> Measurement:
+    """Scores `sampler` on the lab model: on `sigmas`, or on the scheduler's schedule for `steps`
+    steps (or for exactly `steps` model calls when by_model_calls)."""
+    if sigmas is None:
+        if by_model_calls:
+            found = steps_for_nfe(model, sampler, steps, lambda n: schedule_sigmas(model, scheduler, n))
+            if found is None:
+                raise ValueError(f"this sampler cannot make exactly {steps} model calls with scheduler "
+                                 f"{scheduler!r}; try a neighbouring count")
+            steps = found
+        sigmas = schedule_sigmas(model, scheduler, steps)
+    result, run = score(model, sampler, sigmas, seed, batch, size)
+    mean, median = result.mean(target), result.median(target)
+    report = f"target: {target}\n" + result.report()
+    plot = pil_to_image(accuracy_plot(result, f"error along the trajectory (final RMSE {mean:.3g}, {target})"))
+    summary = {"target": target, "rmse_mean_target": mean, "rmse_median_target": median, **result.as_dict()}
+    return Measurement(mean, median, result.nfe, report, plot, run.output.float(),
+                       result.target_latent(target).float(), summary)

@@ -36,7 +36,12 @@ import tempfile
 import types
 import weakref
 
+import copy
+
 import torch
+
+from ..samplers.schedule_opt import rule_is_exact
+from .model_time import describe
 
 FORMAT = "fewstep-schedule"
 VERSION = 1
@@ -371,3 +376,74 @@ def lookup(model_sampling):
         return _REGISTRY.get(model_sampling)
     except TypeError:
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Records: what an optimiser run writes, how it reads back as text, and how a MODEL carries it
+
+def _finite(v):
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def make_record(key, result, model, seconds, lo, hi, old=None):
+    """The file record of an optimiser result (merged into `old`, the file for the same key, when given)."""
+    dp = {name: {"paths": {str(n): p for n, p in res.paths.items()},
+                 "values": {str(n): _finite(v) for n, v in res.values.items()}}
+          for name, res in result.dp.items()}
+    sel = {
+        "sigmas": [float(v) for v in result.sigmas.tolist()],
+        "chosen": result.chosen,
+        "train_errors": {k: _finite(v) for k, v in result.train_errors.items()},
+        "holdout_errors": {k: _finite(v) for k, v in result.holdout_errors.items()},
+        "calls": result.calls, "seconds": round(seconds, 3),
+    }
+    if result.refinement is not None:
+        sel["refine_history"] = {"train": [round(v, 6) for v in result.refinement.train_error],
+                                 "holdout": [round(v, 6) for v in result.refinement.holdout_error],
+                                 "start": result.refined_from}
+    record = old if old is not None else {
+        "format": FORMAT, "version": VERSION, "key": key, "key_hash": key_hash(key),
+        "model_label": type(model.model).__name__,
+        "model_sampling": {"type": describe(model.get_model_object("model_sampling")), "sigma_max": hi, "sigma_min": lo},
+        "grid": [float(v) for v in result.grid.tolist()], "cost_rule": result.rule,
+        "rule_exact": rule_is_exact(result.sampler), "dp": dp,
+        "default_variant": result.chosen if result.chosen in dp else next(iter(dp)), "selected": {},
+    }
+    record["selected"][str(result.steps)] = sel
+    record["created"] = now()
+    return record
+
+
+def report(record, steps, path, how, seconds=None):
+    """The node's text report of the schedule for `steps` steps."""
+    lines = [f"FewStep optimised schedule, {steps} steps ({how}), sampler {record['key']['sampler']} "
+             f"(cost rule {record.get('cost_rule')}{'' if record.get('rule_exact') else ', proxy'})"]
+    sig, _ = schedule_from(record, steps)
+    lines.append("sigmas: " + ", ".join(f"{v:.4f}" for v in sig))
+    sel = record.get("selected", {}).get(str(steps))
+    if sel:
+        for name, e in sel.get("train_errors", {}).items():
+            h = sel.get("holdout_errors", {}).get(name)
+            lines.append(f"  {name:>8}: train error {e:.4g}" + (f", held-out {h:.4g}" if h is not None else ""))
+        if sel.get("refine_history"):
+            hist = sel["refine_history"]
+            lines.append((f"  refined from {hist['start']}: " if hist.get("start") else "  refined: ") +
+                         f"train {hist['train']}, held-out {hist['holdout']}")
+        lines.append(f"model calls {sel.get('calls')} (batched over {record['key']['mc_samples'] + record['key']['holdout']} "
+                     f"samples), {sel.get('seconds', 0):.1f} s")
+    if seconds is not None:
+        lines.append(f"returned in {seconds:.2f} s")
+    lines.append(f"cache: {path}")
+    return "\n".join(lines)
+
+
+def attach(model, record, path):
+    """A clone of MODEL whose model_sampling (an object-patched copy) carries the schedule, for the
+    dropdown entry; also registers the schedule for the original model_sampling object."""
+    ms = model.get_model_object("model_sampling")
+    register(ms, record, path)
+    m = model.clone()
+    carrier = copy.deepcopy(ms)
+    setattr(carrier, ATTR, (record, path))
+    m.add_object_patch("model_sampling", carrier)
+    return m

@@ -19,10 +19,10 @@ A node opts in with one class attribute:
     SIGMA_GRAPH = {"live": True}                  # drawn live from its widgets through the route
     SIGMA_GRAPH = {"live": True,
                    "freeu": {"start": "freeu_start", "end": "freeu_end", "unit": "step"}}
-                   # FreeU window from widgets ("step": indices into the schedule, end exclusive;
-                   # "sigma": σ bounds, start >= end); or "freeu": "method_name", a method
-                   # (self, sigmas, **inputs) -> {"start", "end", "unit"} or None, for nodes that
-                   # derive the window themselves (e.g. a recipe preset)
+                   # FreeU window from widgets, in the FreeU node's terms ("step": indices into
+                   # the schedule, both ends inclusive, -1 = last; "sigma": σ bounds, start >= end);
+                   # or "freeu": "method_name", a method (sigmas, **inputs) -> freeu.window.SigmaWindow
+                   # or None, for nodes that derive the window themselves (e.g. a recipe preset)
     SIGMA_GRAPH = {"live": True, "function": "method_name"}
                    # the route calls this method (same inputs, same outputs) instead of FUNCTION:
                    # for nodes whose FUNCTION does more than the graph needs (the recipe patches
@@ -39,9 +39,12 @@ import math
 import re
 import sys
 
+from ..freeu.window import SigmaWindow, window_from_sigma, window_from_steps
+
 ROUTE = "/fewstep/sigmas"
 SPEC_ROUTE = "/fewstep/sigma_graphs"
 UI_KEY = "fewstep_sigmas"
+MAX_SHOWN = 10000         # a schedule longer than this is refused by the preview, not truncated silently
 MAX_STEPS = 1000          # largest `steps` the route computes (a graph, not a sampling run)
 STEP_INPUTS = ("steps",)  # INT inputs capped at MAX_STEPS
 WIDGET_TYPES = ("INT", "FLOAT", "BOOLEAN")
@@ -62,9 +65,17 @@ class RouteError(ValueError):
 
 # --- declarations ------------------------------------------------------------------------------
 
+_NODES: dict = {}  # node id -> class, given by the pack at import (this layer does not import nodes/)
+
+
+def use_nodes(node_classes: dict) -> None:
+    """The node classes whose SIGMA_GRAPH declarations the routes serve."""
+    _NODES.clear()
+    _NODES.update(node_classes)
+
+
 def _pack_nodes() -> dict:
-    from . import NODE_CLASS_MAPPINGS
-    return NODE_CLASS_MAPPINGS
+    return _NODES
 
 
 def input_kind(spec) -> str | None:
@@ -243,12 +254,24 @@ def parse_query(query):
     return node_id, cls, kwargs
 
 
+def sigma_ui(sigmas) -> dict:
+    """A node's UI message for the graph drawn after a run: the values (web/sigma_graph.js) and a
+    text line per value."""
+    values = [float(s) for s in sigmas.detach().reshape(-1).cpu().double().tolist()]
+    if not values:
+        raise ValueError("sigmas is empty: nothing to preview")
+    if len(values) > MAX_SHOWN:
+        raise ValueError(f"sigmas has {len(values)} values; the preview shows at most {MAX_SHOWN}")
+    text = "\n".join(f"{i:>3}  {s:.6g}" for i, s in enumerate(values))
+    return {UI_KEY: [v if math.isfinite(v) else None for v in values], "text": [text]}
+
+
 # --- reference models ----------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
 def reference_model(name: str):
     """A real ModelPatcher (the exact-denoiser lab) with the reference model's model_sampling."""
-    from .lab import build_lab_model
+    from .lab_model import build_lab_model
     return build_lab_model("gmm", 1, 0.1, 0, name)
 
 
@@ -259,21 +282,23 @@ def model_range(name: str) -> tuple[float, float]:
 
 # --- the answer ----------------------------------------------------------------------------------
 
-def freeu_window(sigmas: list[float], start, end, unit: str):
-    """Steps whose model call has FreeU on: step i (σ_i -> σ_i+1) is inside when start <= i < end
-    ("step"), or when σ_i lies within [end, start] ("sigma"). None when no window is given."""
+def window_from_declaration(sigmas: list[float], start, end, unit: str) -> SigmaWindow | None:
+    """A widget-declared FreeU window, in the FreeU node's own terms: "step" = indices into the
+    schedule, both ends inclusive, -1 = the last point (window_from_steps); "sigma" = σ bounds with
+    start >= end (window_from_sigma). A missing end is open. None when neither end is given."""
     if start is None and end is None:
         return None
-    calls = len(sigmas) - 1
     if unit == "step":
-        lo = 0 if start is None else math.ceil(start)
-        hi = calls if end is None else math.ceil(end)
-        inside = [i for i in range(calls) if lo <= i < hi]
-    else:
-        s_hi = math.inf if start is None else start
-        s_lo = 0.0 if end is None else end
-        s_lo, s_hi = min(s_lo, s_hi), max(s_lo, s_hi)
-        inside = [i for i in range(calls) if s_lo <= sigmas[i] <= s_hi]
+        return window_from_steps(sigmas, 0 if start is None else start, -1 if end is None else end)
+    return window_from_sigma(math.inf if start is None else start, 0.0 if end is None else end)
+
+
+def freeu_steps(sigmas: list[float], window: SigmaWindow | None) -> dict | None:
+    """What web/sigma_graph.js shades: the steps i (σ_i -> σ_i+1) whose model call, at σ_i, is inside
+    the window, with the first and one past the last of them. None when there is no window."""
+    if window is None:
+        return None
+    inside = window.calls_inside(sigmas[:-1])
     if not inside:
         return {"start_step": None, "end_step": None, "steps": []}
     return {"start_step": inside[0], "end_step": inside[-1] + 1, "steps": inside}
@@ -303,6 +328,7 @@ def compute(query) -> dict:
         raise RouteError(str(e), _named_parameter(str(e), list(kwargs))) from None
     if isinstance(result, dict):
         result = result.get("result", ())
+    result = getattr(result, "args", result)  # a v3 node's io.NodeOutput
     sigmas = result[list(cls.RETURN_TYPES).index("SIGMAS")]
     sigmas = [float(s) for s in sigmas.detach().reshape(-1).cpu().double().tolist()]
     if not sigmas or not all(math.isfinite(s) for s in sigmas):
@@ -322,12 +348,17 @@ def compute(query) -> dict:
     freeu = spec.get("freeu")
     if isinstance(freeu, str):
         window = getattr(node, freeu)(sigmas, **call)
-        if window:
-            out["freeu"] = freeu_window(sigmas, window.get("start"), window.get("end"), window.get("unit", "step"))
+        if window is not None and not isinstance(window, SigmaWindow):
+            raise TypeError(f"{node_id}.{freeu} must return a SigmaWindow or None, got {type(window).__name__}")
+        out["freeu"] = freeu_steps(sigmas, window)
     elif freeu:
-        value = lambda key: kwargs.get(freeu[key]) if isinstance(freeu.get(key), str) else freeu.get(key)
-        start, end = value("start"), value("end")
-        out["freeu"] = freeu_window(sigmas, start, end, freeu.get("unit", "step"))
+        value = lambda key: kwargs.get(freeu[key]) if isinstance(freeu.get(key), str) else freeu.get(key)  # noqa: E731
+        try:
+            window = window_from_declaration(sigmas, value("start"), value("end"), freeu.get("unit", "step"))
+        except ValueError as e:
+            names = [freeu[k] for k in ("start", "end") if isinstance(freeu.get(k), str)]
+            raise RouteError(f"FreeU window: {e}", names[0] if len(names) == 1 else None) from None
+        out["freeu"] = freeu_steps(sigmas, window)
     return out
 
 
@@ -353,7 +384,7 @@ async def _spec_handler(request):
     return web.json_response(describe())
 
 
-def setup():
+def register_routes():
     """Registers the routes on a running ComfyUI server, once. Without a server (ComfyUI's `server`
     module not imported, or no PromptServer instance yet) it does nothing."""
     server = sys.modules.get("server")
@@ -365,5 +396,3 @@ def setup():
     routes.get(SPEC_ROUTE)(_spec_handler)
     prompt_server._fewstep_sigma_routes = True
 
-
-NODE_CLASS_MAPPINGS = {}

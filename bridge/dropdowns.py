@@ -3,8 +3,8 @@ parameters; the parameterised versions are the SAMPLER and SIGMAS nodes). Names 
 workflows and API prompts refer to them. The list is in README ("Samplers and schedules")."""
 import functools
 
-from ._model_time import VP, time_table
-from ._registry import add_sampler, add_scheduler
+from .model_time import VP, time_table
+from .registry import add_sampler, add_scheduler
 
 # dropdown name -> catalogue entry
 DROPDOWN_SAMPLERS = {
@@ -25,18 +25,23 @@ DROPDOWN_SAMPLERS = {
 }
 
 
+def solver_options(spec) -> dict:
+    """A catalogue solver's options as the pack hands it to ComfyUI: multistep solvers accept short
+    schedules (KSamplerAdvanced splits and small step counts are routine: run short chunks at lower order)."""
+    options = dict(spec.options)
+    if spec.multistep:
+        options["allow_short_schedule"] = True
+    return options
+
+
 def _dropdown_sampler(name, key):
     """The solver behind a dropdown entry; its module loads on first use, not at ComfyUI start-up."""
 
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **kwargs):
         from ..samplers.catalog import SOLVERS
         spec = SOLVERS[key]
-        options = dict(spec.options)
-        if spec.multistep:
-            # KSamplerAdvanced splits and small step counts are routine here: run short chunks at lower order.
-            options["allow_short_schedule"] = True
         return spec.fn(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
-                       **{**options, **kwargs})
+                       **{**solver_options(spec), **kwargs})
 
     sample.__name__ = f"sample_{name}"
     sample.__qualname__ = sample.__name__
@@ -73,11 +78,14 @@ DROPDOWN_SCHEDULERS = {
 }
 
 
-def setup():
+def register():
+    """Adds every FewStep entry to ComfyUI's sampler and scheduler dropdowns (idempotent)."""
+    from .schedule_opt import SCHEDULER_NAME, optimized_scheduler
+    from .unipc import sample_fewstep_unipc_fs, sample_fewstep_unipc_fs_afs
     for name, key in DROPDOWN_SAMPLERS.items():
         add_sampler(name, _dropdown_sampler(name, key))
+    add_sampler("fewstep_unipc_fs", sample_fewstep_unipc_fs)
+    add_sampler("fewstep_unipc_fs_afs", sample_fewstep_unipc_fs_afs)
     for name, handler in DROPDOWN_SCHEDULERS.items():
         add_scheduler(name, handler, use_ms=True)
-
-
-NODE_CLASS_MAPPINGS = {}
+    add_scheduler(SCHEDULER_NAME, optimized_scheduler, use_ms=True)
