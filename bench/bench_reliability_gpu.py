@@ -91,7 +91,7 @@ def _runners(nodes, patcher, pos, neg, side):
     import comfy.samplers
     latent = torch.zeros(1, 4, side, side)
     noise = comfy.sample.prepare_noise(latent, SEED)
-    recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]()
+    recipe = nodes.NODE_CLASS_MAPPINGS["FewStepFSchedulerRecipe"]
 
     def dropdown(name, scheduler="karras"):
         return lambda cfg, steps=STEPS: comfy.sample.sample(patcher, noise, steps, cfg, name, scheduler, pos, neg, latent,
@@ -100,7 +100,7 @@ def _runners(nodes, patcher, pos, neg, side):
     def recipe_run(cfg, steps=STEPS):
         # SDXL at 8 steps: the paper's 1024² setting (its FreeU window); otherwise a window from mid-run
         options = dict(freeu="auto") if side > 64 and steps == 8 else dict(freeu="on", freeu_start_index=steps // 2)
-        model, sigmas, sampler, _ = recipe.build(patcher, "512 (SD1.5)" if side <= 64 else "1024 (SDXL)", steps,
+        model, sigmas, sampler, _ = recipe.execute(patcher, "512 (SD1.5)" if side <= 64 else "1024 (SDXL)", steps,
                                                  "unipc_fs", **options)
         return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, pos, neg, latent, seed=SEED,
                                           disable_pbar=True)
