@@ -6,7 +6,6 @@ a snapshot of /object_info for every FewStep node taken from the v1 classes
 The snapshot is rewritten only on purpose: FEWSTEP_WRITE_OBJECT_INFO=1 with this file."""
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FROZEN = REPO / "tests" / "data" / "frozen_workflows"
 SNAPSHOT = REPO / "tests" / "data" / "object_info_fewstep.json"
-sys.path.insert(0, str(REPO / "scripts"))
-import workflow_templates as wt  # noqa: E402
-from test_templates import lab_stand_in  # noqa: E402
+from scripts import workflow_templates as wt
+from tests.test_templates import lab_stand_in
 
 UI_GRAPHS = sorted(p.name for p in FROZEN.glob("*.json"))
 API_PROMPTS = sorted(p.name for p in (FROZEN / "api").glob("*.json"))
