@@ -1,0 +1,1 @@
+"""ComfyUI-facing code that is not a node (model wrappers, training machinery, caches)."""
