@@ -178,6 +178,7 @@ class LoraTrainer:
     losses: list = field(default_factory=list)
     _adapters: list = field(default_factory=list)
     _optimizer: object = None
+    _trainable: list = field(default_factory=list)
     _steps_done: int = 0
 
     def __post_init__(self):
@@ -211,8 +212,10 @@ class LoraTrainer:
                     self.lora[f"{name}.diff_b"] = bias
                     self.model.add_weight_wrapper(f"{name}.bias", adapter)
                     self._adapters.append(adapter)
-            trainable = [p for p in self.lora.values() if p.requires_grad]
-            self._optimizer = OPTIMIZERS[s.optimizer](trainable, lr=float(s.learning_rate))
+            self._trainable = [p for p in self.lora.values() if p.requires_grad]  # not the fixed alphas
+            self._optimizer = OPTIMIZERS[s.optimizer](self._trainable, lr=float(s.learning_rate))
+            for p in self._trainable:
+                p.requires_grad_(False)  # on only while training
         self.model.model.requires_grad_(False)
         self._mark()
 
@@ -242,18 +245,20 @@ class LoraTrainer:
 
     # -- public
     def train(self, latents: torch.Tensor, positive, sigmas, steps: Optional[int] = None,
-              progress: Optional[Callable[[int, int], None]] = None) -> list:
-        """`steps` optimiser steps of the schedule-weighted denoising loss; returns their losses."""
+              progress: Optional[Callable[[int, int], None]] = None, sigma_sampler=None) -> list:
+        """`steps` optimiser steps of the schedule-weighted denoising loss; returns their losses.
+        `sigma_sampler` (anything with draw(count, generator) -> (sigmas, weights, index)) replaces
+        the schedule's sampler (the studies' uniform-noise control)."""
         s = self.settings
         steps = int(s.steps if steps is None else steps)
         lo, hi = model_sigma_range(self.model)
-        sampler = SigmaSampler(tuple(float(v) for v in torch.as_tensor(sigmas).flatten().tolist()),
-                               float(s.spread), s.estimator, lo, hi)
+        sampler = sigma_sampler or SigmaSampler(tuple(float(v) for v in torch.as_tensor(sigmas).flatten().tolist()),
+                                                float(s.spread), s.estimator, lo, hi)
         gen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + self._steps_done)
         count = latents.shape[0]
         losses = []
         check = comfy.model_management.throw_exception_if_processing_interrupted
-        trainable = [p for p in self.lora.values() if p.requires_grad]
+        trainable = self._trainable
 
         def step_fn(model_wrap, data, extra_args):
             for p in trainable:
