@@ -245,10 +245,11 @@ class LoraTrainer:
 
     # -- public
     def train(self, latents: torch.Tensor, positive, sigmas, steps: Optional[int] = None,
-              progress: Optional[Callable[[int, int], None]] = None, sigma_sampler=None) -> list:
+              progress: Optional[Callable[[int, int], None]] = None, sigma_sampler=None, batch_fn=None) -> list:
         """`steps` optimiser steps of the schedule-weighted denoising loss; returns their losses.
         `sigma_sampler` (anything with draw(count, generator) -> (sigmas, weights, index)) replaces
-        the schedule's sampler (the studies' uniform-noise control)."""
+        the schedule's sampler (the studies' uniform-noise control); `batch_fn(generator) -> (index,
+        noise, sigmas, weights)` replaces the whole batch draw (tests use a fixed batch)."""
         s = self.settings
         steps = int(s.steps if steps is None else steps)
         lo, hi = model_sigma_range(self.model)
@@ -265,9 +266,12 @@ class LoraTrainer:
                 p.requires_grad_(True)
             for i in range(steps):
                 check()
-                index = torch.randint(0, count, (int(s.batch_size),), generator=gen)
-                noise = torch.randn((int(s.batch_size),) + tuple(data.shape[1:]), generator=gen)
-                sigma, weight, _ = sampler.draw(int(s.batch_size), gen)
+                if batch_fn is not None:
+                    index, noise, sigma, weight = batch_fn(gen)
+                else:
+                    index = torch.randint(0, count, (int(s.batch_size),), generator=gen)
+                    noise = torch.randn((int(s.batch_size),) + tuple(data.shape[1:]), generator=gen)
+                    sigma, weight, _ = sampler.draw(int(s.batch_size), gen)
                 loss = _denoising_loss(model_wrap, data[index.to(data.device)], noise, sigma, weight, extra_args, self.dtype)
                 if not torch.isfinite(loss):
                     raise FinetuneError(f"the loss became {float(loss)} at step {self._steps_done + i + 1}; lower "

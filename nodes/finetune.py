@@ -31,6 +31,12 @@ def schedule_for(model, sigmas, steps):
                                    "another model is not used)")
         found = (record, path)
     record, path = found
+    made_for = record.get("key", {}).get("model")
+    if made_for != cache.model_fingerprint(model):
+        # e.g. a record registered for another clone sharing this model's model_sampling object
+        raise ft.FinetuneError(f"sigmas: the optimised schedule found for this MODEL ({path}) was made for another "
+                               f"model (weights, LoRAs or patches differ); connect SIGMAS or re-run 'Optimise "
+                               f"Schedule (FewStep)' on this model")
     try:
         values, how = cache.schedule_from(record, int(steps))
     except ValueError as e:
