@@ -327,45 +327,86 @@ class Study:
 
 
 def sdxl_cost(args, log):
-    """Per-step time and peak memory of Phase 2 on a random-weight SDXL UNet at 1024² (latent 128²)."""
+    """Per-step time and peak memory of Phase 2 on a random-weight SDXL UNet at 1024² (latent 128²).
+    With --cpu: SDXL's block structure at tiny width and a 16² latent (checks the code path only)."""
     import torch
-    nodes, pack = load(cpu=False)
+    nodes, pack = load(cpu=args.cpu)
     fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
     import random_unet
-    out = {"device": torch.cuda.get_device_name()}
+    cuda = torch.cuda.is_available() and not args.cpu
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out = {"device": torch.cuda.get_device_name() if cuda else "cpu"}
     t0 = time.perf_counter()
-    model = random_unet.sdxl(dtype=torch.bfloat16)
+    if cuda:
+        config, model, side, dtype = random_unet.SDXL_UNET, random_unet.sdxl(dtype=torch.bfloat16), 128, "bf16"
+    else:
+        config, side, dtype = random_unet.TINY_SDXL_UNET, 16, "fp32"
+        model = random_unet.build(config, dtype=torch.float32, device=torch.device("cpu"), family="sdxl")
     out["build_s"] = time.perf_counter() - t0
-    cond = random_unet.random_conditioning(random_unet.SDXL_UNET)
+    out["unet_params_m"] = sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6
+    cond = random_unet.random_conditioning(config)
     sig = torch.tensor([14.61, 4.0, 1.5, 0.6, 0.2, 0.0], dtype=torch.float64)
     for ckpt in (True, False):
-        for batch in (1,):
-            key = f"batch{batch}_ckpt{int(ckpt)}"
-            try:
-                st = fin.TrainSettings(steps=1, batch_size=batch, learning_rate=1e-4, rank=16, training_dtype="bf16",
-                                       lora_dtype="bf16", gradient_checkpointing=ckpt, seed=0)
-                trainer = fin.LoraTrainer(model, st)
-                lat = torch.randn(max(2, batch), 4, 128, 128)
-                trainer.train(lat, cond, sig, steps=1)  # warm-up (loads the model)
-                torch.cuda.synchronize()
+        key = f"batch1_ckpt{int(ckpt)}"
+        try:
+            st = fin.TrainSettings(steps=1, batch_size=1, learning_rate=1e-4, rank=16, training_dtype=dtype,
+                                   lora_dtype=dtype, gradient_checkpointing=ckpt, seed=0)
+            trainer = fin.LoraTrainer(model, st)
+            lat = torch.randn(2, 4, side, side)
+            trainer.train(lat, cond, sig, steps=1)  # warm-up (loads the model)
+            sync()
+            if cuda:
                 torch.cuda.reset_peak_memory_stats()
-                t1 = time.perf_counter()
-                trainer.train(lat, cond, sig, steps=1)
-                torch.cuda.synchronize()
-                one = time.perf_counter() - t1
-                t1 = time.perf_counter()
-                trainer.train(lat, cond, sig, steps=args.sdxl_steps + 1)
-                torch.cuda.synchronize()
-                many = time.perf_counter() - t1
-                out[key] = {"step_s": (many - one) / args.sdxl_steps, "call_overhead_s": one - (many - one) / args.sdxl_steps,
-                            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
-                            "lora_params_m": sum(p.numel() for p in trainer.lora.values()) / 1e6}
-                log(f"SDXL {key}: {out[key]}")
-                del trainer
+            t1 = time.perf_counter()
+            trainer.train(lat, cond, sig, steps=1)
+            sync()
+            one = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            trainer.train(lat, cond, sig, steps=args.sdxl_steps + 1)
+            sync()
+            many = time.perf_counter() - t1
+            step = (many - one) / args.sdxl_steps
+            out[key] = {"step_s": step, "call_overhead_s": one - step,
+                        "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
+                        "lora_params_m": sum(p.numel() for p in trainer.lora.values()) / 1e6}
+            log(f"SDXL {key}: {out[key]}")
+            del trainer
+            if cuda:
                 torch.cuda.empty_cache()
-            except torch.cuda.OutOfMemoryError as e:
-                out[key] = {"error": f"out of memory: {e}"[:200]}
+        except torch.cuda.OutOfMemoryError as e:
+            out[key] = {"error": f"out of memory: {e}"[:200]}
     return out
+
+
+def table(path: str) -> str:
+    """Markdown tables from a results JSON: FD per method and N (ratio to P1), then the 30+-step check."""
+    res = json.loads(Path(path).read_text())
+    lines = []
+    for name, fam in res["families"].items():
+        role = "settings picked here" if "chosen" in fam else "validation"
+        lines.append(f"**{name}** ({role}; UNet {fam.get('params', 0) / 1e6:.2f} M, pretrain {fam.get('pretrain_s', 0):.0f} s; "
+                     f"FD floor of exact samples {fam['floor']['fd']:.4f})\n")
+        methods = ["base+karras", "P1", "P1+uniform", "P1+2"] + sorted({k for r in fam["rows"].values() for k in r
+                                                                       if k.startswith("alt") and k[3:].isdigit()})
+        lines.append("| N | " + " | ".join(methods) + " | P1+2 / P1 | alt / P1 | near (P1 → P1+2) | coverage (P1 → P1+2) |")
+        lines.append("|---" * (len(methods) + 5) + "|")
+        for n, row in fam["rows"].items():
+            cells = [f"{row[m]['fd']:.4f}" if m in row else "–" for m in methods]
+            p1 = row["P1"]["fd"]
+            r12 = f"{row['P1+2']['fd'] / p1:.3f}" if "P1+2" in row else "–"
+            alt = [m for m in methods if m.startswith("alt") and m in row]
+            ralt = f"{row[alt[0]]['fd'] / p1:.3f}" if alt else "–"
+            near = f"{row['P1']['near']:.3f} → {row['P1+2']['near']:.3f}" if "P1+2" in row else "–"
+            cov = f"{row['P1']['coverage']:.2f} → {row['P1+2']['coverage']:.2f}" if "P1+2" in row else "–"
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {r12} | {ralt} | {near} | {cov} |")
+        base = fam["base_ref"]["fd"]
+        refs = {f"P1+2 (N={n})": row["P1+2_ref"]["fd"] for n, row in fam["rows"].items() if "P1+2_ref" in row}
+        refs.update({f"alt (N={n})": row[k]["fd"] for n, row in fam["rows"].items() for k in row
+                     if k.startswith("alt") and k.endswith("_ref")})
+        refs["uniform LoRA"] = fam["uniform_ref"]["fd"]
+        lines.append(f"\n{res['args']['ref_steps']} Karras steps, FD relative to the untuned model ({base:.4f}): "
+                     + ", ".join(f"{k} {v / base:.3f}" for k, v in refs.items()) + "\n")
+    return "\n".join(lines)
 
 
 def main():
@@ -403,7 +444,11 @@ def main():
     p.add_argument("--sdxl-cost", action="store_true", help="also measure SDXL 1024² Phase 2 cost (GPU)")
     p.add_argument("--sdxl-only", action="store_true")
     p.add_argument("--sdxl-steps", type=int, default=4)
+    p.add_argument("--table", default=None, help="print markdown tables from a results JSON and exit")
     args = p.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
     if args.tiny:
         args.cpu = True
         for k, v in dict(families=args.families[:2], steps=[5], choose_steps=[5], width=32, res_blocks=1,
