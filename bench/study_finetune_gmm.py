@@ -157,8 +157,8 @@ class Study:
         self.t_start = time.perf_counter()
         self.candidates = {}
         for item in args.sweep:
-            spread, lr = item.split(":")
-            self.candidates[item] = {"spread": float(spread), "learning_rate": float(lr)}
+            spread, lr, anchor = (item.split(":") + ["0"])[:3]
+            self.candidates[item] = {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor)}
         self.chosen = None
         self.family_deadline = args.budget_s
         self.results = {"args": vars(args), "device": str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "cpu",
@@ -432,8 +432,8 @@ def main():
     p.add_argument("--spread", type=float, default=0.5)
     p.add_argument("--estimator", default="importance")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--sweep", nargs="+", default=["0:1e-3", "0.5:1e-3"],
-                   help="spread:learning_rate candidates tried on the first family only")
+    p.add_argument("--sweep", nargs="+", default=["0.5:1e-3:0", "0.5:1e-3:0.5", "0.5:3e-4:0.5"],
+                   help="spread:learning_rate[:anchor] candidates tried on the first family only")
     p.add_argument("--choose-steps", nargs="+", type=int, default=[5, 6, 8])
     p.add_argument("--mc", type=int, default=32)
     p.add_argument("--grid", type=int, default=60)

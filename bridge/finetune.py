@@ -55,6 +55,7 @@ class TrainSettings:
     optimizer: str = "AdamW"
     spread: float = 0.5
     estimator: str = "importance"
+    anchor: float = 0.0
     training_dtype: str = "bf16"
     lora_dtype: str = "bf16"
     gradient_checkpointing: bool = True
@@ -72,6 +73,8 @@ class TrainSettings:
             raise FinetuneError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
         if not (0.0 <= self.spread <= 1.0):
             raise FinetuneError(f"spread must be in [0, 1], got {self.spread}")
+        if not (0.0 <= self.anchor < 1.0):
+            raise FinetuneError(f"anchor must be in [0, 1), got {self.anchor}")
         if self.estimator not in ESTIMATORS:
             raise FinetuneError(f"weighting must be one of {ESTIMATORS}, got {self.estimator!r}")
         for name in ("training_dtype", "lora_dtype"):
@@ -260,6 +263,7 @@ class LoraTrainer:
         losses = []
         check = comfy.model_management.throw_exception_if_processing_interrupted
         trainable = self._trainable
+        table = self.model.get_model_object("model_sampling").sigmas.double().cpu()
 
         def step_fn(model_wrap, data, extra_args):
             for p in trainable:
@@ -272,6 +276,14 @@ class LoraTrainer:
                     index = torch.randint(0, count, (int(s.batch_size),), generator=gen)
                     noise = torch.randn((int(s.batch_size),) + tuple(data.shape[1:]), generator=gen)
                     sigma, weight, _ = sampler.draw(int(s.batch_size), gen)
+                    keep = int(round(float(s.anchor) * int(s.batch_size)))
+                    if keep:
+                        # anchor: part of the batch at TrainLoraNode's noise levels (timestep uniform over
+                        # the model's levels), so the model away from the steps is held in place
+                        t = torch.randint(0, table.numel(), (keep,), generator=gen)
+                        sigma, weight = sigma.clone(), weight.clone()
+                        sigma[:keep], weight[:keep] = table[t], 1.0
+                        
                 loss = _denoising_loss(model_wrap, data[index.to(data.device)], noise, sigma, weight, extra_args, self.dtype)
                 if not torch.isfinite(loss):
                     raise FinetuneError(f"the loss became {float(loss)} at step {self._steps_done + i + 1}; lower "
@@ -363,7 +375,7 @@ def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, ro
 def report(result: FinetuneResult) -> str:
     s = result.settings
     lines = [f"Few-step fine-tune: {s.algorithm} rank {s.rank}, {s.optimizer} lr {s.learning_rate:g}, "
-             f"batch {s.batch_size}, {s.steps} steps x {len(result.rounds)} round(s), spread {s.spread:g}, "
+             f"batch {s.batch_size}, {s.steps} steps x {len(result.rounds)} round(s), spread {s.spread:g}, anchor {s.anchor:g}, "
              f"weighting {s.estimator} (schedule-derived, docs/finetune.md)"]
     for r in result.rounds:
         head = sum(r.losses[: max(1, len(r.losses) // 10)]) / max(1, len(r.losses[: max(1, len(r.losses) // 10)]))

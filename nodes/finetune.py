@@ -72,6 +72,8 @@ class FewStepFinetune(io.ComfyNode):
                                tooltip="Noise levels are drawn within this fraction of the log-distance to the neighbouring steps (0 = exactly the schedule's sigmas)."),
                 io.Combo.Input("weighting", options=list(ESTIMATORS), default="importance",
                                tooltip="importance: steps drawn with probability equal to their schedule weight (lower variance); explicit: steps drawn uniformly, loss multiplied by the weight. Same expected loss."),
+                io.Float.Input("anchor", default=0.0, min=0.0, max=0.95, step=0.05,
+                               tooltip="Share of each batch trained at ordinary noise levels (timestep uniform, as Train LoRA does) to hold the model in place away from the steps; 0 = schedule steps only."),
                 io.Int.Input("rounds", default=1, min=1, max=8,
                              tooltip="Phase 2 rounds; between rounds Phase 1 re-optimises the schedule on the tuned model (through the schedule cache)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the LoRA initialisation, batches, noise and noise levels."),
@@ -96,12 +98,12 @@ class FewStepFinetune(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latents, positive, steps, train_steps, batch_size, learning_rate, rank, spread, weighting,
-                rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
+                anchor, rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
                 phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120) -> io.NodeOutput:
         ft.check_unet(model)
         ft.check_latents(latents)
         settings = ft.TrainSettings(int(train_steps), int(batch_size), float(learning_rate), int(rank), algorithm, optimizer,
-                                    float(spread), weighting, training_dtype, lora_dtype, bool(gradient_checkpointing), int(seed))
+                                    float(spread), weighting, float(anchor), training_dtype, lora_dtype, bool(gradient_checkpointing), int(seed))
         schedule, record_sampler, source = schedule_for(model, sigmas, steps)
         sampler = record_sampler or phase1_sampler
 

@@ -103,7 +103,7 @@ def _run_node(env, **inputs):
 
 def _node_inputs(env, **kw):
     base = dict(model=env.model, latents=env.latents, positive=env.cond, steps=3, train_steps=2, batch_size=2,
-                learning_rate=1e-3, rank=4, spread=0.5, weighting="importance", rounds=1, seed=0,
+                learning_rate=1e-3, rank=4, spread=0.5, weighting="importance", anchor=0.25, rounds=1, seed=0,
                 algorithm="LoRA", optimizer="AdamW", training_dtype="fp32", lora_dtype="fp32",
                 gradient_checkpointing=False, sigmas=SCHED)
     base.update(kw)
