@@ -49,7 +49,9 @@ FAMILIES = {
 def unet_config(width: int, res_blocks: int) -> dict:
     return {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
             "model_channels": width, "num_res_blocks": [res_blocks, res_blocks], "channel_mult": [1, 2],
-            "transformer_depth": [0, 0], "transformer_depth_middle": 0, "transformer_depth_output": [0] * (2 * res_blocks + 2),
+            # one entry per res block of each level (input side) and per res block + 1 (output side)
+            "transformer_depth": [0] * (2 * res_blocks), "transformer_depth_middle": 0,
+            "transformer_depth_output": [0] * (2 * res_blocks + 2),
             "use_spatial_transformer": True, "use_linear_in_transformer": False, "context_dim": 16,
             "num_head_channels": 16, "legacy": False, "adm_in_channels": None,
             "use_temporal_attention": False, "use_temporal_resblock": False}
