@@ -1,0 +1,479 @@
+"""Ground truth for Phase 2 (issue 21): a small UNet (ComfyUI's own UNetModel, SD1.5-type EPS model
+with the discrete SD schedule) trained from scratch on a lab Gaussian mixture (samplers/exact.py),
+then few-step samples scored against the true mixture for:
+
+  base+karras   the trained model, Karras schedule (reference point)
+  P1            Phase 1: 'Optimise Schedule (FewStep)' on the trained model
+  P1+uniform    control: P1's schedule, a LoRA trained as TrainLoraNode does (sigma uniform over
+                the model's range, equal steps): separates "concentrated on the steps" from "more training"
+  P1+2          Phase 1, then Phase 2 (bridge/finetune.py) on P1's schedule
+  alt K         Phase 1 + 2 alternated K rounds (Phase 1 re-run on the tuned model between rounds and
+                once at the end)
+
+Scores (float64): Fréchet distance between the samples' Gaussian fit and the mixture's own mean and
+covariance (mu_bar, s^2 I + Cov_k mu_k); share of samples within the 99 % radius of some component;
+coverage = share of components that receive at least half their expected count. At N = 4, 5, 6, 8
+(the N-step schedule of each method) and at 32 Karras steps (the LoRA must not damage the model).
+'floor' is the Fréchet distance of exact mixture samples of the same count.
+
+Families: the first (--dev-family) is the one the Phase 2 settings were picked on; the others are
+validation (sharper / broader / image-like mixtures, other seeds), reported separately.
+
+  CPU, development:  python bench/study_finetune_gmm.py --tiny
+  GPU:               python bench/study_finetune_gmm.py --out DIR [--sdxl-cost]
+Needs COMFYUI_PATH (scripts/host.sh locally, .gpu/ComfyUI on the GPU machine)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+FAMILIES = {
+    # name: (dataset, components, spread, seed)
+    "gmm8-s0.3": ("gmm", 8, 0.3, 0),        # development family (settings picked here)
+    "gmm8-s0.1": ("gmm", 8, 0.1, 1),        # sharper
+    "gmm16-s0.5": ("gmm", 16, 0.5, 2),      # broader, more modes
+    "shapes8-s0.1": ("shapes", 8, 0.1, 3),  # image-like means
+}
+
+
+def unet_config(width: int, res_blocks: int) -> dict:
+    return {"use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+            "model_channels": width, "num_res_blocks": [res_blocks, res_blocks], "channel_mult": [1, 2],
+            # one entry per res block of each level (input side) and per res block + 1 (output side)
+            "transformer_depth": [0] * (2 * res_blocks), "transformer_depth_middle": 0,
+            "transformer_depth_output": [0] * (2 * res_blocks + 2),
+            "use_spatial_transformer": True, "use_linear_in_transformer": False, "context_dim": 16,
+            "num_head_channels": 16, "legacy": False, "adm_in_channels": None,
+            "use_temporal_attention": False, "use_temporal_resblock": False}
+
+
+EXACT = None  # the pack's samplers/exact.py, set once the pack is loaded (ComfyUI owns the name 'samplers')
+
+
+def mixture_sample(spec, shape, count, gen):
+    import torch
+    mixture_means = EXACT.mixture_means
+    mu = mixture_means(spec, shape).float()
+    k = torch.randint(0, mu.shape[0], (count,), generator=gen)
+    return mu[k] + spec.spread * torch.randn((count,) + tuple(shape), generator=gen)
+
+
+def pretrain(model, spec, shape, steps, batch, lr, device, seed, log):
+    """From scratch: the standard eps objective, timesteps uniform over the 1000 discrete levels."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    net = model.model.diffusion_model
+    net.to(device).train()
+    ms = model.model.model_sampling
+    sig_table = ms.sigmas.to(device)
+    params = [p for p in net.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, i / steps))))
+    ctx = torch.zeros(batch, 1, 16, device=device)
+    t0 = time.perf_counter()
+    with torch.inference_mode(False), torch.enable_grad():
+        for i in range(steps):
+            x0 = mixture_sample(spec, shape, batch, gen).to(device)
+            eps = torch.randn(x0.shape, generator=gen).to(device)
+            t = torch.randint(0, sig_table.numel(), (batch,), generator=gen).to(device)
+            sigma = sig_table[t]
+            xt = x0 + sigma.view(-1, 1, 1, 1) * eps
+            den = model.model.apply_model(xt, sigma, c_crossattn=ctx)
+            loss = ((xt - den) / sigma.view(-1, 1, 1, 1) - eps).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if (i + 1) % max(1, steps // 5) == 0:
+                log(f"  pretrain {i + 1}/{steps} eps-loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
+    for p in params:
+        p.requires_grad_(False)
+    net.eval()
+    return time.perf_counter() - t0
+
+
+def scores(x, spec, shape, radius_q=0.99):
+    """(frechet, near share, coverage) of samples x (n, C, H, W) against the mixture."""
+    import torch
+    mu = EXACT.mixture_means(spec, shape).flatten(1)  # float64
+    k, d = mu.shape
+    xf = x.detach().double().cpu().flatten(1)
+    m = xf.mean(0)
+    c = torch.cov(xf.T)
+    mbar = mu.mean(0)
+    dev = mu - mbar
+    sigma = spec.spread ** 2 * torch.eye(d, dtype=torch.float64) + dev.T @ dev / k
+    ev, evec = torch.linalg.eigh(sigma)
+    root = evec @ torch.diag(ev.clamp(min=0).sqrt()) @ evec.T
+    inner = torch.linalg.eigvalsh(root @ c @ root).clamp(min=0).sqrt().sum()
+    fd = float((m - mbar).pow(2).sum() + torch.trace(c) + torch.trace(sigma) - 2 * inner)
+    z = 2.3263478740408408 if radius_q == 0.99 else 1.6448536269514722
+    chi2 = d * (1 - 2 / (9 * d) + z * math.sqrt(2 / (9 * d))) ** 3  # Wilson-Hilferty quantile
+    dist2 = torch.cdist(xf, mu).pow(2)
+    best, which = dist2.min(1)
+    near = best <= spec.spread ** 2 * chi2
+    counts = torch.bincount(which[near], minlength=k).double()
+    coverage = float((counts >= 0.5 * xf.shape[0] / k).double().mean())
+    return {"fd": fd, "near": float(near.double().mean()), "coverage": coverage}
+
+
+def load(cpu: bool):
+    """The real ComfyUI in-process with the pack loaded by ComfyUI's own loader."""
+    from bench.gpu_env import setup_comfy
+    setup_comfy(cpu=cpu)
+    from comfy_inprocess import load_inprocess
+    return load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-study-")), cpu=cpu)
+
+
+class Study:
+    def __init__(self, args):
+        import torch
+        self.torch = torch
+        self.args = args
+        self.nodes, self.pack = load(cpu=args.cpu)
+        self.fin = importlib.import_module(self.pack.__name__ + ".bridge.finetune")
+        global EXACT
+        EXACT = importlib.import_module(self.pack.__name__ + ".samplers.exact")
+        import comfy.model_management
+        import comfy.sample
+        import comfy.samplers
+        from tests.support import random_unet
+        self.comfy_sample, self.samplers, self.random_unet = comfy.sample, comfy.samplers, random_unet
+        self.device = comfy.model_management.get_torch_device()
+        self.cond = [[torch.zeros(1, 1, 16), {}]]
+        self.shape = (4, args.size, args.size)
+        self.t_start = time.perf_counter()
+        self.candidates = {}
+        for item in args.sweep:
+            spread, lr, anchor = (item.split(":") + ["0"])[:3]
+            self.candidates[item] = {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor)}
+        self.chosen = None
+        self.family_deadline = args.budget_s
+        self.results = {"args": vars(args), "device": str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "cpu",
+                        "families": {}}
+
+    def log(self, msg):
+        print(f"[{time.perf_counter() - self.t_start:6.1f}s] {msg}", flush=True)
+
+    def left(self):
+        """Seconds left for the current family (each gets an equal share of --budget-s)."""
+        return self.family_deadline - (time.perf_counter() - self.t_start)
+
+    def save(self):
+        if self.args.out:
+            Path(self.args.out).mkdir(parents=True, exist_ok=True)
+            (Path(self.args.out) / "study_finetune_gmm.json").write_text(json.dumps(self.results, indent=1))
+
+    # -- pieces
+    def phase1(self, model, steps):
+        opt = self.nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]()
+        out = opt.optimise(model, self.cond, self.cond, 1.0, 64, 64, int(steps), self.args.sampler, self.args.mc,
+                           0, latent={"samples": self.torch.zeros((1,) + self.shape)}, grid=self.args.grid,
+                           use_cache=False)
+        return out["result"][0].double()
+
+    def sample(self, model, sigmas, count, seed=1234):
+        torch = self.torch
+        noise = torch.randn((count,) + self.shape, generator=torch.Generator().manual_seed(seed))
+        sampler = self.samplers.sampler_object(self.args.sampler)
+        out = []
+        for i in range(0, count, self.args.sample_batch):
+            n = noise[i:i + self.args.sample_batch]
+            out.append(self.comfy_sample.sample_custom(model, n, 1.0, sampler, sigmas.float(), self.cond, self.cond,
+                                                       torch.zeros_like(n), disable_pbar=True, seed=seed))
+        return torch.cat(out)
+
+    def karras(self, model, steps):
+        ms = model.get_model_object("model_sampling")
+        return self.samplers.calculate_sigmas(ms, "karras", steps).double()
+
+    def settings(self, **over):
+        a = self.args
+        base = dict(steps=a.lora_steps, batch_size=a.lora_batch, learning_rate=a.lora_lr, rank=a.rank,
+                    spread=a.spread, estimator=a.estimator, training_dtype="fp32", lora_dtype="fp32",
+                    gradient_checkpointing=False, seed=0)
+        base.update(over)
+        return self.fin.TrainSettings(**base)
+
+    def data_latents(self, spec, count, seed):
+        torch = self.torch
+        return {"samples": mixture_sample(spec, self.shape, count, torch.Generator().manual_seed(seed))}
+
+    # -- one family
+    def family(self, name):
+        torch, a = self.torch, self.args
+        MixtureSpec = EXACT.MixtureSpec
+        dataset, k, spread, seed = FAMILIES[name]
+        spec = MixtureSpec(dataset, k, spread, seed)
+        fam = {"spec": [dataset, k, spread, seed], "rows": {}}
+        self.results["families"][name] = fam
+        model = self.random_unet.build(unet_config(a.width, a.res_blocks), dtype=torch.float32, device=self.device,
+                                       seed=seed, family="sd15")
+        # The mixture lives in the model's own latent space: no VAE scaling on the way in or out.
+        model.model.latent_format.scale_factor = 1.0
+        fam["params"] = sum(p.numel() for p in model.model.diffusion_model.parameters())
+        self.log(f"{name}: UNet {fam['params'] / 1e6:.2f} M parameters, pretraining {a.pretrain_steps} steps")
+        fam["pretrain_s"] = pretrain(model, spec, self.shape, a.pretrain_steps, a.pretrain_batch, a.pretrain_lr,
+                                     self.device, seed, self.log)
+        data = self.data_latents(spec, a.train_images, seed + 100)
+        exact = mixture_sample(spec, self.shape, a.samples, torch.Generator().manual_seed(seed + 7))
+        fam["floor"] = scores(exact, spec, self.shape)
+        ref_sig = self.karras(model, a.ref_steps)
+        fam["base_ref"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)
+        self.log(f"{name}: floor {fam['floor']}, base @{a.ref_steps} {fam['base_ref']}")
+
+        t0 = time.perf_counter()
+        uni = self.fin.LoraTrainer(model, self.settings())
+        lo, hi = self.fin.model_sigma_range(model)
+        uni_losses = self._uniform_train(uni, data, lo, hi)
+        fam["uniform_lora_s"] = time.perf_counter() - t0
+        fam["uniform_ref"] = scores(self.sample(uni.model, ref_sig, a.samples), spec, self.shape)
+
+        dev = self.chosen is None  # the first family picks the Phase 2 settings among --sweep
+        candidates = self.candidates if dev else {"chosen": self.chosen}
+        for n in a.steps:
+            if self.left() < a.reserve_s:
+                self.log(f"{name}: time budget reached before N={n}")
+                fam["cut_at"] = n
+                break
+            row = {}
+            row["base+karras"] = scores(self.sample(model, self.karras(model, n), a.samples), spec, self.shape)
+            t0 = time.perf_counter()
+            sig1 = self.phase1(model, n)
+            row["P1_s"] = time.perf_counter() - t0
+            row["P1_sigmas"] = sig1.tolist()
+            row["P1"] = scores(self.sample(model, sig1, a.samples), spec, self.shape)
+            row["P1+uniform"] = scores(self.sample(uni.model, sig1, a.samples), spec, self.shape)
+            for label, over in candidates.items():
+                t0 = time.perf_counter()
+                res = self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=1)
+                key = "P1+2" if not dev else f"P1+2[{label}]"
+                row[key + "_s"] = time.perf_counter() - t0
+                row[key] = scores(self.sample(res.model, sig1, a.samples), spec, self.shape)
+                row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)
+                head, tail = res.losses[:max(1, len(res.losses) // 10)], res.losses[-max(1, len(res.losses) // 10):]
+                row[key + "_loss"] = [sum(head) / len(head), sum(tail) / len(tail)]
+            if not dev:
+                self.alternate(model, data, sig1, n, ref_sig, spec, row, self.chosen)
+            fam["rows"][str(n)] = row
+            self.log(f"{name} N={n}: " + ", ".join(f"{k} {v['fd']:.4f}" for k, v in row.items() if isinstance(v, dict)))
+            self.save()
+        if dev:
+            self.choose(fam)
+            for n, row in fam["rows"].items():
+                label = fam["chosen"]
+                for suffix in ("", "_ref", "_s", "_loss"):
+                    row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
+                if self.left() > a.reserve_s:
+                    self.alternate(model, data, torch.tensor(row["P1_sigmas"], dtype=torch.float64), int(n), ref_sig,
+                                   spec, row, self.chosen)
+                self.save()
+        fam["uniform_loss"] = [uni_losses[0], uni_losses[-1]]
+        # The LoRA clones share the base network: sampling the base again must give the same numbers.
+        fam["base_ref_after"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)
+        self.log(f"{name}: base @{a.ref_steps} before/after the LoRAs: {fam['base_ref']['fd']:.6g} / {fam['base_ref_after']['fd']:.6g}")
+        self.save()
+
+    def choose(self, fam):
+        """The candidate with the lowest median FD ratio to P1 over N in --choose-steps (dev family only)."""
+        ratios = {}
+        for label in self.candidates:
+            r = [fam["rows"][str(n)][f"P1+2[{label}]"]["fd"] / fam["rows"][str(n)]["P1"]["fd"]
+                 for n in self.args.choose_steps if str(n) in fam["rows"]]
+            ratios[label] = sorted(r)[len(r) // 2] if r else math.inf
+        fam["sweep_ratios"] = ratios
+        fam["chosen"] = min(ratios, key=ratios.get)
+        self.chosen = self.candidates[fam["chosen"]]
+        self.results["chosen"] = {"label": fam["chosen"], **self.chosen}
+        self.log(f"settings picked on this family: {fam['chosen']} (median FD ratio to P1: {ratios})")
+
+    def alternate(self, model, data, sig1, n, ref_sig, spec, row, over):
+        a = self.args
+        if a.rounds < 2 or self.left() < a.reserve_s:
+            return
+        t0 = time.perf_counter()
+        alt = self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=a.rounds, phase1=self.phase1)
+        final = self.phase1(alt.model, n)
+        row["alt_s"] = time.perf_counter() - t0
+        row["alt_rounds"] = [{"sigmas": r.sigmas, "loss_first": r.losses[0], "loss_last": r.losses[-1]} for r in alt.rounds]
+        row["alt_sigmas"] = final.tolist()
+        row[f"alt{a.rounds}"] = scores(self.sample(alt.model, final, a.samples), spec, self.shape)
+        row[f"alt{a.rounds}_ref"] = scores(self.sample(alt.model, ref_sig, a.samples), spec, self.shape)
+
+    def _uniform_train(self, trainer, data, lo, hi):
+        """The control: TrainLoraNode's noise levels (timestep uniform over the model's levels), weight 1."""
+        torch = self.torch
+        table = trainer.model.get_model_object("model_sampling").sigmas.double().cpu()
+
+        class Uniform:
+            @staticmethod
+            def draw(count, generator=None):
+                t = torch.randint(0, table.numel(), (count,), generator=generator)
+                return table[t], torch.ones(count, dtype=torch.float64), t
+
+        return trainer.train(data["samples"], self.cond, None, sigma_sampler=Uniform())
+
+
+def sdxl_cost(args, log):
+    """Per-step time and peak memory of Phase 2 on a random-weight SDXL UNet at 1024² (latent 128²).
+    With --cpu: SDXL's block structure at tiny width and a 16² latent (checks the code path only)."""
+    import torch
+    nodes, pack = load(cpu=args.cpu)
+    fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
+    from tests.support import random_unet
+    cuda = torch.cuda.is_available() and not args.cpu
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    out = {"device": torch.cuda.get_device_name() if cuda else "cpu"}
+    t0 = time.perf_counter()
+    if cuda:
+        config, model, side, dtype = random_unet.SDXL_UNET, random_unet.sdxl(dtype=torch.bfloat16), 128, "bf16"
+    else:
+        config, side, dtype = random_unet.TINY_SDXL_UNET, 16, "fp32"
+        model = random_unet.build(config, dtype=torch.float32, device=torch.device("cpu"), family="sdxl")
+    out["build_s"] = time.perf_counter() - t0
+    out["unet_params_m"] = sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6
+    cond = random_unet.random_conditioning(config)
+    sig = torch.tensor([14.61, 4.0, 1.5, 0.6, 0.2, 0.0], dtype=torch.float64)
+    for ckpt in (True, False):
+        key = f"batch1_ckpt{int(ckpt)}"
+        try:
+            st = fin.TrainSettings(steps=1, batch_size=1, learning_rate=1e-4, rank=16, training_dtype=dtype,
+                                   lora_dtype=dtype, gradient_checkpointing=ckpt, seed=0)
+            trainer = fin.LoraTrainer(model, st)
+            lat = torch.randn(2, 4, side, side)
+            trainer.train(lat, cond, sig, steps=1)  # warm-up (loads the model)
+            sync()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t1 = time.perf_counter()
+            trainer.train(lat, cond, sig, steps=1)
+            sync()
+            one = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            trainer.train(lat, cond, sig, steps=args.sdxl_steps + 1)
+            sync()
+            many = time.perf_counter() - t1
+            step = (many - one) / args.sdxl_steps
+            out[key] = {"step_s": step, "call_overhead_s": one - step,
+                        "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
+                        "lora_params_m": sum(p.numel() for p in trainer.lora.values()) / 1e6}
+            log(f"SDXL {key}: {out[key]}")
+            del trainer
+            if cuda:
+                torch.cuda.empty_cache()
+        except torch.cuda.OutOfMemoryError as e:
+            out[key] = {"error": f"out of memory: {e}"[:200]}
+    return out
+
+
+def table(path: str) -> str:
+    """Markdown tables from a results JSON: FD per method and N (ratio to P1), then the 30+-step check."""
+    res = json.loads(Path(path).read_text())
+    lines = []
+    for name, fam in res["families"].items():
+        role = "settings picked here" if "chosen" in fam else "validation"
+        lines.append(f"**{name}** ({role}; UNet {fam.get('params', 0) / 1e6:.2f} M, pretrain {fam.get('pretrain_s', 0):.0f} s; "
+                     f"FD floor of exact samples {fam['floor']['fd']:.4f})\n")
+        methods = ["base+karras", "P1", "P1+uniform", "P1+2"] + sorted({k for r in fam["rows"].values() for k in r
+                                                                       if k.startswith("alt") and k[3:].isdigit()})
+        lines.append("| N | " + " | ".join(methods) + " | P1+2 / P1 | alt / P1 | near (P1 → P1+2) | coverage (P1 → P1+2) |")
+        lines.append("|---" * (len(methods) + 5) + "|")
+        for n, row in fam["rows"].items():
+            cells = [f"{row[m]['fd']:.4f}" if m in row else "–" for m in methods]
+            p1 = row["P1"]["fd"]
+            r12 = f"{row['P1+2']['fd'] / p1:.3f}" if "P1+2" in row else "–"
+            alt = [m for m in methods if m.startswith("alt") and m in row]
+            ralt = f"{row[alt[0]]['fd'] / p1:.3f}" if alt else "–"
+            near = f"{row['P1']['near']:.3f} → {row['P1+2']['near']:.3f}" if "P1+2" in row else "–"
+            cov = f"{row['P1']['coverage']:.2f} → {row['P1+2']['coverage']:.2f}" if "P1+2" in row else "–"
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {r12} | {ralt} | {near} | {cov} |")
+        base = fam["base_ref"]["fd"]
+        refs = {f"P1+2 (N={n})": row["P1+2_ref"]["fd"] for n, row in fam["rows"].items() if "P1+2_ref" in row}
+        refs.update({f"alt (N={n})": row[k]["fd"] for n, row in fam["rows"].items() for k in row
+                     if k.startswith("alt") and k.endswith("_ref")})
+        refs["uniform LoRA"] = fam["uniform_ref"]["fd"]
+        lines.append(f"\n{res['args']['ref_steps']} Karras steps, FD relative to the untuned model ({base:.4f}): "
+                     + ", ".join(f"{k} {v / base:.3f}" for k, v in refs.items()) + "\n")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="CPU development size (minutes on 2 cores)")
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--out", default=None)
+    p.add_argument("--families", nargs="+", default=list(FAMILIES))
+    p.add_argument("--steps", nargs="+", type=int, default=[4, 5, 6, 8])
+    p.add_argument("--ref-steps", type=int, default=32)
+    p.add_argument("--sampler", default="dpmpp_2m")
+    p.add_argument("--size", type=int, default=8)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--res-blocks", type=int, default=2)
+    p.add_argument("--pretrain-steps", type=int, default=2000)
+    p.add_argument("--pretrain-batch", type=int, default=512)
+    p.add_argument("--pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--train-images", type=int, default=4096)
+    p.add_argument("--lora-steps", type=int, default=200)
+    p.add_argument("--lora-batch", type=int, default=256)
+    p.add_argument("--lora-lr", type=float, default=1e-3)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--spread", type=float, default=0.5)
+    p.add_argument("--estimator", default="importance")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--sweep", nargs="+", default=["0.5:1e-3:0", "0.5:1e-3:0.5", "0.5:3e-4:0.5"],
+                   help="spread:learning_rate[:anchor] candidates tried on the first family only")
+    p.add_argument("--choose-steps", nargs="+", type=int, default=[5, 6, 8])
+    p.add_argument("--mc", type=int, default=32)
+    p.add_argument("--grid", type=int, default=60)
+    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--sample-batch", type=int, default=4096)
+    p.add_argument("--budget-s", type=float, default=1e9, help="stop starting new N rows after this")
+    p.add_argument("--reserve-s", type=float, default=0.0)
+    p.add_argument("--sdxl-cost", action="store_true", help="also measure SDXL 1024² Phase 2 cost (GPU)")
+    p.add_argument("--sdxl-only", action="store_true")
+    p.add_argument("--sdxl-steps", type=int, default=4)
+    p.add_argument("--table", default=None, help="print markdown tables from a results JSON and exit")
+    args = p.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if args.tiny:
+        args.cpu = True
+        for k, v in dict(families=args.families[:2], steps=[5], choose_steps=[5], width=32, res_blocks=1,
+                         pretrain_steps=20, pretrain_batch=32, train_images=64, lora_steps=4, lora_batch=16, mc=4,
+                         grid=12, samples=128, sample_batch=128, ref_steps=12, rounds=2, size=4,
+                         sweep=["0.5:1e-3", "0:1e-3"]).items():
+            if getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
+    log = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)
+    results = {}
+    if args.sdxl_cost or args.sdxl_only:
+        results["sdxl"] = sdxl_cost(args, log)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "sdxl_cost.json").write_text(json.dumps(results["sdxl"], indent=1))
+        if args.sdxl_only:
+            return
+    study = Study(args)
+    for i, name in enumerate(args.families):
+        study.family_deadline = args.budget_s * (i + 1) / len(args.families)
+        study.family(name)
+    study.save()
+    print(json.dumps(study.results, indent=1)[:20000])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,469 @@
+"""Phase 2 of the few-step optimiser: a LoRA trained on the selected steps of a schedule (maths:
+samplers/finetune_loss.py, derivation: docs/finetune.md), and the Phase 1 / Phase 2 alternation.
+
+Built on ComfyUI's own training pieces (comfy_extras/nodes_train.py, comfy/weight_adapter): its
+adapters (LoRA, LoHa, LoKr, OFT) attached as weight wrappers, its bias-difference module, its
+gradient-checkpointing patch, its model loading, and a `comfy.samplers.Sampler` run through
+ComfyUI's own guider (conditioning processing, latent scaling, model patches and wrappers are the
+real ones). What differs from TrainLoraNode is only what Phase 2 needs: the noise levels and loss
+weights come from the schedule, the conditioning is shared by the whole batch (one forward per
+batch), training can continue over several rounds with the same adapters and optimiser, and it is
+cancellable between steps."""
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import comfy_extras.nodes_custom_sampler as custom_sampler
+import comfy_extras.nodes_train as core_train
+import folder_paths
+import node_helpers
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+from comfy.weight_adapter import adapter_maps
+
+from ..samplers.finetune_loss import ESTIMATORS, SigmaSampler, weighted_mse
+from . import schedule_cache
+
+OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD,
+              "RMSprop": torch.optim.RMSprop}
+DTYPES = ("bf16", "fp32")
+# model_options key whose value changes with the trained weights: the schedule cache's model
+# fingerprint covers model_options, so Phase 1 on the tuned model cannot hit the untuned entry.
+LORA_DIGEST_KEY = "fewstep_lora_digest"
+SIGMA_TOLERANCE = 1e-3
+
+
+class FinetuneError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int = 200
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    rank: int = 8
+    algorithm: str = "LoRA"
+    optimizer: str = "AdamW"
+    spread: float = 0.5
+    estimator: str = "importance"
+    anchor: float = 0.0
+    training_dtype: str = "bf16"
+    lora_dtype: str = "bf16"
+    gradient_checkpointing: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "rank"):
+            if int(getattr(self, name)) < 1:
+                raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise FinetuneError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        if self.algorithm not in adapter_maps:
+            raise FinetuneError(f"algorithm must be one of {list(adapter_maps)}, got {self.algorithm!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise FinetuneError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (0.0 <= self.spread <= 1.0):
+            raise FinetuneError(f"spread must be in [0, 1], got {self.spread}")
+        if not (0.0 <= self.anchor < 1.0):
+            raise FinetuneError(f"anchor must be in [0, 1), got {self.anchor}")
+        if self.estimator not in ESTIMATORS:
+            raise FinetuneError(f"weighting must be one of {ESTIMATORS}, got {self.estimator!r}")
+        for name in ("training_dtype", "lora_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise FinetuneError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks (before any model call)
+
+def model_sigma_range(model) -> tuple:
+    ms = model.get_model_object("model_sampling")
+    return float(ms.sigma_min), float(ms.sigma_max)
+
+
+def check_unet(model):
+    net = getattr(getattr(model, "model", None), "diffusion_model", None)
+    if not isinstance(net, UNetModel):
+        raise FinetuneError(f"model: Few-Step Fine-tune trains UNet models (SD1.x, SD2, SDXL; ComfyUI's UNetModel); "
+                            f"this model's network is {type(net).__name__}")
+
+
+def check_latents(latents) -> torch.Tensor:
+    samples = latents.get("samples") if isinstance(latents, dict) else None
+    if not torch.is_tensor(samples) or samples.ndim != 4 or samples.shape[0] < 1:
+        raise FinetuneError("latents: expected a LATENT batch of at least one image (encode your training images "
+                            "with VAE Encode and batch them)")
+    if not torch.isfinite(samples).all():
+        raise FinetuneError("latents: the LATENT holds NaN or infinite values")
+    if latents.get("noise_mask") is not None:
+        logging.info("FewStep fine-tune: the latent's noise_mask is ignored (whole latents are trained)")
+    return samples
+
+
+def check_schedule(model, sigmas) -> torch.Tensor:
+    """The schedule as float64 (validated by the maths) and inside this model's sigma range: a
+    schedule made for another model (SDXL sigmas on a flow model ...) is refused here."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
+    try:
+        SigmaSampler(tuple(s.tolist()), 0.0)
+    except ValueError as e:
+        raise FinetuneError(f"sigmas: {e}") from None
+    lo, hi = model_sigma_range(model)
+    top, bottom = float(s[0]), float(s[:-1].min())
+    if top > hi * (1 + SIGMA_TOLERANCE) or bottom < lo * (1 - SIGMA_TOLERANCE):
+        raise FinetuneError(f"sigmas: the schedule spans [{bottom:.6g}, {top:.6g}] but this model's sigmas lie in "
+                            f"[{lo:.6g}, {hi:.6g}]; the schedule was made for another model")
+    return s
+
+
+def lora_digest(lora_sd: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(lora_sd):
+        t = lora_sd[k].detach().float().cpu()
+        h.update(k.encode())
+        h.update(t.flatten()[:: max(1, t.numel() // 64)].numpy().tobytes())
+        h.update(f"{float(t.double().sum()):.12e}".encode())
+    return h.hexdigest()[:24]
+
+
+# ----------------------------------------------------------------------------------------------
+# The training sampler: one weighted denoising step per batch, through ComfyUI's guider
+
+class _PhaseTwoSampler(comfy.samplers.Sampler):
+    """Runs `step_fn(model_wrap, latents, extra_args)` inside guider.sample (where conds are processed
+    and the model is loaded), with gradients on whatever the caller's context had."""
+
+    def __init__(self, step_fn):
+        self.step_fn = step_fn
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        model_wrap.conds = core_train.process_cond_list(model_wrap.conds)  # out of inference tensors
+        with torch.inference_mode(False), torch.enable_grad():
+            self.step_fn(model_wrap, latent_image, extra_args)
+        return torch.zeros_like(latent_image)
+
+
+def _denoising_loss(model_wrap, latent, noise, sigma, weight, extra_args, dtype):
+    ms = model_wrap.inner_model.model_sampling
+    sigma = sigma.to(latent.device, torch.float32)
+    xt = ms.noise_scaling(sigma, noise.to(latent), latent, False)
+    with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        pred = model_wrap(xt, sigma, **extra_args)
+    return weighted_mse(pred, latent, weight)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    sigmas: list
+    losses: list
+    seconds: float
+    phase1_seconds: float = 0.0
+
+
+@dataclass
+class LoraTrainer:
+    """A clone of `model` with fresh trainable adapters on every weight ComfyUI can wrap; `train`
+    may be called several times (alternation rounds) and keeps the adapters and optimiser."""
+    model: object
+    settings: TrainSettings
+    lora: dict = field(default_factory=dict)
+    losses: list = field(default_factory=list)
+    _adapters: list = field(default_factory=list)
+    _optimizer: object = None
+    _trainable: list = field(default_factory=list)
+    _steps_done: int = 0
+
+    def __post_init__(self):
+        check_unet(self.model)
+        s = self.settings
+        self.model = self.model.clone()
+        self.dtype = node_helpers.string_to_torch_dtype(s.training_dtype)
+        lora_dtype = node_helpers.string_to_torch_dtype(s.lora_dtype)
+        self.model.set_model_compute_dtype(self.dtype)
+        torch.manual_seed(int(s.seed))  # adapter initialisation (ComfyUI draws it from the global generator)
+        adapter_cls = adapter_maps[s.algorithm]
+        with torch.inference_mode(False):
+            for name, module in self.model.model.named_modules():
+                if not hasattr(module, "weight_function"):
+                    continue
+                if getattr(module, "weight", None) is not None:
+                    key = f"{name}.weight"
+                    if module.weight.ndim >= 2:
+                        adapter = adapter_cls.create_train(module.weight, rank=int(s.rank), alpha=1.0).to(lora_dtype)
+                        for pname, p in adapter.named_parameters():
+                            self.lora[f"{name}.{pname}"] = p
+                    else:
+                        diff = torch.nn.Parameter(torch.zeros(module.weight.shape, dtype=lora_dtype))
+                        adapter = core_train.BiasDiff(diff)
+                        self.lora[f"{name}.diff"] = diff
+                    self.model.add_weight_wrapper(key, adapter)
+                    self._adapters.append(adapter)
+                if getattr(module, "bias", None) is not None:
+                    bias = torch.nn.Parameter(torch.zeros(module.bias.shape, dtype=lora_dtype))
+                    adapter = core_train.BiasDiff(bias)
+                    self.lora[f"{name}.diff_b"] = bias
+                    self.model.add_weight_wrapper(f"{name}.bias", adapter)
+                    self._adapters.append(adapter)
+            self._trainable = [p for p in self.lora.values() if p.requires_grad]  # not the fixed alphas
+            self._optimizer = OPTIMIZERS[s.optimizer](self._trainable, lr=float(s.learning_rate))
+            for p in self._trainable:
+                p.requires_grad_(False)  # on only while training
+        self.model.model.requires_grad_(False)
+        self._mark()
+
+    # -- helpers
+    def _mark(self):
+        """Writes the current weights' digest into model_options (see LORA_DIGEST_KEY)."""
+        self.model.model_options[LORA_DIGEST_KEY] = lora_digest(self.lora)
+
+    def _run_in_guider(self, positive, latents, step_fn):
+        guider = custom_sampler.Guider_Basic(self.model)
+        guider.set_conds(positive)
+        latents = latents.float()  # autocast picks the compute dtype
+        dummy = torch.zeros(2)  # guider.sample needs non-empty sigmas; the sampler ignores them
+        checkpointed = []
+        if self.settings.gradient_checkpointing:
+            checkpointed = core_train.find_all_highest_child_module_with_forward(self.model.model.diffusion_model)
+            for m in checkpointed:
+                core_train.patch(m)
+        try:
+            with torch.inference_mode(False):
+                comfy.model_management.load_models_gpu([self.model], memory_required=1e20, force_full_load=True)
+                guider.sample(torch.zeros_like(latents), latents, _PhaseTwoSampler(step_fn), dummy,
+                              disable_pbar=True, seed=int(self.settings.seed))
+        finally:
+            for m in checkpointed:
+                core_train.unpatch(m)
+
+    # -- public
+    def train(self, latents: torch.Tensor, positive, sigmas, steps: Optional[int] = None,
+              progress: Optional[Callable[[int, int], None]] = None, sigma_sampler=None, batch_fn=None) -> list:
+        """`steps` optimiser steps of the schedule-weighted denoising loss; returns their losses.
+        `sigma_sampler` (anything with draw(count, generator) -> (sigmas, weights, index)) replaces
+        the schedule's sampler (the studies' uniform-noise control); `batch_fn(generator) -> (index,
+        noise, sigmas, weights)` replaces the whole batch draw (tests use a fixed batch)."""
+        s = self.settings
+        steps = int(s.steps if steps is None else steps)
+        lo, hi = model_sigma_range(self.model)
+        sampler = sigma_sampler or SigmaSampler(tuple(float(v) for v in torch.as_tensor(sigmas).flatten().tolist()),
+                                                float(s.spread), s.estimator, lo, hi)
+        gen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + self._steps_done)
+        count = latents.shape[0]
+        losses = []
+        check = comfy.model_management.throw_exception_if_processing_interrupted
+        trainable = self._trainable
+        table = self.model.get_model_object("model_sampling").sigmas.double().cpu()
+
+        def step_fn(model_wrap, data, extra_args):
+            for p in trainable:
+                p.requires_grad_(True)
+            for i in range(steps):
+                check()
+                if batch_fn is not None:
+                    index, noise, sigma, weight = batch_fn(gen)
+                else:
+                    index = torch.randint(0, count, (int(s.batch_size),), generator=gen)
+                    noise = torch.randn((int(s.batch_size),) + tuple(data.shape[1:]), generator=gen)
+                    sigma, weight, _ = sampler.draw(int(s.batch_size), gen)
+                    keep = int(round(float(s.anchor) * int(s.batch_size)))
+                    if keep:
+                        # anchor: part of the batch at TrainLoraNode's noise levels (timestep uniform over
+                        # the model's levels), so the model away from the steps is held in place
+                        t = torch.randint(0, table.numel(), (keep,), generator=gen)
+                        sigma, weight = sigma.clone(), weight.clone()
+                        sigma[:keep], weight[:keep] = table[t], 1.0
+                        
+                loss = _denoising_loss(model_wrap, data[index.to(data.device)], noise, sigma, weight, extra_args, self.dtype)
+                if not torch.isfinite(loss):
+                    raise FinetuneError(f"the loss became {float(loss)} at step {self._steps_done + i + 1}; lower "
+                                        f"learning_rate or train in fp32")
+                self._optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self._optimizer.step()
+                losses.append(float(loss.detach()))
+                if progress is not None:
+                    progress(i + 1, steps)
+
+        try:
+            self._run_in_guider(positive, latents, step_fn)
+        finally:
+            for p in trainable:
+                p.requires_grad_(False)
+            self._steps_done += len(losses)
+            self.losses.extend(losses)
+            self._mark()
+        return losses
+
+    @torch.no_grad()
+    def loss(self, latents: torch.Tensor, positive, noise: torch.Tensor, sigma: torch.Tensor,
+             weight: Optional[torch.Tensor] = None) -> float:
+        """The weighted denoising loss of the current model on one fixed batch (no update)."""
+        weight = torch.ones(latents.shape[0], dtype=torch.float64) if weight is None else weight
+        out = {}
+
+        def step_fn(model_wrap, data, extra_args):
+            with torch.no_grad():
+                out["loss"] = float(_denoising_loss(model_wrap, data, noise, sigma, weight, extra_args, self.dtype))
+
+        self._run_in_guider(positive, latents, step_fn)
+        return out["loss"]
+
+    def lora_state(self) -> dict:
+        """The trained adapter tensors under ComfyUI's LORA_MODEL keys (what TrainLoraNode returns)."""
+        lora_dtype = node_helpers.string_to_torch_dtype(self.settings.lora_dtype)
+        return {k: v.detach().to(lora_dtype).clone() for k, v in self.lora.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Alternation and the node's one call
+
+@dataclass
+class FinetuneResult:
+    model: object
+    lora: dict
+    rounds: list
+    settings: TrainSettings
+
+    @property
+    def losses(self) -> list:
+        return [v for r in self.rounds for v in r.losses]
+
+
+def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, rounds: int = 1,
+             phase1: Optional[Callable[[object, int], torch.Tensor]] = None,
+             progress: Optional[Callable[[int, int], None]] = None) -> FinetuneResult:
+    """Phase 2 on `sigmas`, then (rounds > 1) `rounds - 1` times: Phase 1 on the tuned model
+    (`phase1(model, steps) -> sigmas`), Phase 2 on its schedule. Inputs are checked before any model call."""
+    check_unet(model)
+    data = check_latents(latents)
+    if not positive:
+        raise FinetuneError("positive: the conditioning is empty; connect a text encoder output")
+    sig = check_schedule(model, sigmas)
+    rounds = int(rounds)
+    if rounds < 1:
+        raise FinetuneError(f"rounds must be >= 1, got {rounds}")
+    if rounds > 1 and phase1 is None:
+        raise FinetuneError("rounds > 1 needs a Phase 1 optimiser to re-optimise the schedule between rounds")
+    trainer = LoraTrainer(model, settings)
+    total = settings.steps * rounds
+    records = []
+    for r in range(rounds):
+        p1 = 0.0
+        if r > 0:
+            t0 = time.perf_counter()
+            sig = check_schedule(trainer.model, phase1(trainer.model, sig.numel() - 1))
+            p1 = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        done = r * settings.steps
+        losses = trainer.train(data, positive, sig,
+                               progress=None if progress is None else (lambda i, n, d=done: progress(d + i, total)))
+        records.append(RoundRecord(r + 1, [float(v) for v in sig.tolist()], losses, time.perf_counter() - t0, p1))
+    return FinetuneResult(trainer.model, trainer.lora_state(), records, settings)
+
+
+def report(result: FinetuneResult) -> str:
+    s = result.settings
+    lines = [f"Few-step fine-tune: {s.algorithm} rank {s.rank}, {s.optimizer} lr {s.learning_rate:g}, "
+             f"batch {s.batch_size}, {s.steps} steps x {len(result.rounds)} round(s), spread {s.spread:g}, anchor {s.anchor:g}, "
+             f"weighting {s.estimator} (schedule-derived, docs/finetune.md)"]
+    for r in result.rounds:
+        head = sum(r.losses[: max(1, len(r.losses) // 10)]) / max(1, len(r.losses[: max(1, len(r.losses) // 10)]))
+        tail = r.losses[-max(1, len(r.losses) // 10):]
+        lines.append(f"round {r.round}: sigmas [{', '.join(f'{v:.4g}' for v in r.sigmas)}]; loss {head:.4g} -> "
+                     f"{sum(tail) / len(tail):.4g} (first/last 10%); {r.seconds:.1f} s"
+                     + (f", Phase 1 {r.phase1_seconds:.1f} s" if r.round > 1 else ""))
+    lines.append(f"LoRA tensors: {len(result.lora)}")
+    return "\n".join(lines)
+
+
+def loss_curve_image(result: FinetuneResult, width: int = 640, height: int = 320) -> torch.Tensor:
+    """IMAGE [1, H, W, 3]: the per-step loss (log scale, moving average in blue), rounds separated."""
+    from PIL import Image, ImageDraw
+    values = [v for v in result.losses if math.isfinite(v) and v > 0]
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    margin = 36
+    draw.rectangle([margin, 8, width - 8, height - margin], outline="black")
+    if len(values) >= 2:
+        logs = [math.log10(v) for v in values]
+        win = max(1, len(logs) // 50)
+        smooth = [sum(logs[max(0, i - win + 1): i + 1]) / len(logs[max(0, i - win + 1): i + 1]) for i in range(len(logs))]
+        lo, hi = min(logs), max(logs)
+        hi = hi if hi > lo else lo + 1e-6
+        px = lambda i: margin + (width - 8 - margin) * i / (len(logs) - 1)
+        py = lambda v: height - margin - (height - margin - 8) * (v - lo) / (hi - lo)
+        draw.line([(px(i), py(v)) for i, v in enumerate(logs)], fill=(190, 190, 190), width=1)
+        draw.line([(px(i), py(v)) for i, v in enumerate(smooth)], fill=(30, 70, 200), width=2)
+        at = 0
+        for r in result.rounds[:-1]:
+            at += len(r.losses)
+            draw.line([(px(at), 8), (px(at), height - margin)], fill=(200, 60, 60), width=1)
+        draw.text((2, 8), f"{10 ** hi:.3g}", fill="black")
+        draw.text((2, height - margin - 10), f"{10 ** lo:.3g}", fill="black")
+    draw.text((margin, height - margin + 8), "training step (loss, log scale; red: new round's schedule)", fill="black")
+    buf = _io.BytesIO()  # keeps PIL -> tensor conversion free of numpy dtype quirks
+    img.save(buf, format="PNG")
+    import numpy as np
+    arr = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr)[None]
+
+
+def schedule_for(model, sigmas, steps):
+    """(sigmas, sampler the schedule was optimised for or None, where it came from): SIGMAS when
+    connected, else the optimiser's record for THIS model (attached by 'Optimise Schedule (FewStep)'
+    to its MODEL output, or the newest cached one for this model)."""
+    if sigmas is not None:
+        return sigmas, None, "SIGMAS input"
+    found = schedule_cache.lookup(model.get_model_object("model_sampling"))
+    if found is None:
+        path, record = schedule_cache.latest_for_model(folder_paths.get_user_directory(), schedule_cache.model_fingerprint(model))
+        if record is None:
+            raise FinetuneError("sigmas: not connected and no optimised schedule is cached for this model; connect "
+                                   "SIGMAS, or run 'Optimise Schedule (FewStep)' on this model (a schedule made for "
+                                   "another model is not used)")
+        found = (record, path)
+    record, path = found
+    made_for = record.get("key", {}).get("model")
+    if made_for != schedule_cache.model_fingerprint(model):
+        # e.g. a record registered for another clone sharing this model's model_sampling object
+        raise FinetuneError(f"sigmas: the optimised schedule found for this MODEL ({path}) was made for another "
+                               f"model (weights, LoRAs or patches differ); connect SIGMAS or re-run 'Optimise "
+                               f"Schedule (FewStep)' on this model")
+    try:
+        values, how = schedule_cache.schedule_from(record, int(steps))
+    except ValueError as e:
+        raise FinetuneError(f"steps: {e}") from None
+    return values, record.get("key", {}).get("sampler"), f"optimiser record {path} ({how})"
+
+
+def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_sampler, phase1_mc_samples, phase1_grid):
+    """What 'Few-Step Fine-tune (FewStep)' does once its inputs are checked: the schedule (SIGMAS or
+    this model's optimiser record), K rounds of Phase 2 with Phase 1 re-run between them through the
+    optimiser (and its cache), a progress bar over every training step. Returns (result, report)."""
+    from . import schedule_opt
+    schedule, record_sampler, source = schedule_for(model, sigmas, steps)
+    sampler = record_sampler or phase1_sampler
+
+    def phase1(tuned, n):
+        sig, _, _ = schedule_opt.optimise(tuned, positive, positive, 1.0, 64, 64, int(n), sampler, phase1_mc_samples,
+                                          settings.seed, latents, phase1_grid, 0, 0, 8, 1, 0.0, 0.0, True, True,
+                                          "golden", "mean", 3)
+        return sig
+
+    pbar = comfy.utils.ProgressBar(settings.steps * rounds)
+    result = finetune(model, latents, positive, schedule, settings, rounds=rounds, phase1=phase1,
+                      progress=lambda done, total: pbar.update_absolute(done, total))
+    return result, f"schedule: {source}\n" + report(result)

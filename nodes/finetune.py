@@ -1,0 +1,82 @@
+"""Few-Step Fine-tune (FewStep): Phase 2 of the few-step optimiser — a LoRA trained on the steps of
+an optimised schedule, optionally alternated with Phase 1 (training machinery: bridge/finetune.py;
+weighting: samplers/finetune_loss.py; docs/finetune.md)."""
+from __future__ import annotations
+
+from comfy.weight_adapter import adapter_maps
+from comfy_api.latest import io
+
+from ..bridge import finetune as ft
+from ..bridge.schedule_opt import ode_samplers
+from ..samplers.finetune_loss import ESTIMATORS
+
+CATEGORY = "FewStep/training"
+
+
+class FewStepFinetune(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FewStepFinetune",
+            display_name="Few-Step Fine-tune (FewStep)",
+            category=CATEGORY,
+            description=(
+                "Phase 2 of the few-step optimiser (Huang 2024): trains a LoRA with ComfyUI's own training "
+                "machinery so that sampling on YOUR optimised schedule improves. The denoising loss is taken at "
+                "noise levels around the schedule's sigmas, each step weighted by how much it contributes to the "
+                "final sample (derived from the schedule, see docs/finetune.md). With rounds > 1 the schedule is "
+                "re-optimised on the tuned model between rounds (Phase 1 + Phase 2 alternated). Outputs the model "
+                "with the LoRA, the LoRA for 'Save LoRA Weights' / 'Load LoRA Model', a loss curve and a report."),
+            inputs=[
+                io.Model.Input("model", tooltip="The UNet model (SD1.x / SDXL) to fine-tune."),
+                io.Latent.Input("latents", tooltip="Training images encoded with the model's VAE (a batch)."),
+                io.Conditioning.Input("positive", tooltip="Conditioning the training images are denoised with (e.g. their caption)."),
+                io.Int.Input("steps", default=8, min=1, max=200,
+                             tooltip="Sampling steps N of the schedule (used to pick it from the optimiser's record when SIGMAS is not connected)."),
+                io.Int.Input("train_steps", default=200, min=1, max=100000, tooltip="Optimiser steps per round."),
+                io.Int.Input("batch_size", default=4, min=1, max=4096, tooltip="Latents per training step (drawn with replacement)."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-7, tooltip="Learning rate of the adapter weights."),
+                io.Int.Input("rank", default=8, min=1, max=128, tooltip="Rank of the LoRA (LoHa/LoKr: their rank parameter)."),
+                io.Float.Input("spread", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="Noise levels are drawn within this fraction of the log-distance to the neighbouring steps (0 = exactly the schedule's sigmas)."),
+                io.Combo.Input("weighting", options=list(ESTIMATORS), default="importance",
+                               tooltip="importance: steps drawn with probability equal to their schedule weight (lower variance); explicit: steps drawn uniformly, loss multiplied by the weight. Same expected loss."),
+                io.Float.Input("anchor", default=0.0, min=0.0, max=0.95, step=0.05,
+                               tooltip="Share of each batch trained at ordinary noise levels (timestep uniform, as Train LoRA does) to hold the model in place away from the steps; 0 = schedule steps only."),
+                io.Int.Input("rounds", default=1, min=1, max=8,
+                             tooltip="Phase 2 rounds; between rounds Phase 1 re-optimises the schedule on the tuned model (through the schedule cache)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of the LoRA initialisation, batches, noise and noise levels."),
+                io.Combo.Input("algorithm", options=list(adapter_maps), default="LoRA", tooltip="ComfyUI adapter type to train."),
+                io.Combo.Input("optimizer", options=list(ft.OPTIMIZERS), default="AdamW", tooltip="Optimiser."),
+                io.Combo.Input("training_dtype", options=list(ft.DTYPES), default="bf16", tooltip="Compute dtype during training (bf16 needs a GPU that has it; fp32 on CPU)."),
+                io.Combo.Input("lora_dtype", options=list(ft.DTYPES), default="bf16", tooltip="Dtype of the LoRA weights."),
+                io.Boolean.Input("gradient_checkpointing", default=True, tooltip="Recompute activations in the backward pass (less memory, about a third slower)."),
+                io.Sigmas.Input("sigmas", optional=True, tooltip="The schedule to fine-tune for. Not connected: the optimiser's schedule for this model (Optimise Schedule's MODEL output or its cache)."),
+                io.Combo.Input("phase1_sampler", options=ode_samplers(), default="dpmpp_2m", optional=True,
+                               tooltip="Sampler Phase 1 optimises for between rounds (the record's own sampler when the schedule came from the optimiser)."),
+                io.Int.Input("phase1_mc_samples", default=8, min=1, max=256, optional=True, tooltip="Phase 1 Monte-Carlo noises between rounds."),
+                io.Int.Input("phase1_grid", default=120, min=8, max=400, optional=True, tooltip="Phase 1 candidate sigmas between rounds."),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied."),
+                io.Custom("LORA_MODEL").Output(display_name="lora", tooltip="The LoRA (for Save LoRA Weights / Load LoRA Model)."),
+                io.Image.Output(display_name="loss_curve", tooltip="Training loss per step, rounds marked."),
+                io.String.Output(display_name="report", tooltip="Settings, each round's schedule and loss."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, latents, positive, steps, train_steps, batch_size, learning_rate, rank, spread, weighting,
+                anchor, rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
+                phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120) -> io.NodeOutput:
+        ft.check_unet(model)
+        ft.check_latents(latents)
+        settings = ft.TrainSettings(int(train_steps), int(batch_size), float(learning_rate), int(rank), algorithm, optimizer,
+                                    float(spread), weighting, float(anchor), training_dtype, lora_dtype, bool(gradient_checkpointing), int(seed))
+        result, text = ft.run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
+                                   int(phase1_mc_samples), int(phase1_grid))
+        return io.NodeOutput(result.model, result.lora, ft.loss_curve_image(result), text)
+
+
+NODE_CLASS_MAPPINGS = {"FewStepFinetune": FewStepFinetune}
+NODE_DISPLAY_NAME_MAPPINGS = {"FewStepFinetune": "Few-Step Fine-tune (FewStep)"}

@@ -1,0 +1,186 @@
+"""Phase 2 fine-tune inside the real ComfyUI (CPU): a training step through ComfyUI's guider and
+adapters on a tiny UNet, the LoRA round trip through core SaveLoRA / LoraModelLoader, the node run by
+ComfyUI's own executor function under inference mode (as the server runs it), alternation and the
+errors for bad input."""
+import asyncio
+import glob
+import importlib
+import os
+
+import pytest
+import torch
+
+from tests.support.tiny_unet import empty_conditioning, tiny_unet
+
+SCHED = torch.tensor([14.6146, 3.0, 0.7, 0.0])
+
+
+@pytest.fixture(scope="module")
+def env(comfy):
+    nodes, pack = comfy
+    fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
+
+    class Env:
+        pass
+    e = Env()
+    e.nodes, e.pack, e.fin = nodes, pack, fin
+    e.model = tiny_unet(seed=0)
+    e.cond = empty_conditioning()
+    e.latents = {"samples": torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
+    e.settings = lambda **kw: fin.TrainSettings(**{**dict(steps=1, batch_size=3, learning_rate=5e-3, rank=4,
+                                                            training_dtype="fp32", lora_dtype="fp32",
+                                                            gradient_checkpointing=False, seed=0), **kw})
+    return e
+
+
+def _denoised(model, x, sigma, cond):
+    """D(x; sigma) through ComfyUI's sampling path: one Euler step from sigma to 0."""
+    import comfy.sample
+    import comfy.samplers
+    sampler = comfy.samplers.sampler_object("euler")
+    sig = torch.tensor([float(sigma), 0.0])
+    return comfy.sample.sample_custom(model, x / float(sigma), 1.0, sampler, sig, cond, cond, torch.zeros_like(x),
+                                      disable_pbar=True, seed=0)
+
+
+def _fixed_batch(latents, sigma=0.7):
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(9))
+    sig = torch.full((latents.shape[0],), sigma, dtype=torch.float64)
+    return noise, sig
+
+
+def test_one_step_changes_the_lora_and_lowers_the_loss_on_a_fixed_batch(env, one_thread):
+    trainer = env.fin.LoraTrainer(env.model, env.settings(gradient_checkpointing=True))
+    data = env.latents["samples"][:3]
+    noise, sig = _fixed_batch(data)
+    downs = {k: v.detach().clone() for k, v in trainer.lora.items() if k.endswith("lora_down.weight")}
+    assert downs and all(float(v.abs().max()) == 0 for v in downs.values())  # ComfyUI: down = 0, the base model
+    before = trainer.loss(data, env.cond, noise, sig)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.7
+    assert torch.equal(_denoised(trainer.model, x, 0.7, env.cond), _denoised(env.model, x, 0.7, env.cond))
+    fixed = lambda gen: (torch.arange(3), noise, sig, torch.ones(3, dtype=torch.float64))
+    with torch.inference_mode():  # as ComfyUI's executor runs nodes: training must turn gradients on itself
+        losses = trainer.train(data, env.cond, SCHED, steps=1, batch_fn=fixed)
+    after = trainer.loss(data, env.cond, noise, sig)
+    assert losses[0] == pytest.approx(before, rel=1e-5)
+    assert after < before, (before, after)
+    assert any(float(trainer.lora[k].abs().max()) > 0 for k in downs)
+    # the base model is untouched by the LoRA clone
+    assert not torch.equal(_denoised(trainer.model, x, 0.7, env.cond), _denoised(env.model, x, 0.7, env.cond))
+    base_again = env.fin.LoraTrainer(env.model, env.settings())
+    assert base_again.loss(data, env.cond, noise, sig) == pytest.approx(before, rel=1e-6)
+
+
+def test_lora_round_trips_through_core_save_and_load_nodes(env, one_thread):
+    import folder_paths
+    M = env.nodes.NODE_CLASS_MAPPINGS
+    res = env.fin.finetune(env.model, env.latents, env.cond, SCHED, env.settings(steps=3, learning_rate=2e-2))
+    M["SaveLoRA"].execute(res.lora, "loras/fewstep_test")
+    files = glob.glob(os.path.join(folder_paths.get_output_directory(), "loras", "fewstep_test*.safetensors"))
+    assert len(files) == 1
+    import comfy.utils
+    loaded = comfy.utils.load_torch_file(files[0])
+    assert set(loaded) == set(res.lora)
+    out = M["LoraModelLoader"].execute(env.model, loaded, 1.0)
+    reloaded = out.result[0] if hasattr(out, "result") else out[0]
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6)) * 3.0
+    tuned = _denoised(res.model, x, 3.0, env.cond)
+    base = _denoised(env.model, x, 3.0, env.cond)
+    again = _denoised(reloaded, x, 3.0, env.cond)
+    assert float((tuned - base).abs().max()) > 1e-4  # the LoRA does something ...
+    assert torch.allclose(again, tuned, atol=1e-5, rtol=1e-4)  # ... and loads back as the same model
+
+
+def _run_node(env, **inputs):
+    """The node through ComfyUI's own per-node execution function, under inference mode."""
+    import execution
+    cls = env.nodes.NODE_CLASS_MAPPINGS["FewStepFinetune"]
+    with torch.inference_mode():
+        out, ui, _, _ = asyncio.run(execution.get_output_data("test", "1", cls, {k: [v] for k, v in inputs.items()},
+                                                              hidden_inputs={}))
+    return [o[0] for o in out]
+
+
+def _node_inputs(env, **kw):
+    base = dict(model=env.model, latents=env.latents, positive=env.cond, steps=3, train_steps=2, batch_size=2,
+                learning_rate=1e-3, rank=4, spread=0.5, weighting="importance", anchor=0.25, rounds=1, seed=0,
+                algorithm="LoRA", optimizer="AdamW", training_dtype="fp32", lora_dtype="fp32",
+                gradient_checkpointing=False, sigmas=SCHED)
+    base.update(kw)
+    return base
+
+
+def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):
+    import folder_paths
+    old = folder_paths.get_user_directory()
+    folder_paths.set_user_directory(str(tmp_path))
+    try:
+        model, lora, curve, report = _run_node(env, **_node_inputs(env, rounds=2, phase1_grid=8, phase1_mc_samples=2))
+    finally:
+        folder_paths.set_user_directory(old)
+    assert set(lora) and all(torch.is_tensor(v) for v in lora.values())
+    assert curve.ndim == 4 and curve.shape[0] == 1 and curve.shape[-1] == 3
+    assert "round 1: sigmas [14.61, 3, 0.7, 0]" in report and "round 2: sigmas" in report
+    assert "Phase 1" in report
+    assert model.model_options[env.fin.LORA_DIGEST_KEY] == env.fin.lora_digest(lora)
+
+
+def test_node_refuses_bad_input_before_any_model_call(env):
+    import comfy.samplers
+    calls = []
+    wrapped = env.model.clone()
+    wrapped.set_model_unet_function_wrapper(lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))
+    cases = [
+        (dict(latents={"samples": torch.zeros(0, 4, 8, 8)}), "latents"),
+        (dict(latents={}), "latents"),
+        (dict(sigmas=torch.tensor([80.0, 10.0, 1.0, 0.0])), "another model"),  # an EDM schedule on an SD model
+        (dict(sigmas=torch.tensor([1.0, 3.0, 0.0])), "sigmas"),
+        (dict(positive=[]), "positive"),
+        (dict(spread=2.0), "spread"),
+    ]
+    for over, match in cases:
+        with pytest.raises(Exception, match=match):
+            _run_node(env, **_node_inputs(env, model=wrapped, **over))
+    fresh = tiny_unet(seed=1)  # its own model_sampling: nothing registered, nothing cached
+    with pytest.raises(Exception, match="no optimised schedule"):
+        _run_node(env, **_node_inputs(env, model=fresh, sigmas=None))
+    lab = env.nodes.NODE_CLASS_MAPPINGS["FewStepLabModel"].execute("gmm", 4, 0.3, 0, "sd_discrete")[0]
+    with pytest.raises(Exception, match="UNet"):
+        _run_node(env, **_node_inputs(env, model=lab))
+    assert calls == []
+
+
+def test_schedule_from_the_optimiser_output_and_not_from_another_model(env, one_thread, tmp_path):
+    import folder_paths
+    old = folder_paths.get_user_directory()
+    folder_paths.set_user_directory(str(tmp_path))
+    try:
+        model = tiny_unet(seed=2)
+        opt = env.nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]()
+        sig, optimised, _ = opt.optimise(model, env.cond, env.cond, 1.0, 64, 64, 3, "euler", 2, 0,
+                                         latent=env.latents, grid=8).result
+        _, _, _, report = _run_node(env, **_node_inputs(env, model=optimised, sigmas=None))
+        assert "schedule: optimiser record" in report
+        assert f"round 1: sigmas [{', '.join(f'{v:.4g}' for v in sig.tolist())}]" in report
+        # a LoRA'd clone shares model_sampling with the optimised model: its schedule is refused
+        other = env.fin.finetune(model, env.latents, env.cond, sig, env.settings()).model
+        with pytest.raises(Exception, match="made for another model"):
+            _run_node(env, **_node_inputs(env, model=other, sigmas=None))
+    finally:
+        folder_paths.set_user_directory(old)
+
+
+def test_cancel_stops_training_between_steps(env):
+    import comfy.model_management as mm
+    seen = []
+
+    def progress(i, n):
+        seen.append(i)
+        if i == 2:
+            mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            env.fin.finetune(env.model, env.latents, env.cond, SCHED, env.settings(steps=50), progress=progress)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert seen == [1, 2]
