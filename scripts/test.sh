@@ -6,6 +6,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 eval "$(bash "$ROOT/scripts/host.sh")"
 export COMFYUI_PATH FEWSTEP_PYTHON
 bash "$ROOT/scripts/browser.sh"   # Debian Chromium for tests/test_browser_*.py (once)
+# the batch runner's optional cluster engine, for tests/test_batch_ray.py (pyproject extra "ray")
+"$FEWSTEP_PYTHON" -c 'import ray' 2>/dev/null || "$FEWSTEP_PYTHON" -m pip install -q "ray==2.60.0" >&2
 cd "$ROOT"
 start=$(date +%s)
 set +e

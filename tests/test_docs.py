@@ -87,7 +87,7 @@ def test_headline_numbers_come_from_the_history():
 
 def test_recipe_page_table_is_what_the_recipe_computes():
     """docs/recipe.md's table of the node's outputs, row by row, from the recipe maths."""
-    from tests.test_recipe_math import PUBLISHED_SIGMAS, recipe_outputs
+    from tests.test_recipe_math import PUBLISHED_SIGMAS, calls, recipe_outputs
     rows = {}
     for line in (REPO / "docs" / "recipe.md").read_text().splitlines():
         m = re.match(r"\| (\d+)² (\d+) steps \| (.*) \|$", line)
@@ -95,9 +95,9 @@ def test_recipe_page_table_is_what_the_recipe_computes():
             rows[(m.group(1), int(m.group(2)))] = m.group(3).split(" | ")
     assert set(rows) == set(PUBLISHED_SIGMAS), sorted(rows)
     for (res, steps), cells in rows.items():
-        r, sig, mid, window = recipe_outputs(res, steps)
-        freeu = (", ".join(f"{s:.4f}" for s in window.on_sigmas) + f" (σ ≤ {window.sigma_on:.4f})"
-                 if window.on_sigmas else "off (not published)")
+        r, sig, mid, grid, window, on = recipe_outputs(res, steps)
+        freeu = (", ".join(f"{float(grid[i]):.4f}" for i in on) + f" (σ ≤ {window.high:.4f})"
+                 if on else "off (not published)")
         want = [", ".join(f"{float(s):.4f}" for s in sig), f"UniPC order {r.order}",
-                f"{mid:.4f}" if mid is not None else "—", freeu, str(len(window.eval_indices))]
+                f"{mid:.4f}" if mid is not None else "—", freeu, str(len(calls(grid, r.afs)))]
         assert cells == want, (res, steps)

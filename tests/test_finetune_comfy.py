@@ -156,8 +156,8 @@ def test_schedule_from_the_optimiser_output_and_not_from_another_model(env, one_
     folder_paths.set_user_directory(str(tmp_path))
     try:
         model = tiny_unet(seed=2)
-        opt = env.nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]()
-        sig, optimised, _ = opt.optimise(model, env.cond, env.cond, 1.0, 64, 64, 3, "euler", 2, 0,
+        opt = env.nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]
+        sig, optimised, _ = opt.execute(model, env.cond, env.cond, 1.0, 64, 64, 3, "euler", 2, 0,
                                          latent=env.latents, grid=8).result
         _, _, _, report = _run_node(env, **_node_inputs(env, model=optimised, sigmas=None))
         assert "schedule: optimiser record" in report

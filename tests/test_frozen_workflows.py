@@ -73,7 +73,8 @@ def test_object_info_of_every_pack_node_is_unchanged(object_info):
     if os.environ.get("FEWSTEP_WRITE_OBJECT_INFO") == "1":
         SNAPSHOT.write_text(json.dumps(dict(sorted(mine.items())), indent=1, ensure_ascii=False) + "\n")
     frozen = json.loads(SNAPSHOT.read_text())
-    assert sorted(mine) == sorted(frozen), "FewStep node ids changed"
+    gone = sorted(set(frozen) - set(mine))
+    assert not gone, f"FewStep nodes a saved workflow may use are gone: {gone}"  # new nodes may be added
     for name, entry in frozen.items():
         want, got = comparable(entry), comparable(mine[name])
         for section, inputs in want["input"].items():

@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+from pathlib import Path
 import torch
 
 SMALL = dict(grid=16)
@@ -87,10 +88,13 @@ def test_directory_in_place_of_the_file(env):
 
 
 _KILLED_WRITER = """
-import importlib.util, json, sys, time
-spec = importlib.util.spec_from_file_location("schedule_cache", sys.argv[1])
-cache = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cache)
+import importlib, json, os, sys, time, types
+# the pack as a bare package (its __init__ would load every node), ComfyUI importable for bridge/
+sys.path.insert(0, os.environ["COMFYUI_PATH"])
+pack = types.ModuleType("fewstep_pack")
+pack.__path__ = [sys.argv[1]]
+sys.modules["fewstep_pack"] = pack
+cache = importlib.import_module("fewstep_pack.bridge.schedule_cache")
 record = json.loads(open(sys.argv[2]).read())
 record["created"] = "9999"
 def half_then_hang(obj, f, **kw):
@@ -110,8 +114,8 @@ def test_writer_killed_mid_write_leaves_the_old_file_intact(env, tmp_path):
     the next write succeeds."""
     script = tmp_path / "writer.py"
     script.write_text(_KILLED_WRITER)
-    proc = subprocess.Popen([sys.executable, str(script), env.cache.__file__, str(env.path)],
-                            stdout=subprocess.PIPE, text=True)
+    repo = str(Path(env.cache.__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, str(script), repo, str(env.path)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "half written"
         leftovers = [p for p in env.dir.iterdir() if p.name.endswith(".tmp")]
