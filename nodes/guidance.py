@@ -19,11 +19,13 @@ def _window_inputs():
     return [
         io.Combo.Input("window", options=list(WINDOW_MODES), default=DEFAULT_MODE, tooltip=WINDOW_TOOLTIP),
         io.Float.Input("start", default=DEFAULT_START, min=-1.0, max=10000.0, step=0.01, tooltip=(
-            "Where guidance switches on (high-σ end, inclusive): σ (default 5.42, the guidance-interval "
-            "paper's SDXL bound), percent or step index. Above it no unconditional pass is made.")),
+            "Where guidance switches on (high-σ end, inclusive): σ (default 10000 = from the first step), "
+            "percent (0 = from the first step) or step index. Above it no unconditional pass is made. "
+            "The guidance-interval paper's SDXL window is start 5.42, end 0.28.")),
         io.Float.Input("end", default=DEFAULT_END, min=-1.0, max=10000.0, step=0.01, tooltip=(
-            "Where guidance switches off (low-σ end, inclusive): σ (default 0.28), percent (1 = to the "
-            "end) or step index (-1 = to the end). Below it no unconditional pass is made.")),
+            "Where guidance switches off (low-σ end, inclusive): σ (default 1.0, chosen on the FewStep "
+            "ground-truth lab, docs/guidance.md), percent (1 = to the end) or step index (-1 = to the "
+            "end). Below it no unconditional pass is made.")),
         io.Sigmas.Input("sigmas", optional=True, tooltip=(
             "The schedule the sampler runs; needed (only) for window 'step'.")),
     ]

@@ -40,7 +40,7 @@ def window_node(comfy):
     return comfy[0].NODE_CLASS_MAPPINGS["FewStepGuidanceWindow"]
 
 
-def windowed(comfy, model, window="sigma", start=5.42, end=0.28, sigmas=None):
+def windowed(comfy, model, window="sigma", start=10000.0, end=1.0, sigmas=None):
     out = window_node(comfy).execute(model, window, start, end, sigmas)
     return out.result[0] if hasattr(out, "result") else out.args[0]
 
@@ -84,13 +84,16 @@ def test_rows_evaluated_sdxl_8_steps(comfy, unet):
     nodes, _ = comfy
     plain = counting(unet)
     ksample(nodes, plain, 5.0)
-    ours = counting(windowed(comfy, unet))
-    ksample(nodes, ours, 5.0)
     assert sum(r for _, r in plain.calls) == 16
-    rows = sum(r for _, r in ours.calls)
-    assert rows == 12
-    for sigma, r in ours.calls:
-        assert r == (2 if 0.28 <= sigma <= 5.42 else 1), (sigma, r)
+    from comfy_api.latest import io  # noqa: F401  (the node's defaults, read from its schema)
+    defaults = {i.id: i.default for i in window_node(comfy).define_schema().inputs if i.id in ("window", "start", "end")}
+    assert defaults == {"window": "sigma", "start": 10000.0, "end": 1.0}
+    for start, end in ((defaults["start"], defaults["end"]), (5.42, 0.28)):  # ours and the paper's window
+        ours = counting(windowed(comfy, unet, "sigma", start, end))
+        ksample(nodes, ours, 5.0)
+        assert sum(r for _, r in ours.calls) == 12
+        for sigma, r in ours.calls:
+            assert r == (2 if end <= sigma <= start else 1), (sigma, r)
 
 
 def test_inside_the_window_steps_equal_cfg_and_outside_equal_cond(comfy, unet):
@@ -116,7 +119,7 @@ def test_inside_the_window_steps_equal_cfg_and_outside_equal_cond(comfy, unet):
             guider.sample(x, torch.zeros_like(x), cs.KSAMPLER(sampler), sigmas, seed=1)
         outs[label] = seen
     for i, s in enumerate(sigmas[:-1].tolist()):
-        want = outs["cfg"][i] if 0.28 <= s <= 5.42 else outs["one"][i]
+        want = outs["cfg"][i] if 1.0 <= s else outs["one"][i]
         assert torch.equal(outs["win"][i], want), (i, s)
 
 
@@ -132,7 +135,7 @@ def test_post_cfg_patch_runs_once_per_step_and_sees_no_guidance_outside(comfy, u
     ksample(nodes, model, 5.0)
     assert len(log) == 8
     for sigma, same in log:
-        assert same == (not 0.28 <= sigma <= 5.42)
+        assert same == (sigma < 1.0)
 
 
 def test_rescale_cfg_inside_a_full_window_is_unchanged(comfy, unet):
@@ -151,7 +154,7 @@ def test_guider_twin_equals_model_patch(comfy, unet):
     import comfy.samplers as cs
     pos, neg = conds()
     guider_node = nodes.NODE_CLASS_MAPPINGS["FewStepGuidanceWindowGuider"]
-    out = guider_node.execute(unet, pos, neg, 5.0, "sigma", 5.42, 0.28)
+    out = guider_node.execute(unet, pos, neg, 5.0, "sigma", 10000.0, 1.0)
     guider = out.result[0] if hasattr(out, "result") else out.args[0]
     sigmas = cs.calculate_sigmas(unet.get_model_object("model_sampling"), "karras", 8)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -259,7 +262,7 @@ def test_cfg_pp_inside_the_window_takes_no_uncond_pass_outside(comfy, unet, samp
     ksample(nodes, model, 0.7, sampler=sampler)
     assert model.calls
     for sigma, rows in model.calls:
-        assert rows == (2 if 0.28 <= sigma <= 5.42 else 1), (sigma, rows)
+        assert rows == (2 if sigma >= 1.0 else 1), (sigma, rows)
     # outside the window the CFG++ step is the plain step: an empty window gives the plain solver
     if sampler in dict(PAIRS):
         a = ksample(nodes, windowed(comfy, unet, "sigma", 0.0, 0.0), 0.7, sampler=sampler)
