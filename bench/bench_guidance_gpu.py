@@ -117,7 +117,7 @@ def rows_per_image(nodes, model, pos, neg, latent):
     return sum(rows)
 
 
-def bench_model(nodes, pack, label, config, family, side, dtype, repeats, device):
+def bench_model(nodes, pack, label, config, family, side, dtype, repeats, device, warmup=2):
     import comfy.model_management as mm
     import random_unet
     patcher = random_unet.build(config, dtype=dtype, family=family)
@@ -141,7 +141,7 @@ def bench_model(nodes, pack, label, config, family, side, dtype, repeats, device
             with torch.inference_mode():
                 nodes.common_ksampler(model, 0, STEPS, CFG, "dpmpp_2m", "karras", pos, neg, latent)
         return go
-    times = interleaved({k: run(m) for k, m in models.items()}, repeats, device)
+    times = interleaved({k: run(m) for k, m in models.items()}, repeats, device, warmup)
     rows = {k: rows_per_image(nodes, m, pos, neg, latent) for k, m in models.items()}
     lines = []
     for k, (gpu, wall) in times.items():
@@ -157,6 +157,7 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true", help="tiny UNets on 16x16 latents (runs on the CPU)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--only", choices=["sdxl", "sd15"], help="one model only")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed runs of each variant first")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.tiny
     setup_comfy(cpu=not cuda)
@@ -183,7 +184,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|")
     notes = set()
     for label, config, family, side, dtype in setups:
-        lines, why = bench_model(nodes, pack, label, config, family, side, dtype, repeats, device)
+        lines, why = bench_model(nodes, pack, label, config, family, side, dtype, repeats, device, args.warmup)
         print("\n".join(lines), flush=True)
         if why:
             notes.add(why)
