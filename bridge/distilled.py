@@ -22,10 +22,11 @@ def _discrete_table(model_sampling):
 
 
 def preset_sigmas(model_sampling, name: str, steps: int) -> torch.Tensor:
-    """σ of the preset's timesteps on the model's own table, then 0 (float32 on the CPU)."""
-    _discrete_table(model_sampling)
+    """σ of the preset's (whole) timesteps: the entries of the model's own σ(t) table, exactly as
+    trained (model_sampling.sigma(t) interpolates in log σ and would round them), then 0."""
+    table = _discrete_table(model_sampling)
     ts = preset(name).timesteps(steps)
-    sig = model_sampling.sigma(torch.tensor(ts, dtype=torch.float32)).float().cpu()
+    sig = table.detach().float().cpu()[torch.tensor(ts, dtype=torch.long)]
     return torch.cat([sig, sig.new_zeros([1])])
 
 

@@ -30,8 +30,8 @@ class FewStepDistilledTimesteps(io.ComfyNode):
                     "otherwise the preset's spacing rule (trailing, the LCM 50-point grid, or stride 100).")),
                 io.Int.Input("trained_steps", default=4, min=1, max=50, tooltip=(
                     "Step count of the checkpoint/LoRA loaded (Lightning 1/2/4/8, Hyper-SD 1/2/4/8/12, "
-                    "DMD2 1/4): the timesteps it was trained at, for the far-step warning. LCM, TCD and "
-                    "Turbo ignore it.")),
+                    "DMD2 1/4): the timesteps it was trained at, for the far-step warning. LCM, TCD, "
+                    "Turbo and the Hyper-SDXL 1-step UNet ignore it.")),
                 io.Sigmas.Input("sigmas", optional=True, tooltip=(
                     "Optional: a schedule to check against the preset's trained timesteps instead of "
                     "building one; passed through unchanged.")),

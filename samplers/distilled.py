@@ -89,6 +89,8 @@ class DistilledPreset:
             return lcm_grid()
         if self.rule == "turbo":
             return turbo_steps(10)
+        if len(self.checkpoints) == 1:  # one published checkpoint: trained_steps does not apply
+            return self.timesteps(self.checkpoints[0])
         trained_steps = check_steps(trained_steps, "trained_steps", 1)
         if self.checkpoints and trained_steps not in self.checkpoints:
             raise ValueError(f"trained_steps must be one of {list(self.checkpoints)} for {self.label} "
