@@ -224,10 +224,13 @@ PAIRS = [("fewstep_dpmpp_2m_cfg_pp", "fewstep_dpmpp_2m"), ("fewstep_dpmpp_3m_cfg
 
 @pytest.mark.parametrize("cfg_pp,plain", PAIRS)
 def test_cfg_pp_with_cond_equal_uncond_is_the_plain_solver(comfy, unet, cfg_pp, plain):
+    """Equal to rounding: the UNet evaluates cond and uncond as two rows of one batch, which a CPU
+    backend need not compute bit-identically; with bit-identical estimates the forms are equal bit for
+    bit (tests/test_guidance_math.py, and the empty-window case below)."""
     nodes, _ = comfy
     a = ksample(nodes, unet, 0.7, sampler=cfg_pp, same=True)
     b = ksample(nodes, unet, 0.7, sampler=plain, same=True)
-    assert torch.equal(a, b)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert not torch.equal(a, ksample(nodes, unet, 0.7, sampler=cfg_pp))
 
 
