@@ -52,6 +52,12 @@ def ksample(nodes, model, cfg, sampler="dpmpp_2m", scheduler="karras", steps=8, 
         return nodes.common_ksampler(model, seed, steps, cfg, sampler, scheduler, pos, neg, latent)[0]["samples"]
 
 
+def close(a, b, rel=1e-5):
+    """Equal to float32 rounding at the latents' scale (the random UNet's latents reach ~300, and its
+    cond/uncond rows of one batch differ by ~1e-5 even for equal conditioning on this CPU backend)."""
+    torch.testing.assert_close(a, b, rtol=rel, atol=rel * float(b.abs().max()))
+
+
 def test_nodes_are_registered(comfy):
     nodes, _ = comfy
     for name in ("FewStepGuidanceWindow", "FewStepGuidanceWindowGuider"):
@@ -230,7 +236,7 @@ def test_cfg_pp_with_cond_equal_uncond_is_the_plain_solver(comfy, unet, cfg_pp, 
     nodes, _ = comfy
     a = ksample(nodes, unet, 0.7, sampler=cfg_pp, same=True)
     b = ksample(nodes, unet, 0.7, sampler=plain, same=True)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    close(a, b)
     assert not torch.equal(a, ksample(nodes, unet, 0.7, sampler=cfg_pp))
 
 
@@ -239,7 +245,7 @@ def test_cfg_pp_1s_with_cond_equal_uncond_is_ddim(comfy, unet):
     nodes, _ = comfy
     a = ksample(nodes, unet, 0.7, sampler="fewstep_dpmpp_1s_cfg_pp", same=True)
     b = ksample(nodes, unet, 0.7, sampler="euler", same=True)
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    close(a, b)
 
 
 @pytest.mark.parametrize("cfg", [0.6, 1.0, 1.5])
@@ -247,15 +253,15 @@ def test_dpmpp_2m_cfg_pp_matches_comfyui(comfy, unet, cfg):
     nodes, _ = comfy
     a = ksample(nodes, unet, cfg, sampler="fewstep_dpmpp_2m_cfg_pp")
     b = ksample(nodes, unet, cfg, sampler="dpmpp_2m_cfg_pp")
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(a, ksample(nodes, unet, cfg, sampler="fewstep_dpmpp_2m"), atol=1e-3)
+    close(a, b)
+    assert not torch.allclose(a, ksample(nodes, unet, cfg, sampler="fewstep_dpmpp_2m"), rtol=1e-3, atol=1e-3)
 
 
 def test_dpmpp_1s_cfg_pp_matches_comfyui_euler_cfg_pp(comfy, unet):
     nodes, _ = comfy
     a = ksample(nodes, unet, 0.8, sampler="fewstep_dpmpp_1s_cfg_pp")
     b = ksample(nodes, unet, 0.8, sampler="euler_cfg_pp")
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    close(a, b)
 
 
 @pytest.mark.parametrize("sampler", [p[0] for p in PAIRS] + ["dpmpp_2m_cfg_pp"])
