@@ -86,6 +86,9 @@ def register():
         add_sampler(name, _dropdown_sampler(name, key))
     add_sampler("fewstep_unipc_fs", sample_fewstep_unipc_fs)
     add_sampler("fewstep_unipc_fs_afs", sample_fewstep_unipc_fs_afs)
+    from .guidance import cfg_pp_samplers
+    for name, function in cfg_pp_samplers().items():
+        add_sampler(name, function)
     for name, handler in DROPDOWN_SCHEDULERS.items():
         add_scheduler(name, handler, use_ms=True)
     add_scheduler(SCHEDULER_NAME, optimized_scheduler, use_ms=True)

@@ -98,6 +98,27 @@ class Stepper:
         return default_noise_sampler(x, seed=self.extra_args.get("seed"))
 
 
+def guided_point(x, denoised, cfg_pp):
+    """CFG++ (Chung et al. 2024, arXiv 2406.08070) for a solver in k-diffusion form.
+
+    CFG++ takes the guided estimate D_cfg as the clean point and renoises along the *unconditional*
+    noise eps_u = (x - D_u) / sigma: its DDIM step is x_next = D_cfg + sigma_next * eps_u. Writing
+    x~ = x + (D_cfg - D_u) (= D_cfg + sigma * eps_u), that is the plain DDIM step from x~ with the
+    estimate D_cfg, so every solver gets its CFG++ form by stepping from x~, with D_cfg as the
+    current estimate and the *unconditional* estimates (or noises) of earlier points as its history
+    (the form of the paper's DPM-Solver++(2M) CFG++ and of ComfyUI's dpmpp_2m_cfg_pp).
+
+    cfg_pp: None (plain solver) or a callable returning the unconditional estimate D_u of the
+    latest model call (None from it: no unconditional pass was made, D_u = D_cfg).
+    Returns (x~, D_u); with D_u == D_cfg this is (x, D_cfg) bit for bit (x + 0 == x)."""
+    if cfg_pp is None:
+        return x, denoised
+    uncond = cfg_pp()
+    if uncond is None:
+        return x, denoised
+    return x + (denoised - uncond), uncond
+
+
 def step_order(order: int, i: int, n: int, lower_order_final: bool) -> int:
     """Order a multistep method can use at step i of n: warm-up from 1, and with lower_order_final
     also down to 1 at the last step (dpm-solver / diffusers convention)."""

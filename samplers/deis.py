@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 
 from .constants import AB_ORDERS, RK_METHODS  # noqa: F401  (re-exported)
-from .common import Stepper, solver_entry, step_order, steps, to_d
+from .common import Stepper, guided_point, solver_entry, step_order, steps, to_d
 from .validation import (check_choice, check_multistep_length, check_order, check_positive,
                          check_sigmas)
 
@@ -79,7 +79,7 @@ def lagrange_weights(nodes, sigma_from: float, sigma_to: float, time_fn=None):
 
 
 def _sample_ab(model, x, sigmas, extra_args, callback, disable, order, lower_order_final,
-               allow_short_schedule, time_fn, name):
+               allow_short_schedule, time_fn, name, cfg_pp=None):
     check_sigmas(sigmas)
     order = check_order(order, AB_ORDERS, family=name)
     check_multistep_length(sigmas, order, allow_short_schedule, solver=name)
@@ -90,6 +90,7 @@ def _sample_ab(model, x, sigmas, extra_args, callback, disable, order, lower_ord
     for i in steps(n, disable):
         denoised = run.denoise(x, sigmas[i])
         run.report(i, x, denoised)
+        x, _ = guided_point(x, denoised, cfg_pp)  # CFG++: eps below is the unconditional noise
         eps = to_d(x, s[i], denoised)
         tau = s[i] if time_fn is None else time_fn(s[i])
         history = (history + [(tau, eps)])[-order:]
@@ -106,9 +107,11 @@ def _sample_ab(model, x, sigmas, extra_args, callback, disable, order, lower_ord
 
 @solver_entry
 def sample_deis_tab(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3,
-                    lower_order_final=False, allow_short_schedule=False, beta_min=0.1, beta_d=19.9):
+                    lower_order_final=False, allow_short_schedule=False, beta_min=0.1, beta_d=19.9,
+                    cfg_pp=None):
     """DEIS tAB: eps extrapolated by a polynomial in VP-SDE time t (see module docstring),
-    integrated exactly in sigma. Order 1 = DDIM = Euler. 1 NFE/step."""
+    integrated exactly in sigma. Order 1 = DDIM = Euler. 1 NFE/step. cfg_pp (common.guided_point):
+    every eps in the extrapolation is unconditional, the step starts from x~."""
     beta_min = check_positive(beta_min, "beta_min")
     beta_d = check_positive(beta_d, "beta_d")
 
@@ -116,16 +119,16 @@ def sample_deis_tab(model, x, sigmas, extra_args=None, callback=None, disable=No
         return vp_time(sig, beta_min, beta_d)
 
     return _sample_ab(model, x, sigmas, extra_args, callback, disable, order, lower_order_final,
-                      allow_short_schedule, time_fn, "DEIS tAB")
+                      allow_short_schedule, time_fn, "DEIS tAB", cfg_pp)
 
 
 @solver_entry
 def sample_deis_rhoab(model, x, sigmas, extra_args=None, callback=None, disable=None, order=3,
-                      lower_order_final=False, allow_short_schedule=False):
+                      lower_order_final=False, allow_short_schedule=False, cfg_pp=None):
     """DEIS rhoAB: variable-step Adams-Bashforth in rho = sigma on dx/dsigma = eps. Order 1 = Euler.
     1 NFE/step."""
     return _sample_ab(model, x, sigmas, extra_args, callback, disable, order, lower_order_final,
-                      allow_short_schedule, None, "DEIS rhoAB")
+                      allow_short_schedule, None, "DEIS rhoAB", cfg_pp)
 
 
 @solver_entry

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from .common import Stepper, solver_entry, step_order, steps
+from .common import Stepper, guided_point, solver_entry, step_order, steps
 from .validation import check_multistep_length, check_range, check_sigmas
 
 
@@ -25,14 +25,16 @@ def _first_order(x, denoised, sigma, sigma_next):
 
 
 @solver_entry
-def sample_dpmpp_1s(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """DPM-Solver++ first order (= DDIM; algebraically an Euler step in sigma space). 1 NFE/step."""
+def sample_dpmpp_1s(model, x, sigmas, extra_args=None, callback=None, disable=None, cfg_pp=None):
+    """DPM-Solver++ first order (= DDIM; algebraically an Euler step in sigma space). 1 NFE/step.
+    cfg_pp: see common.guided_point (CFG++ DDIM: x_next = D_cfg + sigma_next * eps_u)."""
     check_sigmas(sigmas)
     run = Stepper(model, x, sigmas, extra_args, callback)
     s = run.s
     for i in steps(len(s) - 1, disable):
         denoised = run.denoise(x, sigmas[i])
         run.report(i, x, denoised)
+        x, _ = guided_point(x, denoised, cfg_pp)
         x = denoised if s[i + 1] == 0 else _first_order(x, denoised, s[i], s[i + 1])
     return x
 
@@ -62,11 +64,13 @@ def sample_dpmpp_2s(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 @solver_entry
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                    lower_order_final=False, allow_short_schedule=False):
+                    lower_order_final=False, allow_short_schedule=False, cfg_pp=None):
     """DPM-Solver++(2M), multistep second order (the paper's Algorithm 2, as in k-diffusion):
     D_eff = (1 + 1/(2 r)) D_i - 1/(2 r) D_{i-1}, r = h_{i-1} / h_i. The first step and a step to
     sigma = 0 are first order; with lower_order_final so is the last step when it ends at sigma > 0.
-    With the defaults this is ComfyUI's dpmpp_2m on any schedule. 1 NFE/step."""
+    With the defaults this is ComfyUI's dpmpp_2m on any schedule. 1 NFE/step.
+    cfg_pp (common.guided_point): D_{i-1} is the previous *unconditional* estimate; with the
+    defaults this is ComfyUI's dpmpp_2m_cfg_pp."""
     check_sigmas(sigmas)
     check_multistep_length(sigmas, 2, allow_short_schedule, solver="DPM++ 2M")
     run = Stepper(model, x, sigmas, extra_args, callback)
@@ -76,6 +80,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
     for i in steps(n, disable):
         denoised = run.denoise(x, sigmas[i])
         run.report(i, x, denoised)
+        x, uncond = guided_point(x, denoised, cfg_pp)
         if s[i + 1] == 0:
             x = denoised
         elif old is None or step_order(2, i, n, lower_order_final) == 1:
@@ -84,7 +89,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
             h = math.log(s[i] / s[i + 1])
             r = math.log(s[i - 1] / s[i]) / h
             x = _first_order(x, (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old, s[i], s[i + 1])
-        old = denoised
+        old = uncond
     return x
 
 
@@ -101,11 +106,11 @@ def _taylor_step(x, derivs, sigma, sigma_next):
 
 @solver_entry
 def sample_dpmpp_3m(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                    lower_order_final=False, allow_short_schedule=False):
+                    lower_order_final=False, allow_short_schedule=False, cfg_pp=None):
     """DPM-Solver++(3M), multistep third order: D' and D'' (in lambda) come from the quadratic
     through the last three denoised estimates and enter with the exact phi_2, phi_3 weights.
     Warm-up: order 1, then 2; with lower_order_final the last two steps use orders 2 and 1.
-    1 NFE/step."""
+    1 NFE/step. cfg_pp (common.guided_point): the two earlier estimates are unconditional."""
     check_sigmas(sigmas)
     check_multistep_length(sigmas, 3, allow_short_schedule, solver="DPM++ 3M")
     run = Stepper(model, x, sigmas, extra_args, callback)
@@ -115,26 +120,31 @@ def sample_dpmpp_3m(model, x, sigmas, extra_args=None, callback=None, disable=No
     for i in steps(n, disable):
         denoised = run.denoise(x, sigmas[i])
         run.report(i, x, denoised)
+        x, uncond = guided_point(x, denoised, cfg_pp)
         lam = -math.log(s[i])
         history = (history + [(lam, denoised)])[-3:]
         if s[i + 1] == 0:
             x = denoised
-            continue
-        order = min(step_order(3, i, n, lower_order_final), len(history))
-        if order == 1:
-            x = _first_order(x, denoised, s[i], s[i + 1])
-            continue
-        (l0, d0), (l1, d1) = history[-1], history[-2]
-        h0 = l0 - l1
-        slope = (d0 - d1) / h0
-        if order == 2:
-            x = _taylor_step(x, [denoised, slope], s[i], s[i + 1])
-            continue
-        l2, d2 = history[-3]
-        h1 = l1 - l2
-        curv = (slope - (d1 - d2) / h1) / (h0 + h1)  # second divided difference
-        x = _taylor_step(x, [denoised, slope + h0 * curv, 2 * curv], s[i], s[i + 1])
+        else:
+            order = min(step_order(3, i, n, lower_order_final), len(history))
+            x = _step_3m(x, history, order, s[i], s[i + 1])
+        history[-1] = (lam, uncond)
     return x
+
+
+def _step_3m(x, history, order, sigma, sigma_next):
+    denoised = history[-1][1]
+    if order == 1:
+        return _first_order(x, denoised, sigma, sigma_next)
+    (l0, d0), (l1, d1) = history[-1], history[-2]
+    h0 = l0 - l1
+    slope = (d0 - d1) / h0
+    if order == 2:
+        return _taylor_step(x, [denoised, slope], sigma, sigma_next)
+    l2, d2 = history[-3]
+    h1 = l1 - l2
+    curv = (slope - (d1 - d2) / h1) / (h0 + h1)  # second divided difference
+    return _taylor_step(x, [denoised, slope + h0 * curv, 2 * curv], sigma, sigma_next)
 
 
 def _psi2(z):

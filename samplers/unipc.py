@@ -120,10 +120,20 @@ def afs_grid(sigmas, afs_sigma=None) -> list[float]:
     return [values[0], mid] + values[1:]
 
 
+def _unconditional(denoised, cfg_pp):
+    uncond = None if cfg_pp is None else cfg_pp()
+    return denoised if uncond is None else uncond
+
+
+def _shifted(x, denoised, uncond, cfg_pp):
+    """CFG++'s x~ = x + (D_cfg - D_u); the plain solver's x untouched."""
+    return x if cfg_pp is None else x + (denoised - uncond)
+
+
 @solver_entry
 def sample_unipc_fs(model, x, sigmas, extra_args=None, callback=None, disable=None, order=1,
                     corrector=True, lower_order_final=True, afs=False, afs_sigma=None,
-                    afs_eps_scale=1.0, **_ignored):
+                    afs_eps_scale=1.0, cfg_pp=None, **_ignored):
     """UniPC (noise prediction, B(h) = h) over `sigmas`, which may end at sigma_stop > 0.
 
     order: 1, 2, 3 or "auto" (1 up to 6 model calls, else 2); the first moves warm up from order 1.
@@ -132,6 +142,8 @@ def sample_unipc_fs(model, x, sigmas, extra_args=None, callback=None, disable=No
     afs: analytic first step; afs_sigma is the inserted point (default: midpoint in log sigma; the
     FewStep nodes pass the model's timestep-space midpoint, as the paper does); afs_eps_scale 1.0
     is eps_hat = x_VP (the paper's UniPC code), 0.975 its diffusers-style variant.
+    cfg_pp: CFG++ (see common.guided_point): every eps is the unconditional noise
+    (x - D_u) / sigma and each move starts from x~ = x + (D_cfg - D_u) of its latest evaluation.
     Returns x at sigmas[-1] (not denoised further when that is > 0).
     """
     extra_args = {} if extra_args is None else extra_args
@@ -152,7 +164,9 @@ def sample_unipc_fs(model, x, sigmas, extra_args=None, callback=None, disable=No
         denoised = x - sigma0 * eps
     else:
         denoised = model(x, sigma0 * s_in, **extra_args)
-        eps = (x - denoised) / sigma0
+        uncond = _unconditional(denoised, cfg_pp)
+        eps = (x - uncond) / sigma0
+        x = _shifted(x, denoised, uncond, cfg_pp)
     history = [(-math.log(sigma0), eps)]  # (lambda, eps) at the grid points passed so far
 
     for i in steps(moves, disable):
@@ -181,13 +195,15 @@ def sample_unipc_fs(model, x, sigmas, extra_args=None, callback=None, disable=No
             x = x_pred
             break
         denoised = model(x_pred, t * s_in, **extra_args)
-        eps_t = (x_pred - denoised) / t
+        uncond = _unconditional(denoised, cfg_pp)
+        eps_t = (x_pred - uncond) / t
         if corrector:
             rs_c, diffs_c = rs + [1.0], diffs + [eps_t - eps]
             a = unipc_coefficients(rs_c, h)
             x = base - (t * h) * sum(a_m / r_m * d_m for a_m, r_m, d_m in zip(a, rs_c, diffs_c))
         else:
             x = x_pred
+        x = _shifted(x, denoised, uncond, cfg_pp)
         history.append((lam_t, eps_t))
         eps = eps_t
         if len(history) > 3:
