@@ -22,6 +22,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 
+from ..bridge.solver_traits import traits_for
 from ..samplers import schedule_opt as so
 from ..samplers.schedules import karras_sigmas
 from . import _schedule_cache as cache
@@ -36,7 +37,7 @@ LATEST = "latest for this model"
 # schedule: comparing them with the ODE teacher means nothing.
 _NOT_ODE = ("ancestral", "sde", "lcm", "ddpm", "cfg_pp", "stochastic", "dpm_fast", "dpm_adaptive",
             "restart", "seeds_", "heunpp")
-_ALGO = "teacher-dpmpp2m/gram-costs/dp/select-v1"
+_ALGO = "teacher-dpmpp2m/propagated-costs/dp/guarded-select-v2"
 
 
 def ode_samplers():
@@ -136,7 +137,8 @@ def _report(record, steps, path, how, seconds=None):
             hist = sel["refine_history"]
             lines.append((f"  refined from {hist['start']}: " if hist.get("start") else "  refined: ") +
                          f"train {hist['train']}, held-out {hist['holdout']}")
-        lines.append(f"model calls {sel.get('calls')} (batched over {record['key']['mc_samples'] + record['key']['holdout']} "
+        planned = f", planned at most {sel['planned_calls']}" if sel.get("planned_calls") else ""
+        lines.append(f"model calls {sel.get('calls')}{planned} (batched over {record['key']['mc_samples'] + record['key']['holdout']} "
                      f"samples), {sel.get('seconds', 0):.1f} s")
     if seconds is not None:
         lines.append(f"returned in {seconds:.2f} s")
@@ -153,7 +155,7 @@ def _record(key, result, model, seconds, lo, hi, old=None):
         "chosen": result.chosen,
         "train_errors": {k: _finite(v) for k, v in result.train_errors.items()},
         "holdout_errors": {k: _finite(v) for k, v in result.holdout_errors.items()},
-        "calls": result.calls, "seconds": round(seconds, 3),
+        "calls": result.calls, "planned_calls": result.planned.total, "seconds": round(seconds, 3),
     }
     if result.refinement is not None:
         sel["refine_history"] = {"train": [round(v, 6) for v in result.refinement.train_error],
@@ -164,7 +166,7 @@ def _record(key, result, model, seconds, lo, hi, old=None):
         "model_label": type(model.model).__name__,
         "model_sampling": {"type": describe(model.get_model_object("model_sampling")), "sigma_max": hi, "sigma_min": lo},
         "grid": [float(v) for v in result.grid.tolist()], "cost_rule": result.rule,
-        "rule_exact": so.rule_is_exact(result.sampler), "dp": dp,
+        "rule_exact": result.rule_exact, "dp": dp,
         "default_variant": result.chosen if result.chosen in dp else next(iter(dp)), "selected": {},
     }
     record["selected"][str(result.steps)] = sel
@@ -177,7 +179,9 @@ class FewStepOptimizeSchedule:
                    "conditioning, CFG and sampler: one fine teacher pass from a few noises (through ComfyUI's own "
                    "guider, so LoRAs and patches count), a cost for every jump between candidate sigmas, an exact "
                    "dynamic program that gives the best path for every step count, then the candidates (and "
-                   "Karras) are run with your sampler and the best is kept; an optional refinement (refine_sweeps, off by default: "
+                   "Karras) are run with your sampler and the best is kept, Karras unless a candidate beats it significantly "
+                   "(paired test on the held-out noises, on the fitting ones when holdout < 2); the model calls it will "
+                   "make are logged before the teacher pass and shown in the report; an optional refinement (refine_sweeps, off by default: "
                    "it costs several times the teacher pass) moves each sigma against your sampler, early-stopped on "
                    "held-out noises. Results are cached as JSON in the "
                    "user directory: the same inputs return at once. The MODEL output makes KSampler's "
@@ -213,7 +217,7 @@ class FewStepOptimizeSchedule:
             "teacher_substeps": ("INT", {"default": 1, "min": 1, "max": 8, "tooltip": "DPM++ 2M sub-steps per grid interval in the teacher pass (accuracy vs time)."}),
             "sigma_max": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 5000.0, "step": 0.01, "round": False, "tooltip": "Largest sigma; 0 = the model's."}),
             "sigma_min": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 5000.0, "step": 0.001, "round": False, "tooltip": "Smallest non-zero sigma; 0 = the model's."}),
-            "compare_karras": ("BOOLEAN", {"default": True, "tooltip": "Also run Karras (rho 7) as a candidate, so the result is never worse than it on the fitting noises."}),
+            "compare_karras": ("BOOLEAN", {"default": True, "tooltip": "Also run Karras (rho 7) as a candidate; it is kept unless another candidate beats it significantly (held-out noises when holdout >= 2)."}),
             "use_cache": ("BOOLEAN", {"default": True, "tooltip": "Read and write the JSON cache in the ComfyUI user directory (fewstep/schedules)."}),
             "refine_starts": ("INT", {"default": 3, "min": 1, "max": 8, "tooltip": "How many of the best distinct candidates (DP paths, Karras) are each refined; the one with the lowest held-out error is kept. Each start costs a full refinement (see refine_sweeps). 3 generalised best on the lab's validation noises (BENCHMARKS.md 'Refinement variants'); 1 = refine the selected schedule only."}),
         }}
@@ -273,6 +277,11 @@ class FewStepOptimizeSchedule:
                 return _out(torch.tensor(sig, dtype=torch.float32), out,
                             _report(old, steps, path, f"cached, {how}", time.perf_counter() - t0))
 
+        planned = so.planned_calls(steps, grid, int(teacher_substeps), len(so.DEFAULT_VARIANTS) + bool(compare_karras),
+                                   holdout, int(refine_sweeps), int(refine_candidates), refine_search,
+                                   refine_starts=int(refine_starts))
+        logging.info("FewStep Optimise Schedule (%d steps, %s, %d + %d noises): %s", steps, sampler, mc_samples,
+                     holdout, planned.describe())
         result = self._run(model, positive, negative, cfg, shape, steps, sampler, mc_samples, holdout, int(seed),
                            grid, int(teacher_substeps), hi, lo, int(refine_sweeps), int(refine_candidates),
                            bool(compare_karras), refine_search, refine_objective, int(refine_starts))
@@ -307,7 +316,7 @@ class FewStepOptimizeSchedule:
 
             gram_device = x.device if x.device.type == "cuda" else "cpu"  # float64 matmuls
             found["result"] = so.optimise_schedule(
-                denoiser, x, hi, lo, steps, sampler, run_sampler=run_sampler, holdout=holdout, grid_size=grid,
+                denoiser, x, hi, lo, steps, traits_for(sampler), run_sampler=run_sampler, holdout=holdout, grid_size=grid,
                 substeps=substeps, baselines=baselines, refine_sweeps=refine_sweeps,
                 refine_candidates=refine_candidates, refine_search=refine_search,
                 refine_objective=refine_objective, refine_starts=refine_starts, progress=lambda d, t: pbar.update_absolute(d, t),
