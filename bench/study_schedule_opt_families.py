@@ -5,11 +5,10 @@ mixture families the settings never saw, scored on noises the optimiser never sa
     python bench/study_schedule_opt_families.py --json out.json --markdown out.md
     python bench/study_schedule_opt_families.py --families 2 --steps 5 --scoring 16   # smoke run
 
-Families: exact-denoiser Gaussian mixtures (samplers/exact.py) with data seeds 101.. (the lab uses
+Families (bench/families.py): exact-denoiser Gaussian mixtures with data seeds 101.. (the lab uses
 seed 0), component spread 0.02-0.5, 4-1024 components, 'gmm' (random means) and 'shapes' (images),
-latents SD1.5-like (4x64x64 scaled to 4x16x16) and SDXL-like (4x128x128 scaled to 4x32x32: the same
-4 channels and square aspect, 1/16 of the pixels, to keep the CPU time small); SD/SDXL discrete sigma
-range 0.0292-14.61.
+latents SD1.5-like and SDXL-like scaled down (channels and aspect kept); SD/SDXL discrete sigma range
+0.0292-14.61.
 Per family, fitting seed (two) and sampler (DPM++ 2M, the paper UniPC `unipc_fs`) and N in --steps:
   * defaults: the node's defaults — 8 fitting noises, no held-out noise, grid 120, one teacher
     sub-step, the DP candidates of every DEFAULT_VARIANT plus Karras, Karras kept unless beaten
@@ -44,13 +43,9 @@ from samplers.exact import ExactDenoiser, MixtureSpec  # noqa: E402
 from samplers.reference import per_sample_rmse, reference_states  # noqa: E402
 from samplers.schedules import karras_sigmas, sd_discrete_sigmas  # noqa: E402
 
-SD15, SDXL = (4, 16, 16), (4, 32, 32)  # scaled from 4x64x64 and 4x128x128 (channels and aspect kept)
-# (dataset, components, spread, latent) — data seeds 101, 102, ... in this order
-FAMILIES = (
-    ("gmm", 4, 0.02, SD15), ("gmm", 16, 0.05, SDXL), ("gmm", 64, 0.1, SD15), ("gmm", 256, 0.2, SDXL),
-    ("gmm", 1024, 0.5, SD15), ("gmm", 1024, 0.02, SDXL), ("shapes", 4, 0.5, SDXL), ("shapes", 16, 0.02, SD15),
-    ("shapes", 64, 0.05, SDXL), ("shapes", 256, 0.1, SD15), ("shapes", 1024, 0.2, SDXL), ("shapes", 32, 0.3, SD15),
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from families import FAMILIES, SDXL, data_seed  # noqa: E402
+
 SAMPLERS = {"dpmpp_2m": so.DPMPP_2M, "unipc_fs": so.traits_of(solver("unipc_fs"))}
 NOISE_SEEDS = {"fit": (1001, 1002), "holdout": (2001, 2002), "scoring": 3001}
 COLUMNS = ("Karras", "defaults", "refined")
@@ -71,7 +66,7 @@ class Family:
 
     @property
     def denoiser(self) -> ExactDenoiser:
-        return ExactDenoiser(MixtureSpec(self.dataset, self.components, self.spread, 101 + self.index))
+        return ExactDenoiser(MixtureSpec(self.dataset, self.components, self.spread, data_seed(self.index + 1)))
 
 
 def noises(seed, count, shape, smax):
