@@ -8,9 +8,10 @@ differs from the truth.
 Prints every cost variant's DP path at N = 5, 6, 8 for DPM++ 2M and its error on scoring noises
 against the converged PF-ODE reference (median per-sample RMSE), beside Karras. --diagnose prices
 each jump of the Karras path and of the best DP path three ways: the cost (teacher-forced residual
-times the propagation factor), the true effect on the final sample (the jump's landing state solved
-to the end with the reference ODE solver, against the teacher's own state solved the same way) and
-the unpropagated residual. The latent is scaled down from SDXL's 4x128x128 to keep CPU time small.
+times the propagation factor, relative to the final sample's norm), the true effect on the final
+sample (the jump's landing state solved to the end with the reference ODE solver, against the
+teacher's own state solved the same way, relative to the same norm) and the residual relative to the
+state's own norm. The latent is scaled down from SDXL's 4x128x128 to keep CPU time small.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def diagnose(den, x, lo, hi, n, prop):
             cost = float(costs.triple[p, j, k] if p is not None else costs.pair[j, k])
             true = rel(to_end(xk, float(grid[k])), to_end(teacher.states[k], float(grid[k])))
             print(f"  {float(grid[j]):7.3f} -> {float(grid[k]):6.3f}: cost {cost:.4f}  true {true:.4f}  "
-                  f"unpropagated {rel(xk, teacher.states[k]) if True else 0:.4f}")
+                  f"residual / |x_k| {rel(xk, teacher.states[k]):.4f}")
         print(f"  {float(grid[path[-1]]):7.3f} -> 0     : cost {float(costs.terminal[path[-1]]):.4f} (exact)")
 
 
