@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..validation import check_choice, check_non_negative, check_steps
+from ..validation import check_choice, check_non_negative
 
 OBJECTIVES = ("mean", "geomean")
 SEARCHES = ("grid", "golden")
