@@ -171,7 +171,7 @@ def markdown(rows, args, seconds):
                 fw = lambda s: f"{s['worst']:.3f} [{s['worst_ci'][0]:.3f}, {s['worst_ci'][1]:.3f}] ({s['worst_family']})"  # noqa: E731
                 shares = " / ".join(f"{far_share(cell, c, args.far):.1%}" for c in COLUMNS)
                 out.append(f"| {sname} | {n} | {seed + 1} | {fmt(d)} | {fw(d)} | {fmt(f)} | {fw(f)} | {shares} |")
-    out += ["", flips(rows, args), "", per_family_table(rows, args)]
+    out += ["", targets(rows, args), "", flips(rows, args), "", per_family_table(rows, args)]
     return "\n".join(out)
 
 
@@ -208,13 +208,36 @@ def flips(rows, args):
             if len(ranks) == 2 and not _compatible(*ranks):
                 bad += 1
                 lines.append(f"{sname} N={n}: {_show(ranks[0])} (seed 1) vs {_show(ranks[1])} (seed 2)")
-    per_fam = sum(1 for a in rows for b in rows if a["seed"] == 0 and b["seed"] == 1 and a["family"] == b["family"]
-                  and a["sampler"] == b["sampler"] and a["n"] == b["n"]
-                  and (torch.tensor(a["errs"]["refined"]).median() < torch.tensor(a["errs"]["Karras"]).median())
-                  != (torch.tensor(b["errs"]["refined"]).median() < torch.tensor(b["errs"]["Karras"]).median()))
-    total = sum(1 for a in rows if a["seed"] == 0)
-    return (f"Ranking of Karras / defaults / refined by the median over families: {'the same for both fitting seeds in every row' if not bad else str(bad) + ' row(s) differ: ' + '; '.join(lines)}. "
-            f"Per family, refined-vs-Karras changes side between the seeds in {per_fam} of {total} cells.")
+    pairs = [(a, b) for a in rows for b in rows if a["seed"] == 0 and b["seed"] == 1 and a["family"] == b["family"]
+             and a["sampler"] == b["sampler"] and a["n"] == b["n"]]
+    per_fam = {c: sum(_side(a, c) * _side(b, c) < 0 for a, b in pairs) for c in ("defaults", "refined")}
+    return (f"Ranking of Karras / defaults / refined by the median over families: "
+            f"{'the same for both fitting seeds in every row' if not bad else str(bad) + ' row(s) differ: ' + '; '.join(lines)}. "
+            f"Per family and cell, a schedule strictly better than Karras with one fitting seed and strictly worse "
+            f"with the other: defaults {per_fam['defaults']}, refined {per_fam['refined']} of {len(pairs)} cells.")
+
+
+def _side(row, col) -> int:
+    """-1 / 0 / +1: the column's median below / equal to / above Karras's."""
+    a, k = float(torch.tensor(row["errs"][col]).median()), float(torch.tensor(row["errs"]["Karras"]).median())
+    return 0 if math.isclose(a, k, rel_tol=1e-9) else (-1 if a < k else 1)
+
+
+def targets(rows, args) -> str:
+    """Issue #18's targets, checked on every sampler x N x fitting seed cell."""
+    worst_def, med_ref, worst_ref = 0.0, 0.0, 0.0
+    for sname in SAMPLERS:
+        for n in args.steps:
+            for seed in (0, 1):
+                cell = [r for r in rows if r["sampler"] == sname and r["n"] == n and r["seed"] == seed]
+                if cell:
+                    d, f = ratios(cell, "defaults"), torch.tensor(ratios(cell, "refined"))
+                    worst_def = max(worst_def, max(d))
+                    med_ref, worst_ref = max(med_ref, float(f.median())), max(worst_ref, float(f.max()))
+    ok = lambda b: "met" if b else "NOT met"  # noqa: E731
+    return (f"Targets over all cells: defaults never worse than 1.02x Karras on any family — worst {worst_def:.3f}, "
+            f"{ok(worst_def <= 1.02)}; refined median over families <= 0.7 — largest {med_ref:.3f}, {ok(med_ref <= 0.7)}; "
+            f"refined worst <= 1.0 — {worst_ref:.3f}, {ok(worst_ref <= 1.0)}.")
 
 
 def per_family_table(rows, args):

@@ -161,7 +161,7 @@ def is_stochastic(model, sampler, runner):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nfe", type=int, nargs="+", default=list(DEFAULT_NFE))
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--schedule", default="sd_discrete", choices=["sd_discrete", "edm"], help="lab model noise schedule")
     ap.add_argument("--batch", type=int, default=256,
                     help="samples per run (256: at NFE 5-8 the mean error is mostly the rate of trajectories that "
