@@ -156,7 +156,7 @@ def markdown(rows, args, seconds):
            f"{NOISE_SEEDS['scoring']}); defaults fit on 8 noises (seeds {NOISE_SEEDS['fit']}); refined: {args.fit} + "
            f"{args.holdout} held-out noises (seeds {NOISE_SEEDS['fit']} / {NOISE_SEEDS['holdout']}), {args.sweeps} sweep(s), "
            f"{args.starts} start(s). Ratio = median RMSE / Karras's median RMSE per family; [95 % bootstrap]. "
-           f"Far = share of samples with RMSE > {args.far} (another mode). {seconds / 60:.1f} min.", "",
+           f"Far = share of samples with RMSE > {args.far} (another mode). Longest part: {seconds / 60:.1f} min.", "",
            "| sampler | N | fit seed | defaults: median ratio | defaults: worst ratio (family) | refined: median ratio "
            "| refined: worst ratio (family) | far: Karras / defaults / refined |",
            "|---|---|---|---|---|---|---|---|"]
