@@ -1,4 +1,4 @@
-"""Benchmark of schedules optimised for the model (samplers/schedule_opt.py, nodes/schedule_opt.py).
+"""Benchmark of schedules optimised for the model (samplers/schedule_opt/, nodes/schedule_opt.py).
 
 Lab mode (default; CPU is fine): the exact-denoiser lab (samplers/exact.py, called directly, with
 ComfyUI's SD/SDXL discrete sigma range 0.0292-14.61) at 4x16x16 latents. For N = 5, 6, 8, 10 and
@@ -129,14 +129,14 @@ def run_lab(args):
                 base = {"Karras": karras_sigmas(n, lo, hi, dtype=torch.float64), "AYS": ays(n), "GITS": gits(n),
                         "F-sched": fscheduler(n, table)}
                 t = time.perf_counter()
-                res = so.optimise_schedule(den, x_fit, hi, lo, n, sampler, run_sampler=run, holdout=args.holdout,
+                res = so.optimise_schedule(den, x_fit, hi, lo, n, so.traits_of(spec_s), run_sampler=run, holdout=args.holdout,
                                            grid_size=args.grid, substeps=args.substeps,
                                            baselines={"karras": base["Karras"]}, teacher=teacher,
                                            refine_sweeps=args.refine_sweeps, refine_candidates=args.refine_candidates,
                                            refine_objective=args.refine_objective, refine_search=args.refine_search,
                                            refine_line_iters=args.refine_line_iters, refine_starts=args.refine_starts,
-                                           max_steps=max(args.steps), dp=dps.get(so.rule_name_for(sampler)))
-                dps[so.rule_name_for(sampler)] = res.dp
+                                           max_steps=max(args.steps), dp=dps.get(so.traits_of(spec_s).rule))
+                dps[so.traits_of(spec_s).rule] = res.dp
                 t_opt = time.perf_counter() - t + t_teacher
                 cols = dict(base)
                 cols["optimised"] = res.selected

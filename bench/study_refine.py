@@ -129,13 +129,13 @@ def main():
                                          torch.cat([teach_tr.denoised[:, :m_tr], teach_ho.denoised[:, :m_ho]], 1),
                                          teach_tr.calls)
                     t = time.time()
-                    res = so.optimise_schedule(den, x_fit, hi, lo, n, name, run_sampler=run, holdout=m_ho,
+                    res = so.optimise_schedule(den, x_fit, hi, lo, n, so.traits_of(solver(name)), run_sampler=run, holdout=m_ho,
                                                grid_size=args.grid, substeps=2, baselines={"karras": karras},
                                                teacher=teacher, refine_sweeps=sweeps, refine_candidates=cands,
                                                refine_objective=objective, refine_search=search, refine_line_iters=4,
                                                refine_starts=n_starts, max_steps=max(args.steps),
-                                               dp=dps.get((so.rule_name_for(name), m_tr, m_ho)))
-                    dps[(so.rule_name_for(name), m_tr, m_ho)] = res.dp
+                                               dp=dps.get((so.traits_of(solver(name)).rule, m_tr, m_ho)))
+                    dps[(so.traits_of(solver(name)).rule, m_tr, m_ho)] = res.dp
                     sel = f"DP+select {m_tr}+{m_ho}"
                     if sel not in row:
                         e = rmse(run(x_te, res.selected), y_te)

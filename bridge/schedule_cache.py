@@ -40,7 +40,6 @@ import copy
 
 import torch
 
-from ..samplers.schedule_opt import rule_is_exact
 from .model_time import describe
 
 FORMAT = "fewstep-schedule"
@@ -395,7 +394,7 @@ def make_record(key, result, model, seconds, lo, hi, old=None):
         "chosen": result.chosen,
         "train_errors": {k: _finite(v) for k, v in result.train_errors.items()},
         "holdout_errors": {k: _finite(v) for k, v in result.holdout_errors.items()},
-        "calls": result.calls, "seconds": round(seconds, 3),
+        "calls": result.calls, "planned_calls": result.planned.total, "seconds": round(seconds, 3),
     }
     if result.refinement is not None:
         sel["refine_history"] = {"train": [round(v, 6) for v in result.refinement.train_error],
@@ -406,7 +405,7 @@ def make_record(key, result, model, seconds, lo, hi, old=None):
         "model_label": type(model.model).__name__,
         "model_sampling": {"type": describe(model.get_model_object("model_sampling")), "sigma_max": hi, "sigma_min": lo},
         "grid": [float(v) for v in result.grid.tolist()], "cost_rule": result.rule,
-        "rule_exact": rule_is_exact(result.sampler), "dp": dp,
+        "rule_exact": result.rule_exact, "dp": dp,
         "default_variant": result.chosen if result.chosen in dp else next(iter(dp)), "selected": {},
     }
     record["selected"][str(result.steps)] = sel
@@ -429,7 +428,8 @@ def report(record, steps, path, how, seconds=None):
             hist = sel["refine_history"]
             lines.append((f"  refined from {hist['start']}: " if hist.get("start") else "  refined: ") +
                          f"train {hist['train']}, held-out {hist['holdout']}")
-        lines.append(f"model calls {sel.get('calls')} (batched over {record['key']['mc_samples'] + record['key']['holdout']} "
+        planned = f", planned at most {sel['planned_calls']}" if sel.get("planned_calls") else ""
+        lines.append(f"model calls {sel.get('calls')}{planned} (batched over {record['key']['mc_samples'] + record['key']['holdout']} "
                      f"samples), {sel.get('seconds', 0):.1f} s")
     if seconds is not None:
         lines.append(f"returned in {seconds:.2f} s")

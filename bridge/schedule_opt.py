@@ -22,6 +22,7 @@ import comfy.utils
 import folder_paths
 
 from ..samplers import schedule_opt as so
+from .solver_traits import traits_for
 from ..samplers.schedules import karras_sigmas
 from . import schedule_cache as cache
 from .model_time import sigma_range
@@ -32,7 +33,7 @@ LATEST = "latest for this model"
 # schedule: comparing them with the ODE teacher means nothing.
 _NOT_ODE = ("ancestral", "sde", "lcm", "ddpm", "cfg_pp", "stochastic", "dpm_fast", "dpm_adaptive",
             "restart", "seeds_", "heunpp")
-_ALGO = "teacher-dpmpp2m/gram-costs/dp/select-v1"
+_ALGO = "teacher-dpmpp2m/propagated-costs/dp/guarded-select-v2"
 
 
 def ode_samplers():
@@ -133,6 +134,11 @@ def optimise(model, positive, negative, cfg, width, height, steps, sampler, mc_s
             return (torch.tensor(sig, dtype=torch.float32), out,
                     cache.report(old, steps, path, f"cached, {how}", time.perf_counter() - t0))
 
+    planned = so.planned_calls(steps, grid, int(teacher_substeps), len(so.DEFAULT_VARIANTS) + bool(compare_karras),
+                               holdout, int(refine_sweeps), int(refine_candidates), refine_search,
+                               refine_starts=int(refine_starts))
+    logging.info("FewStep Optimise Schedule (%d steps, %s, %d + %d noises): %s", steps, sampler, mc_samples,
+                 holdout, planned.describe())
     result = _run(model, positive, negative, cfg, shape, steps, sampler, mc_samples, holdout, int(seed),
                   grid, int(teacher_substeps), hi, lo, int(refine_sweeps), int(refine_candidates),
                   bool(compare_karras), refine_search, refine_objective, int(refine_starts))
@@ -167,7 +173,7 @@ def _run(model, positive, negative, cfg, shape, steps, sampler, mc, holdout, see
 
         gram_device = x.device if x.device.type == "cuda" else "cpu"  # float64 matmuls
         found["result"] = so.optimise_schedule(
-            denoiser, x, hi, lo, steps, sampler, run_sampler=run_sampler, holdout=holdout, grid_size=grid,
+            denoiser, x, hi, lo, steps, traits_for(sampler), run_sampler=run_sampler, holdout=holdout, grid_size=grid,
             substeps=substeps, baselines=baselines, refine_sweeps=refine_sweeps,
             refine_candidates=refine_candidates, refine_search=refine_search,
             refine_objective=refine_objective, refine_starts=refine_starts, progress=lambda d, t: pbar.update_absolute(d, t),

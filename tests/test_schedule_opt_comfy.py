@@ -48,17 +48,23 @@ def _calculate(model, steps):
     return comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "fewstep_optimized", steps)
 
 
-def test_optimise_runs_through_the_guider_and_caches(env):
-    sig, model_out, report = env.run()
+def test_optimise_runs_through_the_guider_and_caches(env, caplog):
+    import logging
+    with caplog.at_level(logging.INFO):
+        sig, model_out, report = env.run()
     calls = env.net().calls
-    assert calls == (16 - 1) + 1 + 3 * 6  # teacher + 3 steps x (5 DP variants + Karras)
+    assert calls == (16 - 1) + 1 + 3 * 5  # teacher + 3 steps x (4 DP variants + Karras)
+    # The calls were stated before the teacher pass (log line) and in the report.
+    assert f"{calls} model calls at most: teacher 16 + selection 15" in caplog.text
+    assert f"model calls {calls}, planned at most {calls}" in report
     assert sig.shape == (4,) and float(sig[-1]) == 0 and (sig[1:] < sig[:-1]).all()
     assert float(sig[0]) == pytest.approx(14.6146, rel=1e-4) and float(sig[-2]) >= 0.0291
     assert "cache:" in report and len(env.files()) == 1
     rec = json.loads((env.user / "fewstep" / "schedules" / env.files()[0]).read_text())
     assert rec["key"]["sampler"] == "dpmpp_2m" and rec["key"]["latent"] == [4, 8, 8]
-    assert set(rec["dp"]) == {"jump1", "jump2", "bound2", "jump1w", "jump2w"}
-    assert len(rec["dp"]["jump1"]["paths"]) == 16  # every N up to the grid
+    assert set(rec["dp"]) == {"jump1p", "jump2p", "jump1w", "jump2w"}
+    assert len(rec["dp"]["jump1p"]["paths"]) == 16  # every N up to the grid
+    assert rec["cost_rule"] == "dpmpp_2m" and rec["rule_exact"]
     # Second run: the same schedule from the file, no model call.
     sig2, _, report2 = env.run()
     assert env.net().calls == calls and torch.equal(sig, sig2) and "cached" in report2
@@ -217,8 +223,27 @@ def test_cancel_stops_cleanly_and_writes_nothing(env):
     assert sig.shape == (4,) and len(env.files()) == 1
 
 
-def test_refinement_and_latent_input(env):
-    sig, _, report = env.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0,
+def test_sampler_names_map_to_solver_traits(env):
+    """The dropdown names are mapped on the ComfyUI side (bridge/solver_traits.py); the maths sees traits."""
+    import importlib
+    traits_for = importlib.import_module(env.pack.__name__ + ".bridge.solver_traits").traits_for
+    so = importlib.import_module(env.pack.__name__ + ".samplers.schedule_opt")
+    assert traits_for("dpmpp_2m") == traits_for("fewstep_dpmpp_2m") == so.DPMPP_2M
+    assert traits_for("euler").exact and traits_for("ddim").rule == "euler" and traits_for("fewstep_dpmpp_1s").exact
+    assert traits_for("fewstep_deis_tab3") == so.SolverTraits(3, True) and not traits_for("fewstep_deis_tab3").exact
+    assert traits_for("uni_pc").rule == "dpmpp_2m" and traits_for("heun").rule == "euler"
+    assert traits_for("fewstep_deis_rhork3").order == 3
+    for name in env.opt.INPUT_TYPES()["required"]["sampler"][0]:
+        traits_for(name)  # every dropdown entry the node offers has traits
+    env.run(sampler="lms")
+    rec = json.loads((env.user / "fewstep" / "schedules" / env.files()[0]).read_text())
+    assert rec["cost_rule"] == "dpmpp_2m" and not rec["rule_exact"]
+
+
+def test_refinement_and_latent_input(env, caplog):
+    import logging
+    with caplog.at_level(logging.INFO):
+        sig, _, report = env.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0,
                                       latent={"samples": torch.zeros(1, 4, 6, 6)}, grid=12, holdout=2,
                                       refine_sweeps=1, refine_candidates=2)
     rec = json.loads((env.user / "fewstep" / "schedules" / env.files()[0]).read_text())
@@ -227,6 +252,10 @@ def test_refinement_and_latent_input(env):
     assert hist["start"] in rec["selected"]["3"]["train_errors"] and "held-out" in report
     assert f"refined from {hist['start']}" in report
     assert float(sig[-1]) == 0 and (sig[1:] < sig[:-1]).all()
+    # Refinement's cost is stated before the run: an upper bound the run stays within.
+    planned = rec["selected"]["3"]["planned_calls"]
+    assert f"{planned} model calls at most" in caplog.text and "refinement <=" in caplog.text
+    assert rec["selected"]["3"]["calls"] <= planned
     # The search and objective are part of the key (another file), and bad values are named.
     env.optimise(env.model, env.cond, env.cond, 1.0, 8, 8, 3, "euler", 2, 0,
                  latent={"samples": torch.zeros(1, 4, 6, 6)}, grid=12, holdout=2, refine_sweeps=1,

@@ -1,6 +1,8 @@
-"""Schedule optimisation maths (samplers/schedule_opt.py): DP optimality against brute force, the
-Gram-form costs against explicit residuals, the first-order convex-combination identity, the
-teacher's convergence order, refinement and bad input. Pure torch, no ComfyUI."""
+"""Schedule optimisation maths (samplers/schedule_opt/): DP optimality against brute force, the
+Gram-form costs against explicit residuals, the propagation of jump errors to the final sample
+(issue #18's degenerate final jumps), the guard against Karras, the planned model calls, the
+first-order convex-combination identity, the teacher's convergence order, refinement and bad input.
+Pure torch, no ComfyUI."""
 import itertools
 import math
 
@@ -120,7 +122,7 @@ def _residual_costs(teacher, sampler, power):
 @pytest.mark.parametrize("power", [1.0, 2.0])
 def test_gram_costs_equal_explicit_residuals(sampler, power):
     teacher = _teacher(grid_size=7, m=2)
-    costs = so.jump_costs(teacher, sampler, "jump", power)
+    costs = so.jump_costs(teacher, sampler, "jump", power, "none")
     pair, triple, term = _residual_costs(teacher, sampler, power)
     assert torch.allclose(costs.pair, pair, rtol=1e-7, atol=1e-10)
     assert torch.allclose(costs.terminal, term, rtol=1e-7, atol=1e-10)
@@ -130,6 +132,112 @@ def test_gram_costs_equal_explicit_residuals(sampler, power):
         fin = torch.isfinite(triple)
         assert torch.equal(torch.isfinite(costs.triple), fin)
         assert torch.allclose(costs.triple[fin], triple[fin], rtol=1e-7, atol=1e-10)
+
+
+def test_propagated_costs_are_the_residuals_times_the_per_sample_factor():
+    teacher = _teacher(grid_size=7, m=3)
+    p = so.local_propagation(teacher.sigmas, *so.gram_matrices(teacher))
+    assert p.shape == (3, 7) and ((p > 0) & (p <= 1)).all()
+    s, ref = teacher.sigmas, teacher.final.flatten(1).norm(dim=1)
+    costs = so.jump_costs(teacher, "dpmpp_2m", "jump", 2.0, "local")
+    rule = so.rule_for("dpmpp_2m")
+    for p_, j, k in [(0, 1, 2), (1, 3, 6), (2, 4, 5)]:
+        x = so.apply_rule(rule, teacher.states[j], teacher.denoised[j], teacher.denoised[p_], float(s[p_]),
+                          float(s[j]), float(s[k]))
+        want = ((x - teacher.states[k]).flatten(1).norm(dim=1) / ref * p[:, k]).pow(2).mean()
+        assert float(costs.triple[p_, j, k]) == pytest.approx(float(want), rel=1e-7)
+
+
+def _gaussian(spread=0.3):
+    return ExactDenoiser(MixtureSpec("gmm", 1, spread, 0))
+
+
+def test_local_propagation_recovers_the_flow_contraction_of_gaussian_data():
+    """One Gaussian N(mu, a I): a state error at s_k reaches the output scaled by a/sqrt((a+m)(a+s_k^2))."""
+    a, m = 0.3 ** 2, SMIN ** 2
+    teacher = so.teacher_pass(_gaussian(), _start(4), so.log_grid(SMAX, SMIN, 40), 4)
+    p = so.local_propagation(teacher.sigmas, *so.gram_matrices(teacher))
+    want = a / torch.sqrt((a + m) * (a + teacher.sigmas ** 2))
+    assert torch.allclose(p, want.expand_as(p), rtol=0.03), (p[0], want)
+
+
+def test_propagated_cost_equals_the_jump_s_effect_on_the_final_sample():
+    """For Gaussian data the flow is linear and isotropic: the cost of a teacher-forced jump is the error
+    the teacher's own continuation from the landing state makes in its output."""
+    den, x = _gaussian(), _start(3)
+    grid = so.log_grid(SMAX, SMIN, 30)
+    teacher = so.teacher_pass(den, x, grid, 4)
+    costs = so.jump_costs(teacher, "euler", "jump", 1.0, "local")
+    ref = teacher.final.flatten(1).norm(dim=1)
+    for j, k in [(0, 6), (3, 15), (10, 24)]:
+        x_hat = so.apply_rule(so.rule_for("euler"), teacher.states[j], teacher.denoised[j], None, None,
+                              float(grid[j]), float(grid[k]))
+        tail = grid[k:]
+        out = so.teacher_pass(den, x_hat, tail, 4).final if tail.numel() > 1 else den(x_hat, float(tail[0]))
+        true = float(((out - teacher.final).flatten(1).norm(dim=1) / ref).mean())
+        assert float(costs.pair[j, k]) == pytest.approx(true, rel=0.03), (j, k)
+
+
+@pytest.mark.parametrize("dataset,spread", [("gmm", 0.02), ("shapes", 0.05)])
+def test_propagated_costs_end_without_a_long_final_jump(dataset, spread):
+    """Issue #18: unpropagated costs price state errors far from the data in state units, so the DP
+    climbs down slowly at high noise and jumps to 0 from sigma > 1; priced as final-sample errors the
+    path reaches the bottom of the range before its last jump (no floor on step sizes involved)."""
+    den = ExactDenoiser(MixtureSpec(dataset, 16, spread, 0))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((24, 4, 8, 8), generator=g, dtype=torch.float64) * math.sqrt(1 + SMAX ** 2)
+    teacher = so.teacher_pass(den, x, so.log_grid(SMAX, SMIN, 60), 2)
+    last = {prop: float(so.optimal_paths(so.jump_costs(teacher, "dpmpp_2m", "jump", 1.0, prop), 5).schedule(5)[-2])
+            for prop in ("none", "local")}
+    assert last["none"] > 1.0 and last["local"] < 0.1, last
+
+
+def test_significant_win_needs_a_consistent_paired_gain():
+    base = torch.tensor([0.010, 0.020, 0.015, 0.030, 0.012, 0.018, 0.022, 0.011], dtype=torch.float64)
+    assert so.significant_win(base * 0.8, base)[0]
+    assert not so.significant_win(base, base)[0]
+    mixed = base * torch.tensor([0.5, 2.0, 0.5, 2.0, 0.5, 2.0, 0.5, 1.9], dtype=torch.float64)
+    assert not so.significant_win(mixed, base)[0]
+    assert not so.significant_win(base[:1] * 0.5, base[:1])[0]  # one sample proves nothing
+
+
+def test_karras_is_kept_unless_a_candidate_beats_it_significantly():
+    den = _den("gmm", 16, 0.3)
+    run = lambda x, s: _run("dpmpp_2m", den, x, s)  # noqa: E731
+    x = _start(16, seed=6)
+    karras = so.optimise_schedule(den, x, SMAX, SMIN, 5, "dpmpp_2m", run_sampler=run, grid_size=30, holdout=8)
+    bad = torch.tensor([SMAX, 14.0, 13.5, 13.0, 12.5, 0.0], dtype=torch.float64)  # a poor baseline to protect
+    res = so.optimise_schedule(den, x, SMAX, SMIN, 5, "dpmpp_2m", run_sampler=run, grid_size=30, holdout=8,
+                               baselines={"karras": bad})
+    assert res.chosen != "karras" and res.guard["kept"] and res.guard["on"] == "held-out"
+    # A baseline equal to the best candidate: no gain at all, so the baseline stays.
+    same = so.optimise_schedule(den, x, SMAX, SMIN, 5, "dpmpp_2m", run_sampler=run, grid_size=30, holdout=8,
+                                baselines={"karras": karras.dp[karras.chosen].schedule(5)})
+    assert same.chosen == "karras" and same.guard["candidate"] == karras.chosen and not same.guard["kept"]
+    # Without held-out noises the test runs on the fitting noises.
+    fit = so.optimise_schedule(den, x, SMAX, SMIN, 5, "dpmpp_2m", run_sampler=run, grid_size=30,
+                               baselines={"karras": bad})
+    assert fit.guard["on"] == "fitting" and fit.chosen != "karras"
+
+
+@pytest.mark.parametrize("holdout,sweeps", [(0, 0), (4, 0), (4, 2)])
+def test_planned_calls_are_the_calls_made(holdout, sweeps):
+    den = _den("gmm", 8, 0.3)
+    run = lambda x, s: _run("dpmpp_2m", den, x, s)  # noqa: E731
+    made = []
+    counting = lambda x, s: made.append(s.numel() - 1) or run(x, s)  # noqa: E731
+    kw = dict(run_sampler=counting, grid_size=20, substeps=2, holdout=holdout, refine_sweeps=sweeps,
+              refine_candidates=3, refine_search="golden", refine_starts=2,
+              baselines={"karras": torch.tensor([SMAX, 2.0, 0.3, 0.0], dtype=torch.float64)})
+    res = so.optimise_schedule(den, _start(10, seed=2), SMAX, SMIN, 3, "dpmpp_2m", **kw)
+    plan = so.planned_calls(3, 20, 2, len(so.DEFAULT_VARIANTS) + 1, holdout, sweeps, 3, "golden", refine_starts=2)
+    assert res.planned == plan and res.teacher_calls == plan.teacher == 19 * 2 + 1
+    assert res.sampler_calls == sum(made)
+    if sweeps:
+        assert plan.selection < res.sampler_calls <= plan.selection + plan.refinement
+    else:
+        assert res.sampler_calls == plan.selection and plan.refinement == 0
+    assert str(plan.total) in plan.describe()
 
 
 def test_euler_jump_error_is_the_riemann_sum_and_below_the_bound():
@@ -229,22 +337,24 @@ def test_teacher_stops_on_cancel_and_rejects_non_finite_output():
 # ---------------------------------------------------------------------------------------------
 # Whole pipeline and refinement on the exact denoiser
 
-def test_optimised_schedule_beats_karras_on_held_out_noise():
-    """Measured, not asserted: the DP-selected DPM++ 2M schedule for a 64-component lab mixture
-    has lower held-out error than Karras (rho 7) at 6 steps."""
+def test_optimised_schedule_is_not_worse_than_karras_on_unseen_noise():
+    """With Karras offered (the node's default), the result on noises the optimiser never saw is at
+    most 2 % worse than Karras: a DP path replaces Karras only after a significant held-out win."""
     den = _den("gmm", 64, 0.5)
     run = lambda x, s: _run("dpmpp_2m", den, x, s)  # noqa: E731
-    x = _start(24, seed=1)
-    res = so.optimise_schedule(den, x, SMAX, SMIN, 6, "dpmpp_2m", run_sampler=run, grid_size=60, substeps=2)
-    assert res.teacher_calls == 59 * 2 + 1 and res.sampler_calls == 6 * len(so.DEFAULT_VARIANTS)
-    x_test = _start(48, seed=9)
-    ref = so.teacher_pass(den, x_test, so.log_grid(SMAX, SMIN, 200), 2).final
     ramp = torch.linspace(0, 1, 6, dtype=torch.float64)
     karras = (SMAX ** (1 / 7) + ramp * (SMIN ** (1 / 7) - SMAX ** (1 / 7))) ** 7
     karras = torch.cat([karras, torch.zeros(1, dtype=torch.float64)])
-    e_opt = float(so.relative_error(run(x_test, res.sigmas), ref).mean())
-    e_k = float(so.relative_error(run(x_test, karras), ref).mean())
-    assert e_opt < e_k, (e_opt, e_k, res.sigmas.tolist())
+    x = _start(24, seed=1)
+    res = so.optimise_schedule(den, x, SMAX, SMIN, 6, "dpmpp_2m", run_sampler=run, grid_size=60, substeps=2,
+                               holdout=8, baselines={"karras": karras})
+    candidates = len(so.DEFAULT_VARIANTS) + 1
+    assert res.teacher_calls == 59 * 2 + 1 and res.sampler_calls == 6 * candidates * 2
+    x_test = _start(48, seed=9)
+    ref = so.teacher_pass(den, x_test, so.log_grid(SMAX, SMIN, 200), 2).final
+    e_opt = float(so.relative_error(run(x_test, res.sigmas), ref).median())
+    e_k = float(so.relative_error(run(x_test, karras), ref).median())
+    assert e_opt <= 1.02 * e_k, (e_opt, e_k, res.chosen, res.guard, res.sigmas.tolist())
 
 
 def test_refinement_never_worsens_training_error_and_keeps_the_ends():
@@ -304,9 +414,16 @@ def test_near_duplicate_levels_are_merged_and_rules_are_mapped():
     grid = so.log_grid(SMAX, SMIN, 10, include=[SMAX * (1 - 1e-9), 1.0, SMIN * (1 + 1e-9), 100.0])
     assert float(grid[0]) == SMAX and float(grid[-1]) == SMIN and grid.numel() == 11
     assert (torch.log(grid[:-1] / grid[1:]) > 1e-6).all()
-    assert so.rule_name_for("dpmpp_2m") == "dpmpp_2m" and so.rule_is_exact("euler")
-    assert so.rule_name_for("fewstep_deis_tab3") == "dpmpp_2m" and not so.rule_is_exact("fewstep_deis_tab3")
-    assert so.rule_name_for("heun") == "euler"
+    assert so.as_traits("dpmpp_2m").rule == "dpmpp_2m" and so.as_traits("dpmpp_2m").exact and so.EULER.exact
+    assert so.SolverTraits(3, True).rule == "dpmpp_2m" and not so.SolverTraits(3, True).exact  # a proxy
+    assert so.SolverTraits(None, True).rule == "dpmpp_2m" and so.SolverTraits(2, False).rule == "euler"
+    assert not so.SolverTraits(2, False).exact
+    from samplers.catalog import solver
+    assert so.traits_of(solver("deis_tab3")) == so.SolverTraits(3, True)
+    with pytest.raises(ValueError, match="SolverTraits"):
+        so.as_traits("fewstep_deis_tab3")  # dropdown names are mapped on the ComfyUI side
+    with pytest.raises(ValueError, match="order"):
+        so.SolverTraits(0)
 
 
 # ---------------------------------------------------------------------------------------------
