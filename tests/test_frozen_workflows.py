@@ -20,8 +20,10 @@ UI_GRAPHS = sorted(p.name for p in FROZEN.glob("*.json"))
 API_PROMPTS = sorted(p.name for p in (FROZEN / "api").glob("*.json"))
 # What a node's /object_info entry promises a saved graph; the rest (python_module, v3-only flags)
 # may differ between the two node APIs without a graph noticing.
-KEYS = ("input", "input_order", "output", "output_is_list", "output_name", "output_tooltips", "name",
-        "display_name", "description", "category", "output_node")
+# What a saved workflow or API prompt depends on. Help text (description, tooltips) may be improved
+# without breaking one, so it is not frozen.
+KEYS = ("input", "input_order", "output", "output_is_list", "output_name", "name", "display_name", "category",
+        "output_node")
 CHECKPOINT_NODES = {"CheckpointLoaderSimple", "CLIPTextEncode", "VAEDecode"}
 # Choices that follow the host or the user directory (ComfyUI's sampler/scheduler lists, dropdown
 # entries other packs or FewStep add, cached schedule files): a saved graph needs its old choice to
@@ -39,6 +41,7 @@ def _spec(spec):
         kind, opts = "COMBO", {**opts, "options": kind}
     if opts.get("multiselect") is False:
         del opts["multiselect"]
+    opts.pop("tooltip", None)
     return [kind, opts]
 
 
@@ -50,7 +53,6 @@ def comparable(entry: dict) -> dict:
     out["output"] = list(entry["output"])
     out["output_name"] = list(entry["output_name"])
     out["output_is_list"] = list(entry["output_is_list"])
-    out["output_tooltips"] = list(entry.get("output_tooltips") or [None] * len(out["output"]))
     out["output_node"] = bool(entry.get("output_node"))
     return out
 
