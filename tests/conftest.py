@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,29 @@ if os.environ.get("FEWSTEP_TEST_DEVICE", "cpu") == "cpu":
     # The fused FreeU kernel is checked on CPU through Triton's interpreter, which triton only
     # honours when it is on before triton's first import (tests opt in per test).
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# What reaches a ComfyUI host: a host_independent test may neither use these fixtures nor import these.
+HOST_FIXTURES = {"comfy", "server"}
+HOST_IMPORT = re.compile(r"^\s*(from|import)\s+(comfy\w*|nodes|folder_paths|execution|server)\b", re.M)
+
+
+def pytest_collection_modifyitems(config, items):
+    """scripts/test.sh's later legs (FEWSTEP_HOST_DEPENDENT_ONLY=1) run only what depends on the
+    host; the host_independent files (pure maths: samplers/, freeu/, batch/ on the pinned torch,
+    which both hosts share) ran in the first leg. The marker is checked here on every run."""
+    marked = [i for i in items if i.get_closest_marker("host_independent")]
+    wrong = [i.nodeid for i in marked if HOST_FIXTURES & set(getattr(i, "fixturenames", ()))]
+    wrong += sorted({str(i.path) for i in marked if HOST_IMPORT.search(i.path.read_text())})
+    if wrong:
+        raise pytest.UsageError(f"marked host_independent but using a ComfyUI host fixture or import: {wrong}")
+    if os.environ.get("FEWSTEP_HOST_DEPENDENT_ONLY") != "1":
+        return
+    keep = [i for i in items if not i.get_closest_marker("host_independent")]
+    dropped = [i for i in items if i.get_closest_marker("host_independent")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

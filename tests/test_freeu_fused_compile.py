@@ -19,6 +19,8 @@ triton = pytest.importorskip("triton")
 
 from freeu import fused  # noqa: E402
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 REPO = Path(__file__).resolve().parents[1]
 _TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.int32: "*i32"}
 
