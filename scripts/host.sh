@@ -22,7 +22,7 @@ if [ -n "${COMFYUI_PATH:-}" ]; then
   [ -f "$COMFYUI_PATH/main.py" ] || { log "COMFYUI_PATH=$COMFYUI_PATH has no main.py"; exit 2; }
   PY=${FEWSTEP_PYTHON:-python3}
   "$PY" -c 'import pytest' 2>/dev/null || "$PY" -m pip install -q $TEST_DEPS >&2
-  echo "export COMFYUI_PATH='$COMFYUI_PATH' FEWSTEP_PYTHON='$PY' FEWSTEP_COMFY='$COMFY_VERSION'"
+  echo "export COMFYUI_PATH='$COMFYUI_PATH' FEWSTEP_PYTHON='$PY' FEWSTEP_COMFY='${FEWSTEP_COMFY:-custom}'"
   exit 0
 fi
 

@@ -36,8 +36,8 @@ run_leg() {
     "$FEWSTEP_PYTHON" -m pytest -c tests/pytest.ini tests "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
-  line=$(grep -E '^=+ .*(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s' "$log" | tail -1 \
-         | sed -E 's/^=+ //; s/ =+$//')
+  line=$(grep -E '(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s' "$log" | tail -1 \
+         | sed -E 's/^=+ //; s/ =+$//' || true)
   if [ "$rc" -eq 5 ] && [ "$host_only" = 1 ]; then
     rc=0; line="no host-dependent test among those selected ($line)"
   elif [ "$rc" -eq 5 ]; then
@@ -65,16 +65,16 @@ if [ -n "${COMFYUI_PATH:-}" ] || [ -n "${FEWSTEP_COMFY:-}" ]; then
   run_leg "${FEWSTEP_COMFY}" "$(frontends_of)" 0 "$@"
 else
   # leg 1: ComfyUI 0.3.75, the whole suite
-  eval "$(FEWSTEP_COMFY=0.3.75 bash scripts/host.sh)"
+  eval "$(env -u COMFYUI_PATH -u FEWSTEP_PYTHON FEWSTEP_COMFY=0.3.75 bash scripts/host.sh)"
   export COMFYUI_PATH FEWSTEP_PYTHON FEWSTEP_COMFY
   run_leg 0.3.75 "$(frontends_of)" 0 "$@"
   # leg 2: ComfyUI 0.33.0 where the tarball is, its host-dependent tests
   set +e
-  env_033=$(FEWSTEP_COMFY=0.33.0 bash scripts/host.sh)
+  env_033=$(env -u COMFYUI_PATH -u FEWSTEP_PYTHON FEWSTEP_COMFY=0.33.0 bash scripts/host.sh)
   host_rc=$?
   set -e
   if [ "$host_rc" -eq 3 ]; then
-    SUMMARY+=("leg 0.33.0: SKIPPED: no ../shared/hosts/comfyui-0.33.0.tar.gz beside this checkout (see docs/compatibility.md)")
+    SUMMARY+=("leg 0.33.0: SKIPPED: no ComfyUI 0.33.0 tarball in ${FEWSTEP_HOSTS_DIR:-../shared/hosts/ beside this checkout} (docs/compatibility.md)")
   elif [ "$host_rc" -ne 0 ]; then
     SUMMARY+=("leg 0.33.0: FAIL: its host could not be built (scripts/host.sh exit $host_rc)"); failed=1
   else
