@@ -473,7 +473,7 @@ def test_templates_load_graph_their_recipe_and_queue_as_their_api_twin(page):
             assert not extra or not node["class_type"].startswith("FewStep"), (name, key, extra)
             assert {k: got.get(k) for k in node["inputs"]} == node["inputs"], (name, key)
     page.park_mouse()
-    page.screenshot(f"template_{TEMPLATES[-1]}.png", page.js("window.__fs.nodesRect([1, 4, 5])"))
+    page.screenshot(f"template_{TEMPLATES[-1]}.png")
     assert not page.new_problems(), page.new_problems()
 
 
