@@ -7,7 +7,8 @@
 #               on its frontend 1.49.6 and on the newest frontend, 1.58.1. Skipped, saying why, where
 #               ../shared/hosts/ has no ComfyUI 0.33.0 tarball (a user's fresh clone).
 # FEWSTEP_COMFY=0.3.75|0.33.0 (or COMFYUI_PATH=<a ComfyUI tree>) runs one leg: the whole suite on
-# that host. Installs what it needs on first use. Extra arguments go to pytest in every leg.
+# that host. Installs what it needs on first use. Extra arguments go to pytest in every leg; each
+# leg's output (with its 25 slowest tests) is kept in test-artifacts/test-leg-<host>.log.
 # Exits non-zero if any leg fails.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,7 +34,7 @@ run_leg() {
   echo "[fewstep tests] ---- leg $name: ComfyUI at $COMFYUI_PATH, frontends $(sed -E 's/@[^,]*//g' <<<"$frontends")"
   set +e
   FEWSTEP_FRONTENDS=$frontends FEWSTEP_HOST_DEPENDENT_ONLY=$host_only \
-    "$FEWSTEP_PYTHON" -m pytest -c tests/pytest.ini tests "$@" 2>&1 | tee "$log"
+    "$FEWSTEP_PYTHON" -m pytest -c tests/pytest.ini tests --durations=25 "$@" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
   set -e
   line=$(grep -E '(passed|failed|error|skipped|deselected|no tests ran).* in [0-9.]+s' "$log" | tail -1 \
