@@ -60,13 +60,17 @@ frontends_of() {  # the browser matrix on the host in $COMFYUI_PATH: its own fro
   echo "$own${extra:+,$extra}"
 }
 
+t0=$(date +%s)
 if [ -n "${COMFYUI_PATH:-}" ] || [ -n "${FEWSTEP_COMFY:-}" ]; then
-  eval "$(bash scripts/host.sh)"
+  host_env=$(bash scripts/host.sh) || { echo "[fewstep tests] no host: scripts/host.sh failed" >&2; exit 1; }
+  eval "$host_env"
   export COMFYUI_PATH FEWSTEP_PYTHON FEWSTEP_COMFY
   run_leg "${FEWSTEP_COMFY}" "$(frontends_of)" 0 "$@"
 else
   # leg 1: ComfyUI 0.3.75, the whole suite
-  eval "$(env -u COMFYUI_PATH -u FEWSTEP_PYTHON FEWSTEP_COMFY=0.3.75 bash scripts/host.sh)"
+  host_env=$(env -u COMFYUI_PATH -u FEWSTEP_PYTHON FEWSTEP_COMFY=0.3.75 bash scripts/host.sh) \
+    || { echo "[fewstep tests] the 0.3.75 host could not be built (scripts/host.sh)" >&2; exit 1; }
+  eval "$host_env"
   export COMFYUI_PATH FEWSTEP_PYTHON FEWSTEP_COMFY
   run_leg 0.3.75 "$(frontends_of)" 0 "$@"
   # leg 2: ComfyUI 0.33.0 where the tarball is, its host-dependent tests
@@ -85,6 +89,6 @@ else
   fi
 fi
 
-echo "[fewstep tests] ---- summary"
+echo "[fewstep tests] ---- summary ($(( $(date +%s) - t0 )) s in all, host builds included)"
 for s in "${SUMMARY[@]}"; do echo "[fewstep tests] $s"; done
 exit "$failed"
