@@ -1,4 +1,7 @@
 import os
+import re
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,29 @@ from tests.support.comfy_host import ComfyServer, load_inprocess  # noqa: E402
 # comfy/samplers.py would shadow ours for a test module first imported after ComfyUI loaded.
 import freeu  # noqa: E402,F401
 import samplers  # noqa: E402,F401
+
+
+# What reaches a ComfyUI host: a host_independent test may neither use these fixtures nor import these.
+HOST_FIXTURES = {"comfy", "server"}
+HOST_IMPORT = re.compile(r"^\s*(from|import)\s+(comfy\w*|nodes|folder_paths|execution|server)\b", re.M)
+
+
+def pytest_collection_modifyitems(config, items):
+    """scripts/test.sh's later legs (FEWSTEP_HOST_DEPENDENT_ONLY=1) run only what depends on the
+    host; the host_independent files (pure maths: samplers/, freeu/, batch/ on the pinned torch,
+    which both hosts share) ran in the first leg. The marker is checked here on every run."""
+    marked = [i for i in items if i.get_closest_marker("host_independent")]
+    wrong = [i.nodeid for i in marked if HOST_FIXTURES & set(getattr(i, "fixturenames", ()))]
+    wrong += sorted({str(i.path) for i in marked if HOST_IMPORT.search(i.path.read_text())})
+    if wrong:
+        raise pytest.UsageError(f"marked host_independent but using a ComfyUI host fixture or import: {wrong}")
+    if os.environ.get("FEWSTEP_HOST_DEPENDENT_ONLY") != "1":
+        return
+    keep = [i for i in items if not i.get_closest_marker("host_independent")]
+    dropped = [i for i in items if i.get_closest_marker("host_independent")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ from batch.manifest import Manifest, job_states, read_records
 from batch.sweep import coerce, expand, raw_values
 from batch.workflow import check_api_format, job_key, load_workflow, resolve_node
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = json.loads((REPO / "example_workflows" / "api" / "lab_ksampler_api.json").read_text())
 # /object_info entries in the server's own shapes: old-style combo (a list) and new-style ("COMBO", options)

@@ -21,6 +21,7 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+pytestmark = pytest.mark.host_independent  # the batch runner is standard library: one leg of scripts/test.sh runs it
 ray = pytest.importorskip("ray", reason="the Ray engine is optional: pip install 'comfyui-fewstep[ray]'")
 
 from tests.support.comfy_host import ComfyServer, comfy_path, make_base_directory

@@ -1,7 +1,11 @@
-"""The σ-graph widgets in a real browser: the host ComfyUI server with the pack, its own frontend,
-Debian's Chromium headless over the DevTools protocol. Checks pixels on the widget canvas and on
-the screen, follows widget edits and a queued prompt, collects console errors, and saves light and
-dark screenshots under test-artifacts/browser/ (git-ignored)."""
+"""The σ-graph widgets in a real browser: the host ComfyUI server with the pack, Debian's Chromium
+headless over the DevTools protocol. Checks pixels on the widget canvas and on the screen, follows
+widget edits and a queued prompt, loads the templates, collects console errors, and saves light and
+dark screenshots under test-artifacts/browser/<frontend>-<renderer>/ (git-ignored).
+
+Every test runs for each frontend of FEWSTEP_FRONTENDS (scripts/test.sh sets it per host; default:
+the host's own) in both node renderers: the canvas (LiteGraph) and the Vue one ("Nodes 2.0", the
+setting Comfy.VueNodes.Enabled in frontends 1.27 to 1.58 at least)."""
 import base64
 import io
 import json
@@ -14,11 +18,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.cdp_browser import Chromium, chromium_path
+from tests.support.cdp_browser import BrowserError, Chromium, chromium_path
 
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts" / ("browser-other-frontend" if os.environ.get("FEWSTEP_FRONTEND_ROOT") else "browser")
+ARTIFACTS = REPO / "test-artifacts" / "browser"
 APP = "window.comfyAPI.app.app"
+
+
+def frontend_matrix():
+    """FEWSTEP_FRONTENDS: comma-separated VERSION (the host's own frontend, its version checked) or
+    VERSION@STATIC_ROOT (a comfyui-frontend-package static/ folder, served with --front-end-root;
+    `bash scripts/browser.sh --frontend VERSION` installs one into the cache)."""
+    entries = []
+    for item in filter(None, os.environ.get("FEWSTEP_FRONTENDS", "").split(",")):
+        version, _, root = item.strip().partition("@")
+        entries.append((version, root or None))
+    return entries or [(None, None)]
+
+
+FRONTENDS = frontend_matrix()
+RENDERERS = ("canvas", "vue")
 
 if os.environ.get("FEWSTEP_SKIP_BROWSER") == "1":
     pytest.skip("FEWSTEP_SKIP_BROWSER=1", allow_module_level=True)
@@ -50,7 +69,14 @@ window.__fs = {
     const r = this.graph(id).canvas.getBoundingClientRect();
     return { x: r.x, y: r.y, width: r.width, height: r.height };
   },
+  vue() { return Boolean(this.app.extensionManager?.setting?.get("Comfy.VueNodes.Enabled")); },
+  nodeElement(id) { return document.querySelector(`[data-node-id="${id}"]`); },
   nodesRect(ids) {
+    if (this.vue()) {  // Nodes 2.0: every node is a DOM element
+      const rs = ids.map((id) => this.nodeElement(id).getBoundingClientRect());
+      const x = Math.min(...rs.map((r) => r.x)), y = Math.min(...rs.map((r) => r.y));
+      return { x, y, width: Math.max(...rs.map((r) => r.right)) - x, height: Math.max(...rs.map((r) => r.bottom)) - y };
+    }
     const cv = this.app.canvas, ds = cv.ds, box = cv.canvas.getBoundingClientRect();
     const th = window.LiteGraph?.NODE_TITLE_HEIGHT ?? 30;
     let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
@@ -64,7 +90,17 @@ window.__fs = {
     return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
   },
   widgetPoint(id, name, side) {
-    // Screen point of a number widget's arrow (side -1: left, +1: right) in the canvas renderer.
+    // Screen point of a number widget's arrow or button (side -1: decrement, +1: increment).
+    if (this.vue()) {
+      // the DOM widget labelled with the input's name, then the nearest enclosing increment button
+      // (1.49+: data-testid="increment"; 1.32: PrimeVue's data-pc-section="incrementbutton")
+      const node = this.nodeElement(id), dir = side > 0 ? "increment" : "decrement";
+      const sel = `[data-testid="${dir}"], [data-pc-section="${dir}button"]`;
+      let el = node.querySelector(`[aria-label="${name}"]`);
+      while (el && el !== node && !el.querySelector(sel)) el = el.parentElement;
+      const r = el.querySelector(sel).getBoundingClientRect();
+      return { x: r.x + r.width / 2, y: r.y + r.height / 2 };
+    }
     const n = this.node(id), w = n.widgets.find((x) => x.name === name);
     const cv = this.app.canvas, ds = cv.ds, box = cv.canvas.getBoundingClientRect();
     const h = w.computedHeight ?? window.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20;
@@ -98,21 +134,19 @@ def is_noise(entry) -> bool:
     return "404" in (entry.get("text") or "") and any(p in url for p in EXTERNAL_404)
 
 
-# FEWSTEP_FRONTEND_ROOT=<a comfyui_frontend_package static/ folder> runs these tests against another
-# frontend (ComfyUI's --front-end-root), e.g. a newer one. A newer frontend on this 0.3.75 backend
-# logs its own errors (endpoints the backend lacks), so there only the pack's errors count.
-FRONTEND_ROOT = os.environ.get("FEWSTEP_FRONTEND_ROOT")
-
-
-def problems(entries):
+def problems(entries, strict=True):
+    """The pack's errors and warnings; with strict (the host's own frontend) any page error too. A
+    frontend other than the host's own logs its own errors (endpoints the server lacks), so there
+    only the pack's count."""
     return [e for e in entries if e["level"] in ("error", "exception", "warning", "assert")
-            and (is_ours(e) or (not FRONTEND_ROOT and e["level"] in ("error", "exception")
-                                and not is_noise(e)))]
+            and (is_ours(e) or (strict and e["level"] in ("error", "exception") and not is_noise(e)))]
 
 
 class Page:
-    def __init__(self, browser, server):
+    def __init__(self, browser, server, frontend, renderer, strict):
         self.b, self.server = browser, server
+        self.frontend, self.renderer, self.strict = frontend, renderer, strict
+        self.artifacts = ARTIFACTS / f"{frontend or 'host'}-{renderer}"
         self.mark = 0
 
     def js(self, expr, timeout=60):
@@ -136,7 +170,7 @@ class Page:
         self.b.pause(0.5)
 
     def screenshot(self, name, clip=None):
-        return self.b.screenshot(ARTIFACTS / name, clip)
+        return self.b.screenshot(self.artifacts / name, clip)
 
     def screen_pixels(self, node_id, curve_rgb, tol=60):
         """Curve-coloured pixels inside the widget's rectangle of a real screenshot: the graph is on
@@ -153,7 +187,7 @@ class Page:
         self.b.pause(0.3)
 
     def new_problems(self):
-        return problems(self.b.console[self.mark:])
+        return problems(self.b.console[self.mark:], self.strict)
 
 
 def post_settings(server, settings):
@@ -163,30 +197,37 @@ def post_settings(server, settings):
         assert r.status == 200
 
 
-@pytest.fixture(scope="module")
-def ui_server(server, tmp_path_factory):
-    """The shared server, or one serving FEWSTEP_FRONTEND_ROOT's frontend."""
-    if not FRONTEND_ROOT:
-        yield server
+@pytest.fixture(scope="module", params=FRONTENDS, ids=lambda f: f"frontend-{f[0] or 'host'}")
+def ui_server(request, server, tmp_path_factory):
+    """(server, frontend version, own): the shared server with the host's own frontend, or one
+    serving another frontend from the cache (--front-end-root)."""
+    version, root = request.param
+    if root is None:
+        yield server, version, True
         return
+    if not (Path(root) / "index.html").is_file():
+        pytest.fail(f"frontend {version} is not installed at {root}: `bash scripts/browser.sh --frontend {version}`")
     from tests.support.comfy_host import ComfyServer
-    own = ComfyServer(tmp_path_factory.mktemp("frontend-server"), extra_args=["--front-end-root", FRONTEND_ROOT])
+    own = ComfyServer(tmp_path_factory.mktemp(f"frontend-{version}"), extra_args=["--front-end-root", root])
     try:
-        yield own.start()
+        yield own.start(), version, False
     finally:
         own.stop()
 
 
-@pytest.fixture(scope="module")
-def page(ui_server, tmp_path_factory):
-    server = ui_server
+@pytest.fixture(scope="module", params=RENDERERS)
+def page(request, ui_server, tmp_path_factory):
+    server, version, own = ui_server
+    renderer = request.param
     if chromium_path() is None:
         pytest.fail("Debian's Chromium is missing: `bash scripts/browser.sh` installs it "
                     "(scripts/test.sh runs it); FEWSTEP_SKIP_BROWSER=1 skips these tests")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # the renderer as a user leaves it in the settings: the app starts in it
     post_settings(server, {"Comfy.TutorialCompleted": True, "Comfy.Minimap.Visible": False,
-                           "Comfy.ColorPalette": "light"})
+                           "Comfy.ColorPalette": "light", "Comfy.VueNodes.Enabled": renderer == "vue"})
     browser = Chromium(tmp_path_factory.mktemp("chromium"), width=1600, height=1000)
+    p = Page(browser, server, version, renderer, strict=own)
+    p.artifacts.mkdir(parents=True, exist_ok=True)
     try:
         browser.start()
         browser.send("Page.addScriptToEvaluateOnNewDocument",
@@ -195,11 +236,11 @@ def page(ui_server, tmp_path_factory):
         browser.wait_for(f"{APP}?.graph && {APP}.extensions?.some(e => e.name === 'FewStep.sigmaGraph') "
                          "&& window.LiteGraph?.registered_node_types?.FewStepPreviewSigmas", 120)
         browser.js(HELPERS)
-        p = Page(browser, server)
+        assert p.js("window.__fs.vue()") == (renderer == "vue")
         p.mark = len(browser.console)  # errors during the app's own start-up are not ours ...
         yield p
     finally:
-        (ARTIFACTS / "console.json").write_text(json.dumps(browser.console, indent=1))
+        (p.artifacts / "console.json").write_text(json.dumps(browser.console, indent=1))
         browser.stop()
 
 
@@ -207,7 +248,9 @@ def test_app_start_has_no_errors_from_the_pack(page):
     ours = [e for e in page.b.console if is_ours(e) and e["level"] != "debug"]
     assert not ours, ours  # ... but none may come from FewStep, start-up included
     version = page.js("window.__COMFYUI_FRONTEND_VERSION__")
-    print(f"\nfrontend {version}, {page.js('navigator.userAgent')}")
+    print(f"\nfrontend {version} ({page.renderer} renderer), {page.js('navigator.userAgent')}")
+    if page.frontend:
+        assert version == page.frontend  # the matrix tests the frontend it names
     assert page.js("window.comfyAPI.app.app.extensions.filter(e => e.name.startsWith('FewStep')).length") >= 2
 
 
@@ -400,27 +443,38 @@ def test_light_and_dark_screenshots(page):
     assert not page.new_problems(), page.new_problems()
 
 
-def test_nodes_2_0_renderer(page):
-    """The Vue node renderer ("Nodes 2.0", opt-in in 1.32, the direction of newer frontends) shows
-    the same graphs: DOM widgets, no canvas-only hooks needed."""
-    page.js(f"{APP}.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
-    try:
-        page.b.pause(1)
-        workflow = json.loads((REPO / "example_workflows" / "sigma_graphs.json").read_text())
-        page.load(workflow)
-        for node_id in LIVE:
-            px = wait_graph(page, node_id, "p.state === 'ok' && p.curve > 150")
-            assert page.screen_pixels(node_id, px["colors"]["curve"]) > 150, node_id
-        set_widget(page, 2, "steps", 4)
-        wait_graph(page, 2, "p.sigmas?.length === 5")
-        page.js(f"{APP}.queuePrompt(0, 1)")
-        wait_graph(page, 4, "p.state === 'ok' && p.curve > 150", 180)
-        page.park_mouse()
-        page.screenshot("nodes2_light.png")
-    finally:
-        page.js(f"{APP}.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
-    assert not page.new_problems(), page.new_problems()
+TEMPLATES = sorted(p.stem for p in (REPO / "example_workflows").glob("fewstep_*.json"))
+API = "window.comfyAPI.api.api"
 
+
+def test_templates_load_graph_their_recipe_and_queue_as_their_api_twin(page):
+    """As the template browser does: the pack's templates listed by /workflow_templates, each fetched
+    from the server and loaded into the editor. Every node type is known, the recipe node (id 4)
+    draws its live schedule with the FreeU window, and the graph queues as its API twin."""
+    listed = page.js(f"{API}.fetchApi('/workflow_templates').then(r => r.json())")
+    assert set(TEMPLATES) <= set(listed.get("ComfyUI-FewStep", [])), listed
+    for name in TEMPLATES:
+        workflow = page.js(f"{API}.fetchApi('/workflow_templates/ComfyUI-FewStep/{name}.json').then(r => r.json())")
+        page.load(workflow)
+        unknown = page.js(f"{APP}.graph.nodes.filter(n => !window.LiteGraph.registered_node_types[n.type])"
+                          ".map(n => n.type)")
+        assert not unknown, (name, unknown)
+        twin = json.loads((REPO / "example_workflows" / "api" / f"{name}_api.json").read_text())
+        steps = twin["4"]["inputs"]["steps"]
+        recipe = wait_graph(page, 4, f"p.state === 'ok' && p.sigmas?.length === {steps + 1}")
+        assert recipe["curve"] > 150, (name, recipe)
+        assert "FreeU steps" in recipe["caption"], (name, recipe["caption"])
+        prompt = page.js(f"{APP}.graphToPrompt().then(p => p.output)")
+        assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in twin.items()}
+        for key, node in twin.items():
+            got = prompt[key]["inputs"]
+            # a newer host's stock node may add an input the frontend fills with its default
+            extra = set(got) - set(node["inputs"])
+            assert not extra or not node["class_type"].startswith("FewStep"), (name, key, extra)
+            assert {k: got.get(k) for k in node["inputs"]} == node["inputs"], (name, key)
+    page.park_mouse()
+    page.screenshot(f"template_{TEMPLATES[-1]}.png")
+    assert not page.new_problems(), page.new_problems()
 
 
 def luminance(rgb):

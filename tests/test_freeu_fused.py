@@ -15,6 +15,8 @@ from freeu.filter import fourier_filter  # noqa: E402
 from freeu.patch import FreeUPatch  # noqa: E402
 from freeu.window import SigmaWindow, window_from_sigma  # noqa: E402
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 
 @pytest.fixture(autouse=True)
 def interpret(monkeypatch):

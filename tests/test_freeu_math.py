@@ -12,6 +12,8 @@ from freeu.patch import FreeUPatch
 from freeu.presets import CUSTOM, NAMES, PRESETS, resolve
 from freeu.window import SigmaWindow, window_from_percent, window_from_sigma, window_from_steps
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 GEN = torch.Generator().manual_seed(1234)
 
 

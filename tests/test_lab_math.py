@@ -8,6 +8,8 @@ import torch
 
 from samplers.exact import ExactDenoiser, MixtureSpec, mixture_means
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 

@@ -2,8 +2,11 @@
 import math
 
 import numpy as np
+import pytest
 
 from samplers.plotting import Series, _ticks, fmt_number, image_grid, line_plot
+
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
 
 
 def red_pixels(img):

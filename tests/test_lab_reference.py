@@ -13,7 +13,8 @@ from samplers.reference import (ReferenceNotConverged, per_sample_rmse, referenc
 SIGMA_MAX, SIGMA_MIN = 14.6146, 0.0292
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# host_independent: imports no ComfyUI, one leg of scripts/test.sh runs it
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.host_independent]
 
 
 def x_start(shape=(4, 4, 4, 4), sigma=SIGMA_MAX, seed=0):

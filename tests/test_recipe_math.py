@@ -9,6 +9,8 @@ from samplers.recipe import PUBLISHED, build_recipe, grid_preset, recipe_sigmas,
 from samplers.schedules import sd_discrete_sigmas, table_timestep
 from samplers.unipc import timestep_midpoint
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 # fscheduler.md §1.3, sigma_i to 4 digits (SD1.5 and SDXL share the training schedule)
 PUBLISHED_SIGMAS = {
     ("512", 5): [14.6146, 4.5188, 1.9615, 1.0010, 0.5015, 0.1320],

@@ -208,13 +208,23 @@ def test_cancel_stops_cleanly_and_writes_nothing(env):
 
     def hook(value, total, preview, node_id=None):
         updates.append(value)
-        if len(updates) == 5:
-            comfy.model_management.interrupt_current_processing(True)  # what the UI's cancel does
+    # Cancel after the 5th model call (what the UI's cancel does), counted on the model: ComfyUI 0.33
+    # passes progress updates to the hook at most every 100 ms, so they cannot time it.
+    net = env.net()
+    forward = net.forward
+
+    def cancel_after_five(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if net.calls >= 5:
+            comfy.model_management.interrupt_current_processing(True)
+        return out
+    net.forward = cancel_after_five
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             env.run()
     finally:
+        del net.forward
         comfy.utils.set_progress_bar_global_hook(old_hook)
         comfy.model_management.interrupt_current_processing(False)
     assert env.files() == [] and env.net().calls <= 6

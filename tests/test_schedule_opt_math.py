@@ -12,6 +12,8 @@ import torch
 from samplers import schedule_opt as so
 from samplers.exact import ExactDenoiser, MixtureSpec
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 SMAX, SMIN = 14.6146, 0.0292
 
 

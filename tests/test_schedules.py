@@ -7,6 +7,8 @@ from samplers.schedules import (FSCHEDULER_PRESETS, denoise_tail, fscheduler_sig
                                 fscheduler_timesteps, karras_sigmas, power_timesteps, sd_discrete_sigmas,
                                 table_sigma, table_timestep, timestep_power_sigmas)
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 # research/fscheduler.md section 1.3: sigma_stop, t_i (rounded to 0.1), sigma_i (4 digits), recomputed
 # there from the official code's formulas for the SD1.5/SDXL training schedule.
 PUBLISHED = {

@@ -11,6 +11,8 @@ from samplers.catalog import SOLVERS
 from samplers.noise import default_noise_sampler
 from samplers.schedules import fscheduler_sigmas, karras_sigmas, sd_discrete_sigmas
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():

@@ -78,9 +78,26 @@ def test_validators_catch_bad_graphs(object_info):
     assert "declared MODEL" in problems and "left over" in problems
 
 
+def host_added_outputs(committed: dict, generated: dict) -> dict:
+    """The generated graph with the output slots that only this host's node definitions add (a
+    newer ComfyUI's SaveImage returns its IMAGE) cut back to the committed ones, where those extra
+    slots are unlinked: the frontend adds them from the definition when it loads the template, so the
+    committed file stays right for every host. Nothing else is forgiven."""
+    out = json.loads(json.dumps(generated))
+    mine = {n["id"]: n for n in committed["nodes"]}
+    for node in out["nodes"]:
+        have = mine.get(node["id"], {}).get("outputs", [])
+        extra = node["outputs"][len(have):]
+        if (not node["type"].startswith("FewStep") and node["outputs"][:len(have)] == have
+                and not any(o["links"] for o in extra)):
+            node["outputs"] = have
+    return out
+
+
 def test_templates_match_their_generator(object_info):
     for name in NAMES:
-        assert load(name) == json.loads(json.dumps(wt.ui_workflow(name, object_info))), name
+        committed, generated = load(name), json.loads(json.dumps(wt.ui_workflow(name, object_info)))
+        assert committed == host_added_outputs(committed, generated), name
         assert load(f"{name}_api") == wt.api_prompt(name), name
 
 

@@ -7,6 +7,8 @@ import torch
 from samplers.exact import ExactDenoiser, MixtureSpec
 from samplers.unipc import (afs_grid, auto_order, phi, sample_unipc_fs, unipc_coefficients)
 
+pytestmark = pytest.mark.host_independent  # imports no ComfyUI: one leg of scripts/test.sh runs it
+
 S, MU = 0.5, 0.3  # one Gaussian N(MU, S^2 I): its probability-flow ODE has a closed form
 
 

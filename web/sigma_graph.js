@@ -5,7 +5,8 @@
 //  - After the run on the Preview Sigmas node (and any node declaring SIGMA_GRAPH = {}): drawn
 //    from the node's UI message.
 // Uses only the stable extension API: app.registerExtension, beforeRegisterNodeDef, onNodeCreated /
-// onExecuted / onConfigure chaining, addDOMWidget, api.fetchApi.
+// onExecuted / onConfigure / onConnectionsChange chaining, addDOMWidget, api.fetchApi; works in the
+// canvas and the Vue ("Nodes 2.0") renderer of frontends 1.32 to 1.58 (docs/compatibility.md).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -16,6 +17,7 @@ const PREVIEW_NODE = "FewStepPreviewSigmas";
 const GRAPH_HEIGHT = 170;
 const DEBOUNCE_MS = 120;
 const RETRY_MS = 4000;
+const WATCH_MS = 250;
 
 let specsPromise = null;
 function loadSpecs() {
@@ -491,6 +493,16 @@ function watchWidgets(node, graph) {
   }
 }
 
+let valueWatch = null;
+function watchValues() {
+  // Values set without a widget callback (another extension, a script, undo): a cheap look at each
+  // live graph's query a few times a second; nothing is fetched unless it changed. Not a per-node
+  // draw hook: the Vue renderer ("Nodes 2.0") never calls onDrawForeground.
+  valueWatch ??= setInterval(() => {
+    for (const g of liveGraphs) if (g.canvas.isConnected) g.scheduleUpdate();
+  }, WATCH_MS);
+}
+
 let themeObserver = null;
 function watchTheme() {
   if (themeObserver) return;
@@ -535,9 +547,7 @@ app.registerExtension({
       chain(nodeType.prototype, "onConnectionsChange", function () {
         this.fewstepSigmaGraph?.scheduleUpdate();
       });
-      chain(nodeType.prototype, "onDrawForeground", function () {
-        this.fewstepSigmaGraph?.scheduleUpdate();
-      });
+      watchValues();
     }
   },
 });
