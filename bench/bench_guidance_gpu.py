@@ -160,7 +160,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not args.tiny
     setup_comfy(cpu=not cuda)
-    from comfy_inprocess import load_inprocess
+    from tests.support.comfy_inprocess import load_inprocess
     nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-guidance-bench-")), cpu=not cuda)
     import comfy.model_management as mm
     import comfyui_version

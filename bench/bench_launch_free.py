@@ -114,7 +114,7 @@ def main():
         raise SystemExit("bench_launch_free needs a CUDA GPU (--tiny checks the script anywhere)")
     start = time.time()
     setup_comfy(cpu=not CUDA)
-    from comfy_inprocess import load_inprocess
+    from tests.support.comfy_inprocess import load_inprocess
     nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-bench-")), cpu=not CUDA)
     import comfy.model_management as mm
     import comfy.sample

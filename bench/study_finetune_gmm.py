@@ -134,7 +134,7 @@ def load(cpu: bool):
     """The real ComfyUI in-process with the pack loaded by ComfyUI's own loader."""
     from bench.gpu_env import setup_comfy
     setup_comfy(cpu=cpu)
-    from comfy_inprocess import load_inprocess
+    from tests.support.comfy_inprocess import load_inprocess
     return load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-study-")), cpu=cpu)
 
 
