@@ -27,17 +27,6 @@ from bench.gpu_env import setup_comfy  # noqa: E402
 
 CFG, STEPS = 5.0, 8
 
-# SD1.5's UNet (ComfyUI model_detection's SD15 layout).
-SD15_UNET = {
-    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
-    "model_channels": 320, "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
-    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_spatial_transformer": True,
-    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8, "legacy": False,
-    "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
-}
-
-
 def timed(fn, device):
     """(GPU ms by CUDA events, wall ms) of fn(); both equal perf_counter on the CPU."""
     if device.type == "cuda":
@@ -172,7 +161,7 @@ def main(argv=None):
                   ("tiny SD1.5 layout 16²", random_unet.TINY_SD15_UNET, "sd15", 16, torch.float32)]
     else:
         setups = [("SDXL 1024²", random_unet.SDXL_UNET, "sdxl", 128, torch.float16),
-                  ("SD1.5 512²", SD15_UNET, "sd15", 64, torch.float16)]
+                  ("SD1.5 512²", random_unet.SD15_UNET, "sd15", 64, torch.float16)]
     if args.only:
         setups = [s for s in setups if args.only in s[2]]
     name = torch.cuda.get_device_name() if cuda else "CPU"
