@@ -44,6 +44,9 @@ class ExactDenoiserNet(torch.nn.Module):
         self.calls = 0     # model evaluations, for NFE accounting in the lab
 
     def forward(self, xc, t, context=None, control=None, transformer_options={}, **kwargs):
+        # ComfyUI's own layers check for a cancel at every op (comfy.ops); the lab has none, and 0.33
+        # passes progress callbacks, where the other check sits, at most every 100 ms.
+        comfy.model_management.throw_exception_if_processing_interrupted()
         ms = self._owner[0].model_sampling  # read per call: a ModelPatcher may have replaced it
         sigma = transformer_options.get("sigmas")
         if sigma is not None and xc.shape[0] % sigma.numel() == 0:

@@ -2,6 +2,7 @@
 from comfy_api.latest import io
 
 from ..bridge.distilled import preset_sigmas, warn_far
+from ..bridge.sigma_graph import sigma_ui
 from ..samplers.distilled import PRESETS
 
 PRESET_TOOLTIP = "Which distilled model. Sources: " + "; ".join(
@@ -9,6 +10,8 @@ PRESET_TOOLTIP = "Which distilled model. Sources: " + "; ".join(
 
 
 class FewStepDistilledTimesteps(io.ComfyNode):
+    SIGMA_GRAPH = {}  # drawn after each run from the UI message (the σ depend on the model's table)
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -44,7 +47,7 @@ class FewStepDistilledTimesteps(io.ComfyNode):
         ms = model.get_model_object("model_sampling")
         out = preset_sigmas(ms, preset, steps) if sigmas is None else sigmas
         warn_far(ms, out, preset, trained_steps)
-        return io.NodeOutput(out)
+        return io.NodeOutput(out, ui=sigma_ui(out))
 
 
 NODE_CLASS_MAPPINGS = {"FewStepDistilledTimesteps": FewStepDistilledTimesteps}

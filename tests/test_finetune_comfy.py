@@ -3,6 +3,7 @@ adapters on a tiny UNet, the LoRA round trip through core SaveLoRA / LoraModelLo
 ComfyUI's own executor function under inference mode (as the server runs it), alternation and the
 errors for bad input."""
 import asyncio
+import inspect
 import glob
 import importlib
 import os
@@ -95,9 +96,11 @@ def _run_node(env, **inputs):
     """The node through ComfyUI's own per-node execution function, under inference mode."""
     import execution
     cls = env.nodes.NODE_CLASS_MAPPINGS["FewStepFinetune"]
+    # 0.3.75 takes hidden_inputs, 0.33 v3_data: pass what this host's signature has
+    extra = {"hidden_inputs": {}} if "hidden_inputs" in inspect.signature(execution.get_output_data).parameters else {}
     with torch.inference_mode():
         out, ui, _, _ = asyncio.run(execution.get_output_data("test", "1", cls, {k: [v] for k, v in inputs.items()},
-                                                              hidden_inputs={}))
+                                                              **extra))
     return [o[0] for o in out]
 
 

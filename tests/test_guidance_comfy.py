@@ -288,8 +288,8 @@ def test_window_under_fewstep_freeu_gate(comfy, unet):
     """FewStep FreeU gates by the σ of each call; the 1-row calls outside the guidance window pass
     its batch check, and a window over every σ leaves FreeU's result untouched."""
     nodes, _ = comfy
-    freeu = nodes.NODE_CLASS_MAPPINGS["FewStepFreeU"]()
-    model = freeu.patch(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v2", 1, "percent", 0.5, 1.0)[0]
+    freeu = nodes.NODE_CLASS_MAPPINGS["FewStepFreeU"]
+    model = freeu.execute(unet, "custom", 1.3, 1.4, 0.9, 0.2, "v2", 1, "percent", 0.5, 1.0)[0]
     plain = ksample(nodes, model, 5.0)
     assert torch.equal(plain, ksample(nodes, windowed(comfy, model, "percent", 0.0, 1.0), 5.0))
     ours = counting(windowed(comfy, model))
