@@ -81,6 +81,12 @@ def wait_history(server, pid, timeout=300):
 
 def test_interrupt_over_http_stops_the_run_and_the_next_prompt_equals_a_fresh_run(server):
     fresh = saved_latents(server, server.run_prompt(lab_prompt(8, "fresh")))
+    # drop ComfyUI's output cache after the next prompt (0.33 keeps earlier prompts' outputs, which
+    # would serve the run below without computing it): the run after the interrupt must be computed
+    req = urllib.request.Request(server.url + "/free", data=b'{"free_memory": true}',
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200
     client_id = f"rel-{uuid.uuid4()}"
     ws = ComfyClient(server.url).websocket(client_id)
     try:
