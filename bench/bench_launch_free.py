@@ -107,6 +107,11 @@ def main():
                     help="family:all or family:cfg/run/steps[+...] for the TorchCompileModel variants "
                          "(each new shape / patch set compiles for minutes on SDXL)")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds; compile variants are skipped past it")
+    ap.add_argument("--reduce-overhead", action="store_true",
+                    help="also inductor with CUDA graphs (torch.compile mode='reduce-overhead', the issue's "
+                         "reference per call) on the compile cases; not stacked under the node (a graph "
+                         "cannot be captured inside another)")
+    ap.add_argument("--only-compile-cases", action="store_true", help="run only the --compile-cases cases")
     ap.add_argument("--json", default=None)
     ap.add_argument("--tiny", action="store_true", help="tiny UNets, fp32 (a check of this script on CPU)")
     args = ap.parse_args()
@@ -121,6 +126,7 @@ def main():
     import comfyui_version
     from tests.support import random_unet
     from comfy_extras.nodes_torch_compile import TorchCompileModel
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
     bridge = sys.modules[f"{pack.__name__}.bridge.cuda_graph"]
     import comfy.utils
     comfy.utils.PROGRESS_BAR_ENABLED = False
@@ -155,11 +161,16 @@ def main():
         bases = {"eager": patcher}
         if not args.no_compile and fam in compile_cases:
             bases["TorchCompileModel"] = TorchCompileModel.execute(patcher, "inductor").result[0]
+            if args.reduce_overhead:
+                bases[REDUCE_OVERHEAD] = patcher.clone()
+                set_torch_compile_wrapper(bases[REDUCE_OVERHEAD], "inductor", mode="reduce-overhead")
         attached = []
         for cfg in CFGS:
             for kind, steps in RUNS:
                 case = f"{cfg:g}/{kind}/{steps}"
-                wanted = compile_cases.get(fam)
+                wanted = compile_cases.get(fam, set())
+                if args.only_compile_cases and not (wanted is None or case in wanted):
+                    continue
                 use = [b for b in bases if b == "eager" or (
                     (wanted is None or case in wanted) and time.time() - start < args.budget)]
                 variants = {}
@@ -169,9 +180,12 @@ def main():
                         m, sigmas, sampler, _ = recipe_node.build(bases[base_name], resolution, steps, "unipc_fs")
                     else:
                         m = bases[base_name]
-                    node = launch_free.execute(m, 8, True).result[0]
-                    attached.append((f"{base_name} {case}", node))
-                    for name, model in ((base_name, m), (launch_name(base_name), node)):
+                    pairs = [(base_name, m)]
+                    if base_name != REDUCE_OVERHEAD:
+                        node = launch_free.execute(m, 8, True).result[0]
+                        attached.append((f"{base_name} {case}", node))
+                        pairs.append((launch_name(base_name), node))
+                    for name, model in pairs:
                         if kind == "recipe":
                             variants[name] = (model, lambda model=model, sigmas=sigmas, sampler=sampler: comfy.sample.sample_custom(
                                 model, noise, cfg, sampler, sigmas, pos, neg, latent, disable_pbar=True, seed=0))
@@ -181,10 +195,17 @@ def main():
                 names = list(variants)
                 runs = {n: v[1] for n, v in variants.items()}
                 first, times, outs, peaks = {}, {n: [] for n in names}, {}, {}
-                for name in names:
+                for name in list(names):
                     runner = bridge.find(variants[name][0])
                     captures_before = len(runner.capture_seconds) if runner else 0
-                    first[name] = sync_ms(runs[name])[0]
+                    try:
+                        first[name] = sync_ms(runs[name])[0]
+                    except Exception as exc:  # a compile variant that fails must not cost the other rows
+                        if name == "eager":
+                            raise
+                        print(f"\n{fam} {case} {name}: failed on its first run: {type(exc).__name__}: {exc}\n")
+                        names.remove(name)
+                        continue
                     cap = runner.capture_seconds[captures_before:] if runner else []
                     first[name] = (first[name], max(cap) if cap else None, runner.last_fallback if runner else None)
                     reset_peak()
@@ -228,6 +249,9 @@ def main():
         Path(args.json).write_text(json.dumps({"device": device_name, "floors": {
             f"{k[0]} b{k[1]}": v for k, v in floors.items()}, "rows": rows}, indent=1))
     print(f"\ntotal {time.time() - start:.0f} s")
+
+
+REDUCE_OVERHEAD = "inductor reduce-overhead (CUDA graphs)"
 
 
 def launch_name(base_name):

@@ -396,6 +396,9 @@ def make_record(key, result, model, seconds, lo, hi, old=None):
         "holdout_errors": {k: _finite(v) for k, v in result.holdout_errors.items()},
         "calls": result.calls, "planned_calls": result.planned.total, "seconds": round(seconds, 3),
     }
+    if result.guard:
+        sel["guard"] = {k: (_finite(v) if isinstance(v, float) else v) for k, v in result.guard.items()
+                        if k != "refined"}
     if result.refinement is not None:
         sel["refine_history"] = {"train": [round(v, 6) for v in result.refinement.train_error],
                                  "holdout": [round(v, 6) for v in result.refinement.holdout_error],
@@ -424,6 +427,12 @@ def report(record, steps, path, how, seconds=None):
         for name, e in sel.get("train_errors", {}).items():
             h = sel.get("holdout_errors", {}).get(name)
             lines.append(f"  {name:>8}: train error {e:.4g}" + (f", held-out {h:.4g}" if h is not None else ""))
+        guard = sel.get("guard")
+        if guard:
+            verdict = f"{guard['candidate']} replaces it" if guard.get("kept") else f"{guard['against']} kept"
+            num = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731  (None: not finite, e.g. one noise)
+            lines.append(f"  test against {guard['against']} on the {guard['on']} noises: mean log error ratio "
+                         f"{num(guard['mean_log_ratio'])} (se {num(guard['se'])}) -> {verdict}")
         if sel.get("refine_history"):
             hist = sel["refine_history"]
             lines.append((f"  refined from {hist['start']}: " if hist.get("start") else "  refined: ") +

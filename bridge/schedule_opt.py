@@ -33,7 +33,7 @@ LATEST = "latest for this model"
 # schedule: comparing them with the ODE teacher means nothing.
 _NOT_ODE = ("ancestral", "sde", "lcm", "ddpm", "cfg_pp", "stochastic", "dpm_fast", "dpm_adaptive",
             "restart", "seeds_", "heunpp")
-_ALGO = "teacher-dpmpp2m/propagated-costs/dp/guarded-select-v2"
+_ALGO = "teacher-dpmpp2m/propagated-costs/dp/guarded-select-v3"
 
 
 def ode_samplers():

@@ -33,7 +33,8 @@ class FewStepOptimizeSchedule(io.ComfyNode):
                 "guider, so LoRAs and patches count), a cost for every jump between candidate sigmas, an exact "
                 "dynamic program that gives the best path for every step count, then the candidates (and "
                 "Karras) are run with your sampler and the best is kept, Karras unless a candidate beats it significantly "
-                "(paired test on the held-out noises, on the fitting ones when holdout < 2); the model calls it will "
+                "(paired test on noises the choice did not see: the held-out ones, or when holdout < 2 half of mc_samples set aside "
+                "for this test, in the same batch); the model calls it will "
                 "make are logged before the teacher pass and shown in the report; an optional refinement (refine_sweeps, off by default: "
                 "it costs several times the teacher pass) moves each sigma against your sampler, early-stopped on "
                 "held-out noises. Results are cached as JSON in the "
@@ -61,7 +62,7 @@ class FewStepOptimizeSchedule(io.ComfyNode):
                 io.Int.Input("teacher_substeps", optional=True, default=1, min=1, max=8, tooltip="DPM++ 2M sub-steps per grid interval in the teacher pass (accuracy vs time)."),
                 io.Float.Input("sigma_max", optional=True, default=0.0, min=0.0, max=5000.0, step=0.01, round=False, tooltip="Largest sigma; 0 = the model's."),
                 io.Float.Input("sigma_min", optional=True, default=0.0, min=0.0, max=5000.0, step=0.001, round=False, tooltip="Smallest non-zero sigma; 0 = the model's."),
-                io.Boolean.Input("compare_karras", optional=True, default=True, tooltip="Also run Karras (rho 7) as a candidate; it is kept unless another candidate beats it significantly (held-out noises when holdout >= 2)."),
+                io.Boolean.Input("compare_karras", optional=True, default=True, tooltip="Also run Karras (rho 7) as a candidate; it is kept unless another candidate beats it significantly on noises the choice did not see (the held-out ones when holdout >= 2, else half of mc_samples set aside for this test; with mc_samples < 4 the test runs on the fitting noises and the report says so)."),
                 io.Boolean.Input("use_cache", optional=True, default=True, tooltip="Read and write the JSON cache in the ComfyUI user directory (fewstep/schedules)."),
                 io.Int.Input("refine_starts", optional=True, default=3, min=1, max=8, tooltip="How many of the best distinct candidates (DP paths, Karras) are each refined; the one with the lowest held-out error is kept. Each start costs a full refinement (see refine_sweeps). 3 generalised best on the lab's validation noises (BENCHMARKS.md 'Refinement variants'); 1 = refine the selected schedule only."),
             ],

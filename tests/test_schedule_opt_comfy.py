@@ -75,6 +75,20 @@ def test_optimise_runs_through_the_guider_and_caches(env, caplog):
     assert set(rec["selected"]) == {"3", "5"}
 
 
+def test_guard_uses_noises_the_choice_did_not_see_at_no_extra_calls(env):
+    # holdout 0 and 4 noises: 2 fit the DP and the ranking, 2 only test against Karras (issue 18).
+    sig, _, report = env.run(mc=4, steps=3)
+    assert env.net().calls == (16 - 1) + 1 + 3 * 5  # the same batched calls as without the split
+    rec = json.loads((env.user / "fewstep" / "schedules" / env.files()[0]).read_text())
+    sel = rec["selected"]["3"]
+    assert len(sel["train_errors"]) == 5
+    if sel["chosen"] != "karras" or "guard" in sel:
+        guard = sel["guard"]
+        assert guard["on"] == "guard split" and guard["against"] == "karras"
+        assert "test against karras on the guard split noises" in report
+        assert sel["chosen"] == (guard["candidate"] if guard["kept"] else "karras")
+
+
 def test_key_changes_make_new_files(env):
     env.run()
     n = env.net().calls

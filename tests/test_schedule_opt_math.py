@@ -216,10 +216,21 @@ def test_karras_is_kept_unless_a_candidate_beats_it_significantly():
     same = so.optimise_schedule(den, x, SMAX, SMIN, 5, "dpmpp_2m", run_sampler=run, grid_size=30, holdout=8,
                                 baselines={"karras": karras.dp[karras.chosen].schedule(5)})
     assert same.chosen == "karras" and same.guard["candidate"] == karras.chosen and not same.guard["kept"]
-    # Without held-out noises the test runs on the fitting noises.
+    # Without held-out noises half the fitting noises are kept out of the DP and the ranking and only
+    # test the guard (issue 18), run in the same batch: no extra model calls.
     fit = so.optimise_schedule(den, x, SMAX, SMIN, 5, "dpmpp_2m", run_sampler=run, grid_size=30,
                                baselines={"karras": bad})
-    assert fit.guard["on"] == "fitting" and fit.chosen != "karras"
+    assert fit.guard["on"] == "guard split" and fit.chosen != "karras" and fit.guard["kept"]
+    assert fit.sampler_calls == 5 * (len(so.DEFAULT_VARIANTS) + 1)
+    first_half = so.optimise_schedule(den, x[:8], SMAX, SMIN, 5, "dpmpp_2m", run_sampler=run, grid_size=30,
+                                      baselines={"karras": bad}, guard=None)
+    assert all(torch.equal(fit.dp[k].schedule(5), first_half.dp[k].schedule(5)) for k in fit.dp)
+    assert fit.train_errors == first_half.train_errors
+    assert so.guard_split(16, 0, True) == 8 and so.guard_split(5, 1, True) == 2 and so.guard_split(16, 2, True) == 0
+    # Fewer than 4 noises: nothing to split, the (optimistic) test on the fitting noises says so.
+    few = so.optimise_schedule(den, x[:3], SMAX, SMIN, 5, "dpmpp_2m", run_sampler=run, grid_size=30,
+                               baselines={"karras": bad})
+    assert few.guard["on"] == "fitting"
 
 
 @pytest.mark.parametrize("holdout,sweeps", [(0, 0), (4, 0), (4, 2)])
