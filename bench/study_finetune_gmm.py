@@ -179,11 +179,11 @@ class Study:
 
     # -- pieces
     def phase1(self, model, steps):
-        opt = self.nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]()
-        out = opt.optimise(model, self.cond, self.cond, 1.0, 64, 64, int(steps), self.args.sampler, self.args.mc,
-                           0, latent={"samples": self.torch.zeros((1,) + self.shape)}, grid=self.args.grid,
-                           use_cache=False)
-        return out["result"][0].double()
+        opt = self.nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]
+        out = opt.execute(model, self.cond, self.cond, 1.0, 64, 64, int(steps), self.args.sampler, self.args.mc,
+                          0, latent={"samples": self.torch.zeros((1,) + self.shape)}, grid=self.args.grid,
+                          use_cache=False)
+        return out.result[0].double()
 
     def sample(self, model, sigmas, count, seed=1234):
         torch = self.torch

@@ -10,9 +10,9 @@ seed 0), component spread 0.02-0.5, 4-1024 components, 'gmm' (random means) and 
 latents SD1.5-like and SDXL-like scaled down (channels and aspect kept); SD/SDXL discrete sigma range
 0.0292-14.61.
 Per family, fitting seed (two) and sampler (DPM++ 2M, the paper UniPC `unipc_fs`) and N in --steps:
-  * defaults: the node's defaults — 8 fitting noises, no held-out noise, grid 120, one teacher
-    sub-step, the DP candidates of every DEFAULT_VARIANT plus Karras, Karras kept unless beaten
-    significantly (on the 8 fitting noises: no held-out noises by default);
+  * defaults: the node's defaults — 16 noises, no held-out noise, grid 120, one teacher sub-step,
+    the DP candidates of every DEFAULT_VARIANT plus Karras, Karras kept unless beaten significantly
+    on the 8 of the 16 noises the DP and the ranking did not see (pipeline.guard_split);
   * refined: --fit fitting + --holdout held-out noises, the same selection, then the node's refinement
     (golden search, 8 trial values, mean objective, --sweeps sweeps, --starts starts), early-stopped
     and tested against Karras on the held-out noises;
@@ -46,6 +46,7 @@ from bench.families import FAMILIES, SDXL, data_seed  # noqa: E402
 SAMPLERS = {"dpmpp_2m": so.DPMPP_2M, "unipc_fs": so.traits_of(solver("unipc_fs"))}
 NOISE_SEEDS = {"fit": (1001, 1002), "holdout": (2001, 2002), "scoring": 3001}
 COLUMNS = ("Karras", "defaults", "refined")
+DEFAULT_MC = 16  # the node's mc_samples default (half of them test against Karras: holdout 0)
 
 
 @dataclass
@@ -81,14 +82,14 @@ def fit(den, x, lo, hi, n, traits, run, holdout, refine, args, teacher, dp):
     return so.optimise_schedule(den, x, hi, lo, n, traits, **kw)
 
 
-def run_family(fam, args, lo, hi):
+def run_family(fam, args, lo, hi, saved=lambda rows: None):
     den = fam.denoiser
     x_score = noises(NOISE_SEEDS["scoring"], args.scoring, fam.shape, hi)
     ref = reference_states(den, x_score, hi, [lo])
     x_ref = den(ref.at(lo), torch.full((args.scoring,), lo, dtype=torch.float64))
     out = []
     for seed_i, (fit_seed, hold_seed) in enumerate(zip(NOISE_SEEDS["fit"], NOISE_SEEDS["holdout"])):
-        x_def = noises(fit_seed, 8, fam.shape, hi)
+        x_def = noises(fit_seed, DEFAULT_MC, fam.shape, hi)
         x_ref_fit = torch.cat([noises(fit_seed, args.fit, fam.shape, hi), noises(hold_seed, args.holdout, fam.shape, hi)])
         grid = so.log_grid(hi, lo, 120)
         t_def, t_ref = so.teacher_pass(den, x_def, grid), so.teacher_pass(den, x_ref_fit, grid)
@@ -111,6 +112,7 @@ def run_family(fam, args, lo, hi):
                                 chosen=res_d.chosen, refined_from=res_r.refined_from,
                                 refined_kept=res_r.guard.get("refined", {}).get("kept", True),
                                 sigmas={c: [round(v, 5) for v in s.tolist()] for c, s in scheds.items()}))
+                saved(out)  # after every cell: a run cut short keeps what it finished
                 e = {c: float(v.median()) for c, v in errs.items()}
                 print(f"[study] {fam.name} seed{seed_i} {sname} N={n}: Karras {e['Karras']:.4g} defaults "
                       f"{e['defaults'] / e['Karras']:.3f}x ({res_d.chosen}) refined {e['refined'] / e['Karras']:.3f}x",
@@ -150,7 +152,7 @@ def far_share(rows, col, far):
 
 def markdown(rows, args, seconds):
     out = [f"Families: {len({r['family'] for r in rows})}; scoring noises {args.scoring} per family (seed "
-           f"{NOISE_SEEDS['scoring']}); defaults fit on 8 noises (seeds {NOISE_SEEDS['fit']}); refined: {args.fit} + "
+           f"{NOISE_SEEDS['scoring']}); defaults fit on {DEFAULT_MC} noises (half test against Karras) (seeds {NOISE_SEEDS['fit']}); refined: {args.fit} + "
            f"{args.holdout} held-out noises (seeds {NOISE_SEEDS['fit']} / {NOISE_SEEDS['holdout']}), {args.sweeps} sweep(s), "
            f"{args.starts} start(s). Ratio = median RMSE / Karras's median RMSE per family; [95 % bootstrap]. "
            f"Far = share of samples with RMSE > {args.far} (another mode). Longest part: {seconds / 60:.1f} min.", "",
@@ -279,12 +281,14 @@ def main(argv=None):
         rows = [r for part in parts for r in part["rows"]]
         seconds = max(part.get("seconds", 0.0) for part in parts)
     else:
-        for i in args.families:
-            rows += run_family(Family(i - 1, *FAMILIES[i - 1]), args, lo, hi)
-            seconds = time.time() - t0
+        def save(part):
             if args.json:
-                args.json.write_text(json.dumps(dict(args={k: str(v) for k, v in vars(args).items()}, rows=rows,
-                                                     seconds=seconds)))
+                args.json.write_text(json.dumps(dict(args={k: str(v) for k, v in vars(args).items()},
+                                                     rows=rows + part, seconds=time.time() - t0)))
+        for i in args.families:
+            rows += run_family(Family(i - 1, *FAMILIES[i - 1]), args, lo, hi, save)
+            seconds = time.time() - t0
+            save([])
     md = markdown(rows, args, seconds)
     print(md)
     if args.markdown:

@@ -150,6 +150,12 @@ def optimise(model, positive, negative, cfg, width, height, steps, sampler, mc_s
     return torch.tensor(sig, dtype=torch.float32), out, cache.report(record, steps, path if use_cache else "(off)", how)
 
 
+# The optimiser's noises go through the model in batches of at most this many (twice that with
+# CFG > 1): its memory does not grow with mc_samples + holdout, and a sample's result does not
+# depend on how many noises are used.
+MODEL_BATCH = 8
+
+
 def _run(model, positive, negative, cfg, shape, steps, sampler, mc, holdout, seed, grid, substeps, hi, lo,
          refine_sweeps, refine_candidates, compare_karras, refine_search="golden", refine_objective="mean",
          refine_starts=1):
@@ -164,12 +170,17 @@ def _run(model, positive, negative, cfg, shape, steps, sampler, mc, holdout, see
         guarded = _Guarded(model_k, check)
 
         def denoiser(xx, s):
-            return guarded(xx, s.to(xx.dtype), **extra_args)
+            s = s.to(xx.dtype)
+            per_sample = s.ndim > 0 and s.shape[0] == xx.shape[0]
+            return torch.cat([guarded(xx[i:i + MODEL_BATCH], s[i:i + MODEL_BATCH] if per_sample else s, **extra_args)
+                              for i in range(0, xx.shape[0], MODEL_BATCH)])
 
         def run_sampler(x0, sig):
-            return ksampler.sampler_function(guarded, x0.clone(), sig.to(x0.device, x0.dtype),
-                                             extra_args=extra_args, callback=None, disable=True,
-                                             **ksampler.extra_options)
+            sig = sig.to(x0.device, x0.dtype)
+            return torch.cat([ksampler.sampler_function(guarded, x0[i:i + MODEL_BATCH].clone(), sig,
+                                                        extra_args=extra_args, callback=None, disable=True,
+                                                        **ksampler.extra_options)
+                              for i in range(0, x0.shape[0], MODEL_BATCH)])
 
         gram_device = x.device if x.device.type == "cuda" else "cpu"  # float64 matmuls
         found["result"] = so.optimise_schedule(

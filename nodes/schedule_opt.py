@@ -50,7 +50,7 @@ class FewStepOptimizeSchedule(io.ComfyNode):
                 io.Int.Input("height", default=1024, min=16, max=16384, step=8, tooltip="Image height in pixels (ignored when a LATENT is connected)."),
                 io.Int.Input("steps", default=8, min=1, max=200, tooltip="Number of sampling steps N (model moves) to optimise for."),
                 io.Combo.Input("sampler", options=opt.ode_samplers(), default="dpmpp_2m", tooltip="The sampler you will use. Euler-type and DPM++ 2M have exact cost models; others use the nearest one as a proxy and are compared by running them."),
-                io.Int.Input("mc_samples", default=8, min=1, max=256, tooltip="Monte-Carlo start noises for the teacher pass (batched; more = steadier, slower)."),
+                io.Int.Input("mc_samples", default=16, min=1, max=256, tooltip="Monte-Carlo start noises for the teacher pass (run through the model 8 at a time, so memory does not grow with it; more = steadier, slower). With holdout < 2, half of them only test the result against Karras, and that test needs at least 5 of them (mc_samples >= 10) to let a candidate replace Karras."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate="fixed", tooltip="Seed of the Monte-Carlo noises."),
                 io.Latent.Input("latent", optional=True, tooltip="Optional: take the latent size from this LATENT (only its shape is used)."),
                 io.Int.Input("grid", optional=True, default=120, min=8, max=400, tooltip="Candidate sigmas (log-uniform between sigma_max and sigma_min); one teacher model call each."),

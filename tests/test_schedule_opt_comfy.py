@@ -87,6 +87,10 @@ def test_guard_uses_noises_the_choice_did_not_see_at_no_extra_calls(env):
         assert guard["on"] == "guard split" and guard["against"] == "karras"
         assert "test against karras on the guard split noises" in report
         assert sel["chosen"] == (guard["candidate"] if guard["kept"] else "karras")
+    # More noises than the model batch (8): every pass goes through the model in two batches.
+    before = env.net().calls
+    env.run(mc=10, steps=3)
+    assert env.net().calls - before == 2 * ((16 - 1) + 1 + 3 * 5)
 
 
 def test_key_changes_make_new_files(env):

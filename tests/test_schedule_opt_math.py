@@ -197,6 +197,14 @@ def test_propagated_costs_end_without_a_long_final_jump(dataset, spread):
 def test_significant_win_needs_a_consistent_paired_gain():
     base = torch.tensor([0.010, 0.020, 0.015, 0.030, 0.012, 0.018, 0.022, 0.011], dtype=torch.float64)
     assert so.significant_win(base * 0.8, base)[0]
+    # Four noises with a tight, large gain are not enough (issue 18): the sign test needs >= 5.
+    assert not so.significant_win(base[:4] * 0.6, base[:4])[0] and so.significant_win(base[:5] * 0.6, base[:5])[0]
+    assert so.sign_test_p(torch.tensor([1.0, 1, 1, 1])) == 1 / 16
+    assert so.sign_test_p(torch.tensor([1.0] * 7 + [-1.0])) == pytest.approx(9 / 256)
+    # 7 of 8 gains pass, 6 of 8 do not, however large the mean.
+    assert so.significant_win(base * torch.tensor([1.01] + [0.3] * 7, dtype=torch.float64), base)[0]
+    six = torch.tensor([1.01, 1.01] + [0.3] * 6, dtype=torch.float64)
+    assert not so.significant_win(base * six, base)[0]
     assert not so.significant_win(base, base)[0]
     mixed = base * torch.tensor([0.5, 2.0, 0.5, 2.0, 0.5, 2.0, 0.5, 1.9], dtype=torch.float64)
     assert not so.significant_win(mixed, base)[0]

@@ -19,8 +19,9 @@ from .pipeline import (DEFAULT_VARIANTS, OptimisationResult, PlannedCalls, guard
                        planned_calls, variant_name)
 from .rules import (DPMPP_2M, EULER, JUMP_RULES, JumpRule, SolverTraits, apply_rule, as_traits, rule_for,
                     traits_of)
-from .select import (GUARD_Z, OBJECTIVES, SEARCHES, Refinement, best_of, per_sample_errors, refine_calls,
-                     refine_schedule, relative_error, score, select_schedule, significant_win)
+from .select import (GUARD_SIGN_P, GUARD_Z, OBJECTIVES, SEARCHES, Refinement, best_of, per_sample_errors, refine_calls,
+                     refine_schedule, relative_error, score, select_schedule, sign_test_p,
+                     significant_win)
 from .teacher import Denoiser, Teacher, check_grid, log_grid, teacher_calls, teacher_pass
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
     "propagation_weight", "DPResult", "first_order_weights", "optimal_paths", "path_cost", "DEFAULT_VARIANTS",
     "OptimisationResult", "PlannedCalls", "guard_split", "normalise_variants", "optimise_schedule", "planned_calls",
     "variant_name", "DPMPP_2M", "EULER", "JUMP_RULES", "JumpRule", "SolverTraits", "apply_rule", "as_traits",
-    "rule_for", "traits_of", "GUARD_Z", "OBJECTIVES", "SEARCHES", "Refinement", "best_of", "per_sample_errors",
-    "refine_calls", "refine_schedule", "relative_error", "score", "select_schedule", "significant_win",
+    "rule_for", "traits_of", "GUARD_SIGN_P", "GUARD_Z", "OBJECTIVES", "SEARCHES", "Refinement", "best_of", "per_sample_errors",
+    "refine_calls", "refine_schedule", "relative_error", "score", "select_schedule", "sign_test_p", "significant_win",
     "Denoiser", "Teacher", "check_grid", "log_grid", "teacher_calls", "teacher_pass",
 ]
