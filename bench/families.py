@@ -22,5 +22,7 @@ def family_name(number: int) -> str:
     return f"{dataset} K={k} s={spread:g} {'SDXL' if shape == SDXL else 'SD1.5'}"
 
 
-def data_seed(number: int) -> int:
-    return 100 + number
+def data_seed(number: int, base: int = 100) -> int:
+    """Family `number`'s data seed; another `base` draws fresh mixtures of the same kinds (a second
+    validation set for a rule changed after seeing the first)."""
+    return base + number

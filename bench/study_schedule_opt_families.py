@@ -56,15 +56,17 @@ class Family:
     components: int
     spread: float
     shape: tuple
+    seed_base: int = 100
 
     @property
     def name(self) -> str:
         size = "SDXL" if self.shape == SDXL else "SD1.5"
-        return f"{self.dataset} K={self.components} s={self.spread:g} {size}"
+        fresh = "" if self.seed_base == 100 else f" seed {data_seed(self.index + 1, self.seed_base)}"
+        return f"{self.dataset} K={self.components} s={self.spread:g} {size}{fresh}"
 
     @property
     def denoiser(self) -> ExactDenoiser:
-        return ExactDenoiser(MixtureSpec(self.dataset, self.components, self.spread, data_seed(self.index + 1)))
+        return ExactDenoiser(MixtureSpec(self.dataset, self.components, self.spread, data_seed(self.index + 1, self.seed_base)))
 
 
 def noises(seed, count, shape, smax):
@@ -269,6 +271,9 @@ def main(argv=None):
     ap.add_argument("--sweeps", type=int, default=2)
     ap.add_argument("--starts", type=int, default=3)
     ap.add_argument("--far", type=float, default=0.1)
+    ap.add_argument("--seed-base", type=int, default=100,
+                    help="data seed of family i = base + i (100: the validation families; another base: fresh "
+                         "mixtures of the same kinds)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args(argv)
@@ -286,7 +291,7 @@ def main(argv=None):
                 args.json.write_text(json.dumps(dict(args={k: str(v) for k, v in vars(args).items()},
                                                      rows=rows + part, seconds=time.time() - t0)))
         for i in args.families:
-            rows += run_family(Family(i - 1, *FAMILIES[i - 1]), args, lo, hi, save)
+            rows += run_family(Family(i - 1, *FAMILIES[i - 1], args.seed_base), args, lo, hi, save)
             seconds = time.time() - t0
             save([])
     md = markdown(rows, args, seconds)

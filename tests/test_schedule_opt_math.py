@@ -510,6 +510,24 @@ def test_multi_start_refinement_keeps_the_lowest_held_out_error():
             pytest.approx(res.train_errors[res.chosen], rel=1e-12)
 
 
+def test_each_start_is_tested_against_the_guard_and_a_passing_one_is_kept():
+    den = _den("gmm", 16, 0.3)
+    run = lambda x, s: _run("dpmpp_2m", den, x, s)  # noqa: E731
+    x = _start(24, seed=4)
+    bad = torch.tensor([SMAX, 14.0, 13.5, 13.0, 0.0], dtype=torch.float64)  # a poor baseline
+    kw = dict(run_sampler=run, holdout=8, grid_size=40, refine_sweeps=1, refine_candidates=3,
+              refine_search="golden", refine_line_iters=2, refine_starts=3)
+    res = so.optimise_schedule(den, x, SMAX, SMIN, 4, "dpmpp_2m", baselines={"karras": bad}, **kw)
+    tested = res.guard["refined"]["tested"]
+    assert res.guard["refined"]["kept"] and tested[-1]["kept"] and tested[-1]["start"] == res.refined_from
+    assert all(not t["kept"] for t in tested[:-1])  # tried in order of held-out error, first pass kept
+    assert torch.equal(res.sigmas, res.refinement.sigmas)
+    # The baseline the refinement cannot beat: every start tested, none kept, the selection stays.
+    good = so.optimise_schedule(den, x, SMAX, SMIN, 4, "dpmpp_2m", baselines={"karras": res.sigmas}, **kw)
+    assert not good.guard["refined"]["kept"] and torch.equal(good.sigmas, good.selected)
+    assert 1 <= len(good.guard["refined"]["tested"]) <= 3
+
+
 def test_reused_dp_gives_the_same_result_and_is_checked():
     den = _den("gmm", 16, 0.3)
     run = lambda x, s: _run("dpmpp_2m", den, x, s)  # noqa: E731

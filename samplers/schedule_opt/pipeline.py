@@ -70,15 +70,16 @@ def planned_calls(steps: int, grid_size: int = 120, substeps: int = 1, candidate
                   refine_line_iters: int = 4, refine_starts: int = 1, runs_sampler: bool = True) -> PlannedCalls:
     """The model calls of optimise_schedule with these settings, before it runs. Selection runs
     every candidate once on the fitting noises and once on the held-out ones (if any); each of the
-    `refine_starts` refinements makes at most refine_calls(...), and the kept one is run once more on
-    the held-out noises for the test against the baseline."""
+    `refine_starts` refinements makes at most refine_calls(...) and is run once more on the held-out
+    noises for the test against the baseline (at most: a refinement equal to the baseline is not run)."""
     steps = check_steps(steps)
     sel = steps * int(candidates) * (2 if int(holdout) else 1) if runs_sampler else 0
     ref = 0
     if int(refine_sweeps) > 0 and steps > 1 and runs_sampler:
-        ref = max(1, int(refine_starts)) * refine_calls(steps, refine_sweeps, refine_candidates, refine_search,
-                                                        refine_line_iters, holdout=int(holdout) > 0)
-        ref += steps  # the kept refinement against the baseline, on the held-out noises
+        starts = max(1, int(refine_starts))
+        ref = starts * refine_calls(steps, refine_sweeps, refine_candidates, refine_search, refine_line_iters,
+                                    holdout=int(holdout) > 0)
+        ref += starts * steps  # each start's refinement against the baseline, on the held-out noises
     return PlannedCalls(teacher_calls(grid_size, substeps), sel, ref)
 
 
@@ -179,23 +180,48 @@ def _guarded_choice(result, cands, train_err, hold_err, guard_err, guard, guard_
 
 
 def _refine(result, cands, counted, x_train, x_hold, train_ref, hold_ref, grid, steps, opts, prog, used):
-    # Multi-start: the coordinate search ends in a local minimum that depends on where it starts,
-    # so the `starts` best distinct candidates are refined and the lowest held-out error is kept.
+    """(start name, Refinement) for each of the `starts` best distinct candidates: the coordinate
+    search ends in a local minimum that depends on where it starts."""
     order = sorted(cands, key=lambda k: (not math.isfinite(result.train_errors[k]), result.train_errors[k]))
     starts = []
     for name in order:
         if not any(torch.equal(cands[name], cands[o]) for o in starts):
             starts.append(name)
-    best_ref, best_h = None, math.inf
+    refs = []
     for name in starts[:max(1, int(opts.pop("starts")))]:
         base = used[0]
         ref = refine_schedule(cands[name], counted.raw, x_train, train_ref, x_hold, hold_ref,
                               sigma_floor=float(grid[-1]), progress=lambda d, t, base=base: prog(base + d * steps),
                               **opts)
         used[0] = base + ref.calls
-        if min(ref.holdout_error) < best_h:
-            best_ref, best_h, result.refined_from = ref, min(ref.holdout_error), name
-    return best_ref
+        refs.append((name, ref))
+    return refs
+
+
+def _keep_refinement(result, refs, cands, counted, x_hold, hold_final, hold_err, guard, guard_z):
+    """The refinement to keep, or None. Without a guard: the lowest held-out error. With one: each
+    start's refinement is tested against the guard on the held-out noises and the lowest held-out
+    error among those that pass is kept; none passing keeps the selection. (Picking the lowest
+    held-out mean first and testing only that one can throw the refinement away: a lower mean made
+    by a few noises that change mode fails the sign test while another start passes.)"""
+    by_error = sorted(refs, key=lambda nr: min(nr[1].holdout_error))
+    if guard is None or guard not in cands:
+        result.refined_from = by_error[0][0]
+        return by_error[0][1]
+    tests = []
+    for name, ref in by_error:
+        if torch.equal(ref.sigmas, cands[guard]):
+            continue
+        errs = per_sample_errors({"refined": ref.sigmas}, counted, x_hold, hold_final)["refined"]
+        wins, mean, se = significant_win(errs, hold_err[guard], guard_z)
+        tests.append({"start": name, "mean_log_ratio": mean, "se": se, "kept": wins})
+        if wins:
+            result.refined_from = name
+            result.guard["refined"] = {**tests[-1], "tested": tests}
+            return ref
+    result.refined_from = by_error[0][0]
+    result.guard["refined"] = {"kept": False, "tested": tests}
+    return None
 
 
 class _Counted:
@@ -292,13 +318,9 @@ def _select_and_refine(result, cands, run_sampler, x_fit, x_hold, fit_final, spl
     result.sigmas = result.selected = cands[result.chosen]
     x_train = x_fit[:split]
     if int(refine_opts["sweeps"]) > 0 and steps > 1:
-        ref = _refine(result, cands, counted, x_train, x_hold, fit_final[:split], hold.final, grid, steps,
-                      dict(refine_opts), prog, used)
-        result.refinement, result.sigmas = ref, ref.sigmas
-        if guard is not None and guard in cands and not torch.equal(ref.sigmas, cands[guard]):
-            refined = per_sample_errors({"refined": ref.sigmas}, counted, x_hold, hold.final)["refined"]
-            wins, mean, se = significant_win(refined, hold_err[guard], guard_z)
-            result.guard["refined"] = {"mean_log_ratio": mean, "se": se, "kept": wins}
-            if not wins:
-                result.sigmas = result.selected
+        refs = _refine(result, cands, counted, x_train, x_hold, fit_final[:split], hold.final, grid, steps,
+                       dict(refine_opts), prog, used)
+        kept = _keep_refinement(result, refs, cands, counted, x_hold, hold.final, hold_err, guard, guard_z)
+        result.refinement = kept if kept is not None else dict(refs)[result.refined_from]
+        result.sigmas = kept.sigmas if kept is not None else result.selected
     result.sampler_calls = used[0] - result.teacher_calls
