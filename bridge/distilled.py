@@ -7,8 +7,12 @@ import torch
 
 from ..samplers.distilled import far_steps, preset
 from .guidance import is_flow
+from .sigma_graph import sigma_ui
 
 log = logging.getLogger("FewStep")
+
+TRAINED_KEY = "fewstep_trained_sigmas"  # read by web/sigma_graph.js
+FAR_KEY = "fewstep_far_steps"
 
 
 def _discrete_table(model_sampling):
@@ -38,14 +42,41 @@ def visited_timesteps(model_sampling, sigmas) -> list[float]:
     return [float(t) for t in model_sampling.timestep(values).reshape(-1)]
 
 
-def warn_far(model_sampling, sigmas, name: str, trained_steps: int) -> list:
-    """Log one line when the schedule evaluates the model far from every trained timestep."""
+def trained_sigmas(model_sampling, name: str, trained_steps: int) -> list[float]:
+    """σ of the timesteps the checkpoint was trained at, through the model's own model_sampling."""
+    _discrete_table(model_sampling)
+    ts = torch.tensor(preset(name).trained(trained_steps), dtype=torch.float32)
+    return [float(s) for s in model_sampling.sigma(ts).reshape(-1).cpu()]
+
+
+def check_far(model_sampling, sigmas, name: str, trained_steps: int):
+    """The steps evaluated far from every trained timestep, and a call that logs them (None when
+    none is far): one rule for the log line and the σ graph's marks."""
     p = preset(name)
     trained = p.trained(trained_steps)
     far = far_steps(visited_timesteps(model_sampling, sigmas), trained)
-    if far:
-        where = ", ".join(f"step {i}: t={t:.0f} (nearest trained {n})" for i, t, n in far)
+    if not far:
+        return far, None
+    where = ", ".join(f"step {i}: t={t:.0f} (nearest trained {n})" for i, t, n in far)
+
+    def report():
         log.warning("FewStep distilled timesteps: %d of %d steps are far from every timestep %s was "
                     "trained at %s: %s", len(far), len(sigmas) - 1, p.label, trained if len(trained) <= 12
                     else "(its 50-point grid)", where)
+    return far, report
+
+
+def warn_far(model_sampling, sigmas, name: str, trained_steps: int) -> list:
+    """Log one line when the schedule evaluates the model far from every trained timestep."""
+    far, report = check_far(model_sampling, sigmas, name, trained_steps)
+    if report:
+        report()
     return far
+
+
+def distilled_ui(model_sampling, sigmas, name: str, trained_steps: int, far) -> dict:
+    """sigma_ui plus the trained σ levels and the far step indices, for the graph's trained marks."""
+    ui = sigma_ui(sigmas)
+    ui[TRAINED_KEY] = trained_sigmas(model_sampling, name, trained_steps)
+    ui[FAR_KEY] = [i for i, _, _ in far]
+    return ui

@@ -1,8 +1,7 @@
 """Distilled Timesteps (FewStep): SIGMAS on the timesteps published few-step models were trained at."""
 from comfy_api.latest import io
 
-from ..bridge.distilled import preset_sigmas, warn_far
-from ..bridge.sigma_graph import sigma_ui
+from ..bridge.distilled import distilled_ui, preset_sigmas, warn_far
 from ..samplers.distilled import PRESETS
 
 PRESET_TOOLTIP = "Which distilled model. Sources: " + "; ".join(
@@ -46,8 +45,8 @@ class FewStepDistilledTimesteps(io.ComfyNode):
     def execute(cls, model, preset, steps, trained_steps, sigmas=None) -> io.NodeOutput:
         ms = model.get_model_object("model_sampling")
         out = preset_sigmas(ms, preset, steps) if sigmas is None else sigmas
-        warn_far(ms, out, preset, trained_steps)
-        return io.NodeOutput(out, ui=sigma_ui(out))
+        far = warn_far(ms, out, preset, trained_steps)
+        return io.NodeOutput(out, ui=distilled_ui(ms, out, preset, trained_steps, far))
 
 
 NODE_CLASS_MAPPINGS = {"FewStepDistilledTimesteps": FewStepDistilledTimesteps}

@@ -89,3 +89,21 @@ def test_flow_model_is_refused(comfy, unet):
     m.add_object_patch("model_sampling", Flow(unet.model.model_config))
     with pytest.raises(ValueError, match=r"model: the distilled-model presets .*flow matching"):
         run(comfy, m, "sdxl_lightning", 4)
+
+
+def ui_of(comfy, model, preset, steps, trained_steps=4, sigmas=None):
+    node = comfy[0].NODE_CLASS_MAPPINGS["FewStepDistilledTimesteps"]
+    return node.execute(model, preset, steps, trained_steps, sigmas).ui
+
+
+def test_ui_carries_trained_sigmas_and_far_steps(comfy, unet):
+    import comfy.samplers as cs
+    ms = unet.get_model_object("model_sampling")
+    want = [float(s) for s in ms.sigma(torch.tensor([999.0, 749.0, 499.0, 249.0])).reshape(-1)]
+    ui = ui_of(comfy, unet, "sdxl_lightning", 4)
+    assert ui["fewstep_trained_sigmas"] == want
+    assert ui["fewstep_far_steps"] == [] and len(ui["fewstep_sigmas"]) == 5
+    ui = ui_of(comfy, unet, "sdxl_lightning", 4, 4, cs.calculate_sigmas(ms, "karras", 4))
+    assert ui["fewstep_far_steps"] == [2, 3] and ui["fewstep_trained_sigmas"] == want
+    ui = ui_of(comfy, unet, "sdxl_lightning", 4, 4, cs.calculate_sigmas(ms, "simple", 4))
+    assert ui["fewstep_far_steps"] == []

@@ -9,6 +9,7 @@
 // canvas and the Vue ("Nodes 2.0") renderer of frontends 1.32 to 1.58 (docs/compatibility.md).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { FAR_KEY, TRAINED_KEY, drawTrained } from "./trained_marks.js";
 
 const EXTENSION = "FewStep.sigmaGraph";
 const WIDGET_NAME = "fewstep_sigma_graph";
@@ -243,10 +244,10 @@ class SigmaGraph {
     this.draw();
   }
 
-  showRun(values) {
+  showRun(values, extra = {}) {
     const sigmas = values.map((v) => (v === null ? NaN : Number(v)));
     const last = sigmas[sigmas.length - 1];
-    this.setData({ sigmas, sigma_stop: last > 0 ? last : null, model: null }, "ok");
+    this.setData({ sigmas, sigma_stop: last > 0 ? last : null, model: null, ...extra }, "ok");
   }
 
   // -- hover -----------------------------------------------------------------------------------
@@ -318,6 +319,7 @@ function paint(ctx, w, h, t, g) {
   const marks = [];
   if (data.model) marks.push(data.model.sigma_min, data.model.sigma_max);
   if (data.sigma_stop) marks.push(data.sigma_stop);
+  if (data.trained) marks.push(...data.trained.filter((s) => s > 0));
   const all = positive.concat(marks);
   let lo = Math.log10(Math.min(...all, 1));
   let hi = Math.log10(Math.max(...all, 1));
@@ -424,6 +426,8 @@ function paint(ctx, w, h, t, g) {
     else if (s === 0) ctx.arc(X(i), y1, i === g.hover ? 4.5 : 2.5, 0, Math.PI * 2);
     ctx.fill();
   }
+
+  drawTrained(ctx, data, t, { X, Y, x0, x1, y0, y1 });
 
   // hover read-out
   if (g.hover !== null && g.hover <= n) {
@@ -537,7 +541,9 @@ app.registerExtension({
     });
     chain(nodeType.prototype, "onExecuted", function (output) {
       const values = output?.[UI_KEY];
-      if (!live && Array.isArray(values) && values.length) this.fewstepSigmaGraph?.showRun(values);
+      const extra = Array.isArray(output?.[TRAINED_KEY])
+        ? { trained: output[TRAINED_KEY], far: output[FAR_KEY] ?? [] } : {};
+      if (!live && Array.isArray(values) && values.length) this.fewstepSigmaGraph?.showRun(values, extra);
     });
     if (live) {
       // Loaded values, new links (the model input) and value edits that bypass widget callbacks.
