@@ -161,9 +161,14 @@ class Study:
             spread, lr, anchor = (item.split(":") + ["0"])[:3]
             self.candidates[item] = {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor)}
         self.chosen = None
+        if args.fixed:  # settings picked in an earlier run: every family here validates them unchanged
+            spread, lr, anchor = (args.fixed.split(":") + ["0"])[:3]
+            self.chosen = {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor)}
         self.family_deadline = args.budget_s
         self.results = {"args": vars(args), "device": str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "cpu",
                         "families": {}}
+        if self.chosen:
+            self.results["chosen"] = {"label": args.fixed, "fixed": True, **self.chosen}
 
     def log(self, msg):
         print(f"[{time.perf_counter() - self.t_start:6.1f}s] {msg}", flush=True)
@@ -435,6 +440,8 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sweep", nargs="+", default=["0.5:1e-3:0", "0.5:1e-3:0.5", "0.5:3e-4:0.5"],
                    help="spread:learning_rate[:anchor] candidates tried on the first family only")
+    p.add_argument("--fixed", default=None,
+                   help="spread:learning_rate[:anchor] picked in an earlier run; no family picks, all validate")
     p.add_argument("--choose-steps", nargs="+", type=int, default=[5, 6, 8])
     p.add_argument("--mc", type=int, default=32)
     p.add_argument("--grid", type=int, default=60)
