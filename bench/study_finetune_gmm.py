@@ -246,6 +246,16 @@ class Study:
         uni_losses = self._uniform_train(uni, data, lo, hi)
         fam["uniform_lora_s"] = time.perf_counter() - t0
         fam["uniform_ref"] = scores(self.sample(uni.model, ref_sig, a.samples), spec, self.shape)
+        # The same draw with the pretraining's own (eps) weighting: separates "Train LoRA's x0 loss moves
+        # the model" from "any further training moves it".
+        uni_eps = self.fin.LoraTrainer(model, self.settings())
+        fam["uniform_eps_loss"] = self._uniform_train(uni_eps, data, lo, hi, weighting="eps")[-1]
+        fam["uniform_eps_ref"] = scores(self.sample(uni_eps.model, ref_sig, a.samples), spec, self.shape)
+        self.log(f"{name}: @{a.ref_steps} base {fam['base_ref']['fd']:.4f}, uniform x0 LoRA {fam['uniform_ref']['fd']:.4f}, "
+                 f"uniform eps LoRA {fam['uniform_eps_ref']['fd']:.4f}")
+        if a.controls_only:
+            self.save()
+            return
 
         dev = self.chosen is None  # the first family picks the Phase 2 settings among --sweep
         candidates = self.candidates if dev else {"chosen": self.chosen}
@@ -318,16 +328,21 @@ class Study:
         row[f"alt{a.rounds}"] = scores(self.sample(alt.model, final, a.samples), spec, self.shape)
         row[f"alt{a.rounds}_ref"] = scores(self.sample(alt.model, ref_sig, a.samples), spec, self.shape)
 
-    def _uniform_train(self, trainer, data, lo, hi):
-        """The control: TrainLoraNode's noise levels (timestep uniform over the model's levels), weight 1."""
+    def _uniform_train(self, trainer, data, lo, hi, weighting="x0"):
+        """The control: TrainLoraNode's noise levels (timestep uniform over the model's levels), weight 1
+        (its x0 loss) or, with weighting="eps", the pretraining's eps loss ‖D − x0‖²/σ² scaled to mean
+        weight 1 over the levels."""
         torch = self.torch
         table = trainer.model.get_model_object("model_sampling").sigmas.double().cpu()
+        scale = 1.0 / table.pow(-2).mean()
 
         class Uniform:
             @staticmethod
             def draw(count, generator=None):
                 t = torch.randint(0, table.numel(), (count,), generator=generator)
-                return table[t], torch.ones(count, dtype=torch.float64), t
+                sig = table[t]
+                w = torch.ones(count, dtype=torch.float64) if weighting == "x0" else scale / sig.pow(2)
+                return sig, w, t
 
         return trainer.train(data["samples"], self.cond, None, sigma_sampler=Uniform())
 
@@ -410,6 +425,8 @@ def table(path: str) -> str:
         refs.update({f"alt (N={n})": row[k]["fd"] for n, row in fam["rows"].items() for k in row
                      if k.startswith("alt") and k.endswith("_ref")})
         refs["uniform LoRA"] = fam["uniform_ref"]["fd"]
+        if "uniform_eps_ref" in fam:
+            refs["uniform eps-weighted LoRA"] = fam["uniform_eps_ref"]["fd"]
         lines.append(f"\n{res['args']['ref_steps']} Karras steps, FD relative to the untuned model ({base:.4f}): "
                      + ", ".join(f"{k} {v / base:.3f}" for k, v in refs.items()) + "\n")
     return "\n".join(lines)
@@ -440,6 +457,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sweep", nargs="+", default=["0.5:1e-3:0", "0.5:1e-3:0.5", "0.5:3e-4:0.5"],
                    help="spread:learning_rate[:anchor] candidates tried on the first family only")
+    p.add_argument("--controls-only", action="store_true", help="pretrain, then only the two uniform-σ LoRA controls")
     p.add_argument("--fixed", default=None,
                    help="spread:learning_rate[:anchor] picked in an earlier run; no family picks, all validate")
     p.add_argument("--choose-steps", nargs="+", type=int, default=[5, 6, 8])
