@@ -59,6 +59,12 @@ def unet_config(width: int, res_blocks: int) -> dict:
 EXACT = None  # the pack's samplers/exact.py, set once the pack is loaded (ComfyUI owns the name 'samplers')
 
 
+def parse_candidate(text):
+    """spread:learning_rate[:anchor[:anchor_weighting]] -> TrainSettings overrides."""
+    spread, lr, anchor, weighting = (text.split(":") + ["0", "x0"][len(text.split(":")) - 2:])[:4]
+    return {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor), "anchor_weighting": weighting}
+
+
 def mixture_sample(spec, shape, count, gen):
     import torch
     mixture_means = EXACT.mixture_means
@@ -158,12 +164,10 @@ class Study:
         self.t_start = time.perf_counter()
         self.candidates = {}
         for item in args.sweep:
-            spread, lr, anchor = (item.split(":") + ["0"])[:3]
-            self.candidates[item] = {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor)}
+            self.candidates[item] = parse_candidate(item)
         self.chosen = None
         if args.fixed:  # settings picked in an earlier run: every family here validates them unchanged
-            spread, lr, anchor = (args.fixed.split(":") + ["0"])[:3]
-            self.chosen = {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor)}
+            self.chosen = parse_candidate(args.fixed)
         self.family_deadline = args.budget_s
         self.results = {"args": vars(args), "device": str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "cpu",
                         "families": {}}
@@ -334,15 +338,13 @@ class Study:
         weight 1 over the levels."""
         torch = self.torch
         table = trainer.model.get_model_object("model_sampling").sigmas.double().cpu()
-        scale = 1.0 / table.pow(-2).mean()
+        weights = self.fin.anchor_weights
 
         class Uniform:
             @staticmethod
             def draw(count, generator=None):
                 t = torch.randint(0, table.numel(), (count,), generator=generator)
-                sig = table[t]
-                w = torch.ones(count, dtype=torch.float64) if weighting == "x0" else scale / sig.pow(2)
-                return sig, w, t
+                return table[t], weights(table[t], table, weighting), t
 
         return trainer.train(data["samples"], self.cond, None, sigma_sampler=Uniform())
 
@@ -456,10 +458,10 @@ def main():
     p.add_argument("--estimator", default="importance")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sweep", nargs="+", default=["0.5:1e-3:0", "0.5:1e-3:0.5", "0.5:3e-4:0.5"],
-                   help="spread:learning_rate[:anchor] candidates tried on the first family only")
+                   help="spread:learning_rate[:anchor[:x0|eps]] candidates tried on the first family only")
     p.add_argument("--controls-only", action="store_true", help="pretrain, then only the two uniform-σ LoRA controls")
     p.add_argument("--fixed", default=None,
-                   help="spread:learning_rate[:anchor] picked in an earlier run; no family picks, all validate")
+                   help="spread:learning_rate[:anchor[:x0|eps]] picked in an earlier run; no family picks, all validate")
     p.add_argument("--choose-steps", nargs="+", type=int, default=[5, 6, 8])
     p.add_argument("--mc", type=int, default=32)
     p.add_argument("--grid", type=int, default=60)

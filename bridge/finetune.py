@@ -31,7 +31,7 @@ import node_helpers
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy.weight_adapter import adapter_maps
 
-from ..samplers.finetune_loss import ESTIMATORS, SigmaSampler, weighted_mse
+from ..samplers.finetune_loss import ANCHOR_WEIGHTINGS, ESTIMATORS, SigmaSampler, anchor_weights, weighted_mse
 from . import schedule_cache
 
 OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD,
@@ -58,6 +58,7 @@ class TrainSettings:
     spread: float = 0.5
     estimator: str = "importance"
     anchor: float = 0.0
+    anchor_weighting: str = "x0"
     training_dtype: str = "bf16"
     lora_dtype: str = "bf16"
     gradient_checkpointing: bool = True
@@ -77,6 +78,8 @@ class TrainSettings:
             raise FinetuneError(f"spread must be in [0, 1], got {self.spread}")
         if not (0.0 <= self.anchor < 1.0):
             raise FinetuneError(f"anchor must be in [0, 1), got {self.anchor}")
+        if self.anchor_weighting not in ANCHOR_WEIGHTINGS:
+            raise FinetuneError(f"anchor_weighting must be one of {ANCHOR_WEIGHTINGS}, got {self.anchor_weighting!r}")
         if self.estimator not in ESTIMATORS:
             raise FinetuneError(f"weighting must be one of {ESTIMATORS}, got {self.estimator!r}")
         for name in ("training_dtype", "lora_dtype"):
@@ -284,8 +287,9 @@ class LoraTrainer:
                         # the model's levels), so the model away from the steps is held in place
                         t = torch.randint(0, table.numel(), (keep,), generator=gen)
                         sigma, weight = sigma.clone(), weight.clone()
-                        sigma[:keep], weight[:keep] = table[t], 1.0
-                        
+                        sigma[:keep] = table[t]
+                        weight[:keep] = anchor_weights(table[t], table, s.anchor_weighting)
+
                 loss = _denoising_loss(model_wrap, data[index.to(data.device)], noise, sigma, weight, extra_args, self.dtype)
                 if not torch.isfinite(loss):
                     raise FinetuneError(f"the loss became {float(loss)} at step {self._steps_done + i + 1}; lower "

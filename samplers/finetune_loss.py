@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 ESTIMATORS = ("importance", "explicit")
+ANCHOR_WEIGHTINGS = ("x0", "eps")
 
 
 def _called_sigmas(sigmas) -> torch.Tensor:
@@ -140,3 +141,19 @@ def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor)
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
     per = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
     return (per * weight.to(per.device, per.dtype)).mean()
+
+
+def anchor_weights(sigma: torch.Tensor, levels: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Per-row weights of the anchor rows (timestep uniform over the model's `levels`) in the x0 loss.
+
+    "x0": weight 1, Train LoRA's loss |D - x0|^2, which counts an error at level s ~ s^2 times less
+    than the eps loss an SD model was pretrained with, so the adapter may trade low-noise precision
+    for high-noise fit. "eps": that pretraining loss |D - x0|^2 / s^2, scaled so that its mean weight
+    over the levels is 1 (the anchor keeps the same share of the batch as with "x0")."""
+    if weighting not in ANCHOR_WEIGHTINGS:
+        raise ValueError(f"anchor_weighting must be one of {ANCHOR_WEIGHTINGS}, got {weighting!r}")
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    if weighting == "x0":
+        return torch.ones_like(sigma)
+    levels = torch.as_tensor(levels, dtype=torch.float64)
+    return sigma.pow(-2) / levels.pow(-2).mean()
