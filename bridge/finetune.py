@@ -58,11 +58,11 @@ class TrainSettings:
     spread: float = 0.5
     estimator: str = "importance"
     anchor: float = 0.0
-    anchor_weighting: str = "x0"
     training_dtype: str = "bf16"
     lora_dtype: str = "bf16"
     gradient_checkpointing: bool = True
     seed: int = 0
+    anchor_weighting: str = "x0"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "rank"):

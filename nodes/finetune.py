@@ -71,8 +71,11 @@ class FewStepFinetune(io.ComfyNode):
                 phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120) -> io.NodeOutput:
         ft.check_unet(model)
         ft.check_latents(latents)
-        settings = ft.TrainSettings(int(train_steps), int(batch_size), float(learning_rate), int(rank), algorithm, optimizer,
-                                    float(spread), weighting, float(anchor), training_dtype, lora_dtype, bool(gradient_checkpointing), int(seed))
+        settings = ft.TrainSettings(steps=int(train_steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
+                                    rank=int(rank), algorithm=algorithm, optimizer=optimizer, spread=float(spread),
+                                    estimator=weighting, anchor=float(anchor), training_dtype=training_dtype,
+                                    lora_dtype=lora_dtype, gradient_checkpointing=bool(gradient_checkpointing),
+                                    seed=int(seed))
         result, text = ft.run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
                                    int(phase1_mc_samples), int(phase1_grid))
         return io.NodeOutput(result.model, result.lora, ft.loss_curve_image(result), text)

@@ -72,6 +72,22 @@ def test_one_step_changes_the_lora_and_lowers_the_loss_on_a_fixed_batch(env, one
     assert base_again.loss(data, env.cond, noise, sig) == pytest.approx(before, rel=1e-6)
 
 
+def test_anchor_weighting_reaches_the_step_and_bad_names_are_refused(env, one_thread):
+    with pytest.raises(env.fin.FinetuneError, match="anchor_weighting"):
+        env.settings(anchor=0.5, anchor_weighting="v")
+    data = env.latents["samples"]
+    states = {}
+    for weighting in ("x0", "eps"):
+        trainer = env.fin.LoraTrainer(env.model, env.settings(batch_size=4, anchor=0.5, anchor_weighting=weighting))
+        trainer.train(data, env.cond, SCHED, steps=1)
+        states[weighting] = trainer.lora_state()
+    # same seed, same draws: only the anchor rows' weights differ, so the updates must differ
+    assert any(not torch.equal(states["x0"][k], states["eps"][k]) for k in states["x0"])
+    again = env.fin.LoraTrainer(env.model, env.settings(batch_size=4, anchor=0.5, anchor_weighting="x0"))
+    again.train(data, env.cond, SCHED, steps=1)
+    assert all(torch.equal(states["x0"][k], v) for k, v in again.lora_state().items())
+
+
 def test_lora_round_trips_through_core_save_and_load_nodes(env, one_thread):
     import folder_paths
     M = env.nodes.NODE_CLASS_MAPPINGS

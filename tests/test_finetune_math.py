@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from samplers.finetune_loss import SigmaSampler, schedule_weights, weighted_mse
+from samplers.finetune_loss import SigmaSampler, anchor_weights, schedule_weights, weighted_mse
 
 SCHED = (14.6146, 6.0, 2.5, 0.9, 0.25, 0.0)
 
@@ -104,3 +104,16 @@ def test_weighted_mse_is_the_weighted_mean_of_per_sample_errors():
     assert float(weighted_mse(pred, target, w)) == pytest.approx((1 * 1 + 0 * 4 + 2 * 9) / 3)
     with pytest.raises(ValueError, match="shape"):
         weighted_mse(pred, target[:2], w)
+
+
+def test_anchor_weights_x0_is_one_and_eps_is_inverse_variance_with_mean_one_over_the_levels():
+    levels = torch.exp(torch.linspace(math.log(0.03), math.log(14.6), 1000, dtype=torch.float64))
+    sig = torch.tensor([0.05, 1.0, 10.0], dtype=torch.float64)
+    assert torch.equal(anchor_weights(sig, levels, "x0"), torch.ones(3, dtype=torch.float64))
+    eps = anchor_weights(sig, levels, "eps")
+    # the eps loss |D - x0|^2 / s^2: weights in the ratio 1/s^2, scaled to mean 1 over the levels
+    assert float(eps[0] / eps[1]) == pytest.approx(400.0)
+    assert float(eps[1] / eps[2]) == pytest.approx(100.0)
+    assert float(anchor_weights(levels, levels, "eps").mean()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="anchor_weighting"):
+        anchor_weights(sig, levels, "v")
