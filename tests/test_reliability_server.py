@@ -131,16 +131,21 @@ def test_interrupt_over_http_stops_the_run_and_the_next_prompt_equals_a_fresh_ru
     assert after.keys() == fresh.keys() and all(torch.equal(after[k], fresh[k]) for k in fresh)
 
 
+STEPS_TO_INTERRUPT = 5000
+
+
 def test_batch_runner_records_an_interrupted_job_as_not_done_and_reruns_it(server, tmp_path):
     """A job stopped by someone's /interrupt (the UI's Cancel) is 'failed: interrupted', not done; the
     next invocation with the same output folder runs it again and its latent equals a fresh run's."""
-    workflow = lab_prompt(60, "batch")
+    # long enough that the interrupt, posted at the first progress events, lands well before the end
+    # (a 60-step job could finish while /interrupt was in flight on a fast host)
+    workflow = lab_prompt(STEPS_TO_INTERRUPT, "batch")
     plan = plan_from_cli([], [("sweep", "s0.seed=3,4")])
     opts = Options(timeout=240, job_retries=0, server_retries=1, backoff=0.2, poll=0.5)
     interrupted = []
 
     def on_event(kind, job=None, value=None, **_):
-        if kind == "progress" and job is not None and job.index == 0 and not interrupted and (value or 0) >= 5:
+        if kind == "progress" and job is not None and job.index == 0 and not interrupted and (value or 0) >= 2:
             interrupted.append(value)
             interrupt(server)
 
@@ -156,7 +161,7 @@ def test_batch_runner_records_an_interrupted_job_as_not_done_and_reruns_it(serve
     done = second.states[stopped.key]
     assert done["status"] == "done"
     rerun = saved_latents(server, server.get(f"/history/{done['prompt_id']}")[done["prompt_id"]])
-    fresh_prompt = lab_prompt(60, "batch_fresh", seed=3)
+    fresh_prompt = lab_prompt(STEPS_TO_INTERRUPT, "batch_fresh", seed=3)
     fresh = saved_latents(server, server.run_prompt(fresh_prompt))
     assert torch.equal(rerun["o0"], fresh["o0"])
 
