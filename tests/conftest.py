@@ -63,6 +63,27 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
+def lab_user(comfy, tmp_path):
+    """The lab model and its conditioning, with ComfyUI's user directory (where the schedule cache
+    writes) moved to tmp_path for the test and restored after."""
+    import folder_paths
+    nodes, pack = comfy
+    old = folder_paths.get_user_directory()
+    folder_paths.set_user_directory(str(tmp_path))
+
+    class Env:
+        pass
+    e = Env()
+    e.nodes, e.pack, e.user, e.M = nodes, pack, tmp_path, nodes.NODE_CLASS_MAPPINGS
+    e.model = e.M["FewStepLabModel"].execute("gmm", 8, 0.3, 0, "sd_discrete")[0]
+    e.cond = e.M["FewStepLabConditioning"].execute()[0]
+    try:
+        yield e
+    finally:
+        folder_paths.set_user_directory(old)
+
+
+@pytest.fixture
 def one_thread():
     """Tiny matrices: extra torch threads only spin when the cores are shared (restored after)."""
     import torch

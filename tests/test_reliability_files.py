@@ -17,20 +17,10 @@ SMALL = dict(grid=16)
 
 
 @pytest.fixture()
-def env(comfy, tmp_path):
-    nodes, pack = comfy
-    import folder_paths
-    old = folder_paths.get_user_directory()
-    folder_paths.set_user_directory(str(tmp_path))
-    M = nodes.NODE_CLASS_MAPPINGS
-
-    class Env:
-        pass
-    e = Env()
-    e.cache = pack.bridge.schedule_cache
+def env(lab_user, tmp_path):
+    e, M = lab_user, lab_user.M
+    e.cache = e.pack.bridge.schedule_cache
     e.dir = tmp_path / "fewstep" / "schedules"
-    e.model = M["FewStepLabModel"].execute("gmm", 8, 0.3, 0, "sd_discrete")[0]
-    e.cond = M["FewStepLabConditioning"].execute()[0]
     e.calls = lambda: e.model.model.diffusion_model.calls
     e.optimise = lambda: M["FewStepOptimizeSchedule"].execute(e.model, e.cond, e.cond, 1.0, 64, 64, 3, "dpmpp_2m",
                                                                  2, 0, **SMALL).result
@@ -38,8 +28,7 @@ def env(comfy, tmp_path):
     e.optimise()
     (e.path,) = list(e.dir.glob("*.json"))
     e.good = e.path.read_bytes()
-    yield e
-    folder_paths.set_user_directory(old)
+    return e
 
 
 def _damage(kind: str, good: bytes):

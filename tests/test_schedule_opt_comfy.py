@@ -12,19 +12,8 @@ SMALL = dict(grid=16)
 
 
 @pytest.fixture()
-def env(comfy, tmp_path):
-    nodes, pack = comfy
-    import folder_paths
-    old = folder_paths.get_user_directory()
-    folder_paths.set_user_directory(str(tmp_path))
-    M = nodes.NODE_CLASS_MAPPINGS
-
-    class Env:
-        pass
-    e = Env()
-    e.nodes, e.pack, e.user = nodes, pack, tmp_path
-    e.model = M["FewStepLabModel"].execute("gmm", 8, 0.3, 0, "sd_discrete")[0]
-    e.cond = M["FewStepLabConditioning"].execute()[0]
+def env(lab_user, tmp_path):
+    e, M = lab_user, lab_user.M
     e.opt = M["FewStepOptimizeSchedule"]
     e.load = M["FewStepLoadOptimizedSchedule"]
     e.net = lambda model=None: (model or e.model).model.diffusion_model
@@ -33,8 +22,7 @@ def env(comfy, tmp_path):
     e.load_ = lambda *a: _result(e.load.execute(*a))
     e.run = lambda model=None, cfg=1.0, steps=3, sampler="dpmpp_2m", mc=2, seed=0, **kw: e.optimise(
         model or e.model, e.cond, e.cond, cfg, 64, 64, steps, sampler, mc, seed, **{**SMALL, **kw})
-    yield e
-    folder_paths.set_user_directory(old)
+    return e
 
 
 def _result(out):
