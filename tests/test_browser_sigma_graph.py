@@ -65,6 +65,16 @@ window.__fs = {
              sigmas: c.dataset.sigmas ? JSON.parse(c.dataset.sigmas) : null,
              caption: this.graph(id).caption.textContent, hover: c.dataset.hover || "" };
   },
+  count(id, rgb, tol) {
+    // pixels of the graph canvas within tol (sum of channel differences) of rgb
+    const c = this.graph(id).canvas;
+    const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+    let n = 0;
+    for (let i = 0; i < data.length; i += 4) {
+      if (Math.abs(data[i] - rgb[0]) + Math.abs(data[i + 1] - rgb[1]) + Math.abs(data[i + 2] - rgb[2]) <= tol) n++;
+    }
+    return n;
+  },
   rect(id) {
     const r = this.graph(id).canvas.getBoundingClientRect();
     return { x: r.x, y: r.y, width: r.width, height: r.height };
@@ -475,6 +485,41 @@ def test_templates_load_graph_their_recipe_and_queue_as_their_api_twin(page):
             assert {k: got.get(k) for k in node["inputs"]} == node["inputs"], (name, key)
     page.park_mouse()
     page.screenshot(f"template_{TEMPLATES[-1]}.png")
+    assert not page.new_problems(), page.new_problems()
+
+
+def test_distilled_timesteps_graph_marks_trained_sigmas_and_far_steps(page):
+    """After a run the Distilled Timesteps node (id 9 of the guidance template) draws the preset's
+    trained σ as faint lines with a legend, and rings the steps far from them. SDXL-Lightning at 8
+    steps on a 4-step checkpoint: steps 1, 3, 5, 7 are far (tests/test_distilled_comfy.py has the
+    rule); at 4 steps every step is a trained one and no ring is drawn."""
+    workflow = json.loads((REPO / "example_workflows" / "fewstep_guidance_window.json").read_text())
+    page.load(workflow)
+
+    def run(steps):
+        page.js("(() => { const n = window.__fs.node(9); const set = (k, v) => { n.widgets.find(w => w.name === k)"
+                f".value = v; }}; set('preset', 'sdxl_lightning'); set('steps', {steps}); set('trained_steps', 4); "
+                "return true; })()")
+        page.js(f"{APP}.queuePrompt(0, 1)")
+        px = wait_graph(page, 9, f"p.state === 'ok' && p.sigmas?.length === {steps + 1}", 240)
+        colors = px["colors"]
+        bg, trained = colors["bg"], colors["trained"]
+        faint = [round(0.55 * a + 0.45 * b) for a, b in zip(trained[:3], bg[:3])]  # the lines' alpha 0.55
+        counts = {"faint": page.js(f"window.__fs.count(9, {json.dumps(faint)}, 40)"),
+                  "trained": page.js(f"window.__fs.count(9, {json.dumps(trained[:3])}, 40)"),
+                  "far": page.js(f"window.__fs.count(9, {json.dumps(colors['far'][:3])}, 30)")}
+        return px, counts
+
+    px, marks = run(8)
+    assert px["sigmas"][0] == pytest.approx(14.6146, rel=1e-4) and px["sigmas"][-1] == 0
+    assert marks["faint"] > 300 and marks["trained"] > 20, marks   # 4 trained lines and the legend
+    assert marks["far"] > 100, marks                                 # 4 rings and the note
+    page.park_mouse()
+    page.screenshot("distilled_far.png", page.js("window.__fs.nodesRect([9])"))
+    px, on_grid = run(4)
+    assert on_grid["faint"] > 300 and on_grid["trained"] > 20, on_grid
+    assert on_grid["far"] == 0, on_grid
+    print(f"\ndistilled graph pixels, 8 steps (4 far): {marks}; 4 trained steps: {on_grid}")
     assert not page.new_problems(), page.new_problems()
 
 

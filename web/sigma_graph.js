@@ -9,7 +9,7 @@
 // canvas and the Vue ("Nodes 2.0") renderer of frontends 1.32 to 1.58 (docs/compatibility.md).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { FAR_KEY, TRAINED_KEY, drawTrained } from "./trained_marks.js";
+import { FAR_KEY, TRAINED_KEY, drawTrained, trainedColors } from "./trained_marks.js";
 
 const EXTENSION = "FewStep.sigmaGraph";
 const WIDGET_NAME = "fewstep_sigma_graph";
@@ -290,7 +290,9 @@ class SigmaGraph {
     c.dataset.state = this.state;
     c.dataset.revision = String(this.revision);
     c.dataset.theme = t.light ? "light" : "dark";
-    c.dataset.colors = JSON.stringify({ bg: toRGB(t.bg), fg: toRGB(t.fg), curve: toRGB(t.curve), stop: toRGB(t.stop) });
+    const marks = trainedColors(t.light);
+    c.dataset.colors = JSON.stringify({ bg: toRGB(t.bg), fg: toRGB(t.fg), curve: toRGB(t.curve), stop: toRGB(t.stop),
+                                        trained: toRGB(marks.trained), far: toRGB(marks.far) });
   }
 }
 
