@@ -61,7 +61,9 @@ EXACT = None  # the pack's samplers/exact.py, set once the pack is loaded (Comfy
 
 def parse_candidate(text):
     """spread:learning_rate[:anchor[:anchor_weighting]] -> TrainSettings overrides."""
-    spread, lr, anchor, weighting = (text.split(":") + ["0", "x0"][len(text.split(":")) - 2:])[:4]
+    spread, lr, *rest = text.split(":")
+    anchor = rest[0] if rest else "0"
+    weighting = rest[1] if len(rest) > 1 else "x0"
     return {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor), "anchor_weighting": weighting}
 
 

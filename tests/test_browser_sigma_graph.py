@@ -48,11 +48,19 @@ window.__fs = {
   app: window.comfyAPI.app.app,
   node(id) { return this.app.graph.getNodeById(id); },
   graph(id) { return this.node(id)?.fewstepSigmaGraph; },
+  imageData(id) {
+    const c = this.graph(id).canvas;
+    return c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  },
+  // pixel i of data within tol (sum of channel differences) of rgb
+  near(data, i, rgb, tol) {
+    return rgb && Math.abs(data[i] - rgb[0]) + Math.abs(data[i + 1] - rgb[1]) + Math.abs(data[i + 2] - rgb[2]) <= tol;
+  },
   pixels(id) {
     const c = this.graph(id).canvas;
     const colors = JSON.parse(c.dataset.colors || "{}");
-    const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
-    const near = (i, rgb, tol) => rgb && Math.abs(data[i] - rgb[0]) + Math.abs(data[i + 1] - rgb[1]) + Math.abs(data[i + 2] - rgb[2]) <= tol;
+    const data = this.imageData(id);
+    const near = (i, rgb, tol) => this.near(data, i, rgb, tol);
     let curve = 0, stop = 0, ink = 0, hash = 0;
     for (let i = 0; i < data.length; i += 4) {
       if (near(i, colors.curve, 60)) curve++;
@@ -66,13 +74,9 @@ window.__fs = {
              caption: this.graph(id).caption.textContent, hover: c.dataset.hover || "" };
   },
   count(id, rgb, tol) {
-    // pixels of the graph canvas within tol (sum of channel differences) of rgb
-    const c = this.graph(id).canvas;
-    const { data } = c.getContext("2d").getImageData(0, 0, c.width, c.height);
+    const data = this.imageData(id);
     let n = 0;
-    for (let i = 0; i < data.length; i += 4) {
-      if (Math.abs(data[i] - rgb[0]) + Math.abs(data[i + 1] - rgb[1]) + Math.abs(data[i + 2] - rgb[2]) <= tol) n++;
-    }
+    for (let i = 0; i < data.length; i += 4) if (this.near(data, i, rgb, tol)) n++;
     return n;
   },
   rect(id) {
