@@ -59,12 +59,17 @@ def unet_config(width: int, res_blocks: int) -> dict:
 EXACT = None  # the pack's samplers/exact.py, set once the pack is loaded (ComfyUI owns the name 'samplers')
 
 
+CANDIDATE_FIELDS = "spread:learning_rate[:anchor[:anchor_weighting[:lr_schedule[:holdout]]]]"
+
+
 def parse_candidate(text):
-    """spread:learning_rate[:anchor[:anchor_weighting]] -> TrainSettings overrides."""
+    """CANDIDATE_FIELDS -> TrainSettings overrides (anchor 0, x0, constant, no holdout when left out)."""
     spread, lr, *rest = text.split(":")
-    anchor = rest[0] if rest else "0"
-    weighting = rest[1] if len(rest) > 1 else "x0"
-    return {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor), "anchor_weighting": weighting}
+    if len(rest) > 4:
+        raise SystemExit(f"candidate {text!r}: expected {CANDIDATE_FIELDS}")
+    anchor, weighting, schedule, holdout = rest + ["0", "x0", "constant", "0"][len(rest):]
+    return {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor), "anchor_weighting": weighting,
+            "lr_schedule": schedule, "holdout": float(holdout)}
 
 
 def mixture_sample(spec, shape, count, gen):
@@ -247,14 +252,15 @@ class Study:
         self.log(f"{name}: floor {fam['floor']}, base @{a.ref_steps} {fam['base_ref']}")
 
         t0 = time.perf_counter()
-        uni = self.fin.LoraTrainer(model, self.settings())
+        control = dict(lr_schedule=a.control_lr_schedule)
+        uni = self.fin.LoraTrainer(model, self.settings(**control))
         lo, hi = self.fin.model_sigma_range(model)
         uni_losses = self._uniform_train(uni, data, lo, hi)
         fam["uniform_lora_s"] = time.perf_counter() - t0
         fam["uniform_ref"] = scores(self.sample(uni.model, ref_sig, a.samples), spec, self.shape)
         # The same draw with the pretraining's own (eps) weighting: separates "Train LoRA's x0 loss moves
         # the model" from "any further training moves it".
-        uni_eps = self.fin.LoraTrainer(model, self.settings())
+        uni_eps = self.fin.LoraTrainer(model, self.settings(**control))
         fam["uniform_eps_loss"] = self._uniform_train(uni_eps, data, lo, hi, weighting="eps")[-1]
         fam["uniform_eps_ref"] = scores(self.sample(uni_eps.model, ref_sig, a.samples), spec, self.shape)
         self.log(f"{name}: @{a.ref_steps} base {fam['base_ref']['fd']:.4f}, uniform x0 LoRA {fam['uniform_ref']['fd']:.4f}, "
@@ -287,6 +293,9 @@ class Study:
                 row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)
                 head, tail = res.losses[:max(1, len(res.losses) // 10)], res.losses[-max(1, len(res.losses) // 10):]
                 row[key + "_loss"] = [sum(head) / len(head), sum(tail) / len(tail)]
+                if res.rounds[0].held_out:
+                    row[key + "_held_out"] = res.rounds[0].held_out
+                    row[key + "_best_step"] = res.rounds[0].best_step
             if not dev:
                 self.alternate(model, data, sig1, n, ref_sig, spec, row, self.chosen)
             fam["rows"][str(n)] = row
@@ -296,8 +305,9 @@ class Study:
             self.choose(fam)
             for n, row in fam["rows"].items():
                 label = fam["chosen"]
-                for suffix in ("", "_ref", "_s", "_loss"):
-                    row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
+                for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step"):
+                    if f"P1+2[{label}]" + suffix in row:
+                        row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
                 if self.left() > a.reserve_s:
                     self.alternate(model, data, torch.tensor(row["P1_sigmas"], dtype=torch.float64), int(n), ref_sig,
                                    spec, row, self.chosen)
@@ -329,7 +339,8 @@ class Study:
         alt = self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=a.rounds, phase1=self.phase1)
         final = self.phase1(alt.model, n)
         row["alt_s"] = time.perf_counter() - t0
-        row["alt_rounds"] = [{"sigmas": r.sigmas, "loss_first": r.losses[0], "loss_last": r.losses[-1]} for r in alt.rounds]
+        row["alt_rounds"] = [{"sigmas": r.sigmas, "loss_first": r.losses[0], "loss_last": r.losses[-1],
+                              "best_step": r.best_step} for r in alt.rounds]
         row["alt_sigmas"] = final.tolist()
         row[f"alt{a.rounds}"] = scores(self.sample(alt.model, final, a.samples), spec, self.shape)
         row[f"alt{a.rounds}_ref"] = scores(self.sample(alt.model, ref_sig, a.samples), spec, self.shape)
@@ -460,10 +471,11 @@ def main():
     p.add_argument("--estimator", default="importance")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--sweep", nargs="+", default=["0.5:1e-3:0", "0.5:1e-3:0.5", "0.5:3e-4:0.5"],
-                   help="spread:learning_rate[:anchor[:x0|eps]] candidates tried on the first family only")
+                   help=CANDIDATE_FIELDS + " candidates tried on the first family only")
     p.add_argument("--controls-only", action="store_true", help="pretrain, then only the two uniform-σ LoRA controls")
     p.add_argument("--fixed", default=None,
-                   help="spread:learning_rate[:anchor[:x0|eps]] picked in an earlier run; no family picks, all validate")
+                   help=CANDIDATE_FIELDS + " picked in an earlier run; no family picks, all validate")
+    p.add_argument("--control-lr-schedule", default="constant", help="learning-rate schedule of the uniform-sigma controls")
     p.add_argument("--choose-steps", nargs="+", type=int, default=[5, 6, 8])
     p.add_argument("--mc", type=int, default=32)
     p.add_argument("--grid", type=int, default=60)

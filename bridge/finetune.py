@@ -31,7 +31,8 @@ import node_helpers
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy.weight_adapter import adapter_maps
 
-from ..samplers.finetune_loss import ANCHOR_WEIGHTINGS, ESTIMATORS, SigmaSampler, anchor_weights, weighted_mse
+from ..samplers.finetune_loss import (ANCHOR_WEIGHTINGS, ESTIMATORS, LR_SCHEDULES, SigmaSampler, anchor_weights,
+                                      holdout_split, lr_factor, weighted_mse)
 from . import schedule_cache
 
 OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD,
@@ -41,6 +42,11 @@ DTYPES = ("bf16", "fp32")
 # fingerprint covers model_options, so Phase 1 on the tuned model cannot hit the untuned entry.
 LORA_DIGEST_KEY = "fewstep_lora_digest"
 SIGMA_TOLERANCE = 1e-3
+# Held-out checks per round (besides the one before the first step), and the most (latent, noise,
+# sigma) draws one check evaluates: enough that the check's own noise is small against the changes it
+# has to see, few enough that 10 checks cost about 15 % of a round at the default batch.
+HOLDOUT_CHECKS = 10
+HOLDOUT_MAX_DRAWS = 4096
 
 
 class FinetuneError(ValueError):
@@ -63,6 +69,8 @@ class TrainSettings:
     gradient_checkpointing: bool = True
     seed: int = 0
     anchor_weighting: str = "x0"
+    lr_schedule: str = "constant"
+    holdout: float = 0.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "rank"):
@@ -80,6 +88,10 @@ class TrainSettings:
             raise FinetuneError(f"anchor must be in [0, 1), got {self.anchor}")
         if self.anchor_weighting not in ANCHOR_WEIGHTINGS:
             raise FinetuneError(f"anchor_weighting must be one of {ANCHOR_WEIGHTINGS}, got {self.anchor_weighting!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise FinetuneError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not (0.0 <= self.holdout < 1.0):
+            raise FinetuneError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.estimator not in ESTIMATORS:
             raise FinetuneError(f"weighting must be one of {ESTIMATORS}, got {self.estimator!r}")
         for name in ("training_dtype", "lora_dtype"):
@@ -174,6 +186,8 @@ class RoundRecord:
     losses: list
     seconds: float
     phase1_seconds: float = 0.0
+    held_out: list = field(default_factory=list)  # (step in the round, held-out loss)
+    best_step: Optional[int] = None
 
 
 @dataclass
@@ -188,6 +202,8 @@ class LoraTrainer:
     _optimizer: object = None
     _trainable: list = field(default_factory=list)
     _steps_done: int = 0
+    validation: list = field(default_factory=list)  # the last round's held-out checks (step, loss)
+    best_step: Optional[int] = None  # the check whose weights were kept (holdout > 0)
 
     def __post_init__(self):
         check_unet(self.model)
@@ -257,20 +273,70 @@ class LoraTrainer:
         """`steps` optimiser steps of the schedule-weighted denoising loss; returns their losses.
         `sigma_sampler` (anything with draw(count, generator) -> (sigmas, weights, index)) replaces
         the schedule's sampler (the studies' uniform-noise control); `batch_fn(generator) -> (index,
-        noise, sigmas, weights)` replaces the whole batch draw (tests use a fixed batch)."""
+        noise, sigmas, weights)` replaces the whole batch draw (tests use a fixed batch).
+
+        With settings.holdout > 0 that share of the latents is never trained on: the same loss on a
+        fixed draw of them is checked before the first step and HOLDOUT_CHECKS times in the round,
+        and the adapter weights of the best check are restored at the end (`self.validation`)."""
         s = self.settings
         steps = int(s.steps if steps is None else steps)
         lo, hi = model_sigma_range(self.model)
         sampler = sigma_sampler or SigmaSampler(tuple(float(v) for v in torch.as_tensor(sigmas).flatten().tolist()),
                                                 float(s.spread), s.estimator, lo, hi)
-        gen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + self._steps_done)
+        seed = int(s.seed) * 1_000_003 + self._steps_done
+        gen = torch.Generator().manual_seed(seed)
         count = latents.shape[0]
+        pool, held = torch.arange(count), None
+        if s.holdout > 0:
+            try:
+                pool, held = holdout_split(count, float(s.holdout), int(s.seed))
+            except ValueError as e:
+                raise FinetuneError(str(e)) from None
         losses = []
+        self.validation = []  # (optimiser steps done in this round, held-out loss)
         check = comfy.model_management.throw_exception_if_processing_interrupted
         trainable = self._trainable
         table = self.model.get_model_object("model_sampling").sigmas.double().cpu()
+        base_lr = float(s.learning_rate)
+
+        def draw(rows, generator):
+            sigma, weight, _ = sampler.draw(rows, generator)
+            keep = int(round(float(s.anchor) * rows))
+            if keep:
+                # anchor: part of the batch at TrainLoraNode's noise levels (timestep uniform over the
+                # model's levels), so the model away from the steps is held in place
+                t = torch.randint(0, table.numel(), (keep,), generator=generator)
+                sigma, weight = sigma.clone(), weight.clone()
+                sigma[:keep] = table[t]
+                weight[:keep] = anchor_weights(table[t], table, s.anchor_weighting)
+            return sigma, weight
+
+        if held is not None:
+            # the same draw in every round on the same schedule, whatever the steps done before
+            vgen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + 0x7E57)
+            rows = min(max(held.numel(), 8 * int(s.batch_size)), HOLDOUT_MAX_DRAWS)
+            v_index = held[torch.arange(rows) % held.numel()]
+            v_noise = torch.randn((rows,) + tuple(latents.shape[1:]), generator=vgen)
+            v_sigma, v_weight = draw(rows, vgen)
+        every = max(1, steps // HOLDOUT_CHECKS)
+        best = {}
+
+        def held_out_check(model_wrap, data, extra_args, done):
+            total = 0.0
+            with torch.no_grad():
+                for a in range(0, v_index.numel(), int(s.batch_size)):
+                    b = slice(a, a + int(s.batch_size))
+                    part = _denoising_loss(model_wrap, data[v_index[b].to(data.device)], v_noise[b], v_sigma[b],
+                                           v_weight[b], extra_args, self.dtype)
+                    total += float(part) * v_index[b].numel()
+            value = total / v_index.numel()
+            self.validation.append((done, value))
+            if not best or value < best["loss"]:
+                best.update(loss=value, step=done, weights=[p.detach().clone() for p in trainable])
 
         def step_fn(model_wrap, data, extra_args):
+            if held is not None:
+                held_out_check(model_wrap, data, extra_args, 0)
             for p in trainable:
                 p.requires_grad_(True)
             for i in range(steps):
@@ -278,18 +344,11 @@ class LoraTrainer:
                 if batch_fn is not None:
                     index, noise, sigma, weight = batch_fn(gen)
                 else:
-                    index = torch.randint(0, count, (int(s.batch_size),), generator=gen)
+                    index = pool[torch.randint(0, pool.numel(), (int(s.batch_size),), generator=gen)]
                     noise = torch.randn((int(s.batch_size),) + tuple(data.shape[1:]), generator=gen)
-                    sigma, weight, _ = sampler.draw(int(s.batch_size), gen)
-                    keep = int(round(float(s.anchor) * int(s.batch_size)))
-                    if keep:
-                        # anchor: part of the batch at TrainLoraNode's noise levels (timestep uniform over
-                        # the model's levels), so the model away from the steps is held in place
-                        t = torch.randint(0, table.numel(), (keep,), generator=gen)
-                        sigma, weight = sigma.clone(), weight.clone()
-                        sigma[:keep] = table[t]
-                        weight[:keep] = anchor_weights(table[t], table, s.anchor_weighting)
-
+                    sigma, weight = draw(int(s.batch_size), gen)
+                for group in self._optimizer.param_groups:
+                    group["lr"] = base_lr * lr_factor(i, steps, s.lr_schedule)
                 loss = _denoising_loss(model_wrap, data[index.to(data.device)], noise, sigma, weight, extra_args, self.dtype)
                 if not torch.isfinite(loss):
                     raise FinetuneError(f"the loss became {float(loss)} at step {self._steps_done + i + 1}; lower "
@@ -300,6 +359,12 @@ class LoraTrainer:
                 losses.append(float(loss.detach()))
                 if progress is not None:
                     progress(i + 1, steps)
+                if held is not None and ((i + 1) % every == 0 or i + 1 == steps):
+                    held_out_check(model_wrap, data, extra_args, i + 1)
+            if best:
+                with torch.no_grad():
+                    for p, w in zip(trainable, best["weights"]):
+                        p.copy_(w)
 
         try:
             self._run_in_guider(positive, latents, step_fn)
@@ -308,6 +373,7 @@ class LoraTrainer:
                 p.requires_grad_(False)
             self._steps_done += len(losses)
             self.losses.extend(losses)
+            self.best_step = best.get("step")
             self._mark()
         return losses
 
@@ -374,27 +440,35 @@ def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, ro
         done = r * settings.steps
         losses = trainer.train(data, positive, sig,
                                progress=None if progress is None else (lambda i, n, d=done: progress(d + i, total)))
-        records.append(RoundRecord(r + 1, [float(v) for v in sig.tolist()], losses, time.perf_counter() - t0, p1))
+        records.append(RoundRecord(r + 1, [float(v) for v in sig.tolist()], losses, time.perf_counter() - t0, p1,
+                                   list(trainer.validation), trainer.best_step))
     return FinetuneResult(trainer.model, trainer.lora_state(), records, settings)
 
 
 def report(result: FinetuneResult) -> str:
     s = result.settings
     lines = [f"Few-step fine-tune: {s.algorithm} rank {s.rank}, {s.optimizer} lr {s.learning_rate:g}, "
-             f"batch {s.batch_size}, {s.steps} steps x {len(result.rounds)} round(s), spread {s.spread:g}, anchor {s.anchor:g}, "
-             f"weighting {s.estimator} (schedule-derived, docs/finetune.md)"]
+             f"({s.lr_schedule}), batch {s.batch_size}, {s.steps} steps x {len(result.rounds)} round(s), spread {s.spread:g}, "
+             f"anchor {s.anchor:g}, weighting {s.estimator} (schedule-derived, docs/finetune.md)"
+             + (f", {s.holdout:g} of the latents held out" if s.holdout > 0 else "")]
     for r in result.rounds:
         head = sum(r.losses[: max(1, len(r.losses) // 10)]) / max(1, len(r.losses[: max(1, len(r.losses) // 10)]))
         tail = r.losses[-max(1, len(r.losses) // 10):]
         lines.append(f"round {r.round}: sigmas [{', '.join(f'{v:.4g}' for v in r.sigmas)}]; loss {head:.4g} -> "
                      f"{sum(tail) / len(tail):.4g} (first/last 10%); {r.seconds:.1f} s"
                      + (f", Phase 1 {r.phase1_seconds:.1f} s" if r.round > 1 else ""))
+        if r.held_out:
+            best = dict(r.held_out)[r.best_step]
+            lines.append(f"  held-out loss {r.held_out[0][1]:.4g} before the round, best {best:.4g} after step "
+                         f"{r.best_step} of {len(r.losses)}" + (" (kept)" if r.best_step else " (the round's start kept: "
+                                                                   "training did not lower it)"))
     lines.append(f"LoRA tensors: {len(result.lora)}")
     return "\n".join(lines)
 
 
 def loss_curve_image(result: FinetuneResult, width: int = 640, height: int = 320) -> torch.Tensor:
-    """IMAGE [1, H, W, 3]: the per-step loss (log scale, moving average in blue), rounds separated."""
+    """IMAGE [1, H, W, 3]: the per-step loss (log scale, moving average in blue), rounds separated,
+    held-out checks as orange dots (the kept one ringed)."""
     from PIL import Image, ImageDraw
     values = [v for v in result.losses if math.isfinite(v) and v > 0]
     img = Image.new("RGB", (width, height), "white")
@@ -405,7 +479,11 @@ def loss_curve_image(result: FinetuneResult, width: int = 640, height: int = 320
         logs = [math.log10(v) for v in values]
         win = max(1, len(logs) // 50)
         smooth = [sum(logs[max(0, i - win + 1): i + 1]) / len(logs[max(0, i - win + 1): i + 1]) for i in range(len(logs))]
-        lo, hi = min(logs), max(logs)
+        checks, at = [], 0  # (global step, log loss, kept)
+        for r in result.rounds:
+            checks += [(at + k, math.log10(v), k == r.best_step) for k, v in r.held_out if math.isfinite(v) and v > 0]
+            at += len(r.losses)
+        lo, hi = min(logs + [c[1] for c in checks]), max(logs + [c[1] for c in checks])
         hi = hi if hi > lo else lo + 1e-6
         px = lambda i: margin + (width - 8 - margin) * i / (len(logs) - 1)
         py = lambda v: height - margin - (height - margin - 8) * (v - lo) / (hi - lo)
@@ -415,9 +493,14 @@ def loss_curve_image(result: FinetuneResult, width: int = 640, height: int = 320
         for r in result.rounds[:-1]:
             at += len(r.losses)
             draw.line([(px(at), 8), (px(at), height - margin)], fill=(200, 60, 60), width=1)
+        for step, v, kept in checks:
+            x, y = px(min(step, len(logs) - 1)), py(v)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(235, 140, 20))
+            if kept:
+                draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(0, 0, 0), width=2)
         draw.text((2, 8), f"{10 ** hi:.3g}", fill="black")
         draw.text((2, height - margin - 10), f"{10 ** lo:.3g}", fill="black")
-    draw.text((margin, height - margin + 8), "training step (loss, log scale; red: new round's schedule)", fill="black")
+    draw.text((margin, height - margin + 8), "step (log loss; red: new round's schedule; orange: held-out, ringed: kept)", fill="black")
     buf = _io.BytesIO()  # keeps PIL -> tensor conversion free of numpy dtype quirks
     img.save(buf, format="PNG")
     import numpy as np

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..bridge import finetune as ft
 from ..bridge.schedule_opt import ode_samplers
-from ..samplers.finetune_loss import ESTIMATORS
+from ..samplers.finetune_loss import ESTIMATORS, LR_SCHEDULES
 
 CATEGORY = "FewStep/training"
 
@@ -56,6 +56,10 @@ class FewStepFinetune(io.ComfyNode):
                                tooltip="Sampler Phase 1 optimises for between rounds (the record's own sampler when the schedule came from the optimiser)."),
                 io.Int.Input("phase1_mc_samples", default=8, min=1, max=256, optional=True, tooltip="Phase 1 Monte-Carlo noises between rounds."),
                 io.Int.Input("phase1_grid", default=120, min=8, max=400, optional=True, tooltip="Phase 1 candidate sigmas between rounds."),
+                io.Combo.Input("lr_schedule", options=list(LR_SCHEDULES), default="constant", optional=True,
+                               tooltip="constant: Train LoRA's fixed learning rate; cosine: short warm-up, then decayed to 0 by each round's end, so the LoRA ends at a settled point rather than wherever the last noisy steps left it."),
+                io.Float.Input("holdout", default=0.0, min=0.0, max=0.5, step=0.01, optional=True,
+                               tooltip="Share of the latents never trained on. The same loss on them is checked 11 times a round and the weights of the best check are kept (early stopping); 0 = off."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied."),
@@ -68,14 +72,15 @@ class FewStepFinetune(io.ComfyNode):
     @classmethod
     def execute(cls, model, latents, positive, steps, train_steps, batch_size, learning_rate, rank, spread, weighting,
                 anchor, rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
-                phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120) -> io.NodeOutput:
+                phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120, lr_schedule="constant",
+                holdout=0.0) -> io.NodeOutput:
         ft.check_unet(model)
         ft.check_latents(latents)
         settings = ft.TrainSettings(steps=int(train_steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
                                     rank=int(rank), algorithm=algorithm, optimizer=optimizer, spread=float(spread),
                                     estimator=weighting, anchor=float(anchor), training_dtype=training_dtype,
                                     lora_dtype=lora_dtype, gradient_checkpointing=bool(gradient_checkpointing),
-                                    seed=int(seed))
+                                    seed=int(seed), lr_schedule=lr_schedule, holdout=float(holdout))
         result, text = ft.run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
                                    int(phase1_mc_samples), int(phase1_grid))
         return io.NodeOutput(result.model, result.lora, ft.loss_curve_image(result), text)

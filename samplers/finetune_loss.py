@@ -37,6 +37,7 @@ import torch
 
 ESTIMATORS = ("importance", "explicit")
 ANCHOR_WEIGHTINGS = ("x0", "eps")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def _called_sigmas(sigmas) -> torch.Tensor:
@@ -157,3 +158,35 @@ def anchor_weights(sigma: torch.Tensor, levels: torch.Tensor, weighting: str) ->
         return torch.ones_like(sigma)
     levels = torch.as_tensor(levels, dtype=torch.float64)
     return sigma.pow(-2) / levels.pow(-2).mean()
+
+
+def lr_factor(step: int, steps: int, schedule: str) -> float:
+    """Multiplier of the learning rate at optimiser step `step` (0-based) of a round of `steps`.
+
+    "constant": 1 (Train LoRA's). "cosine": a linear warm-up over the first 5 % of the round, then
+    half a cosine down to 0 at the round's end. An adapter trained at a constant rate ends wherever
+    the last noisy gradients left it; the pretrained network it sits on ended its own training with a
+    decayed rate, and on sharp data the study found the constant-rate end point worse than the start
+    (docs/finetune.md). Each round of an alternation decays again."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    steps = int(steps)
+    if steps < 1 or not (0 <= int(step) < steps):
+        raise ValueError(f"step must be in [0, steps), got {step} of {steps}")
+    if schedule == "constant":
+        return 1.0
+    warm = max(1, steps // 20)
+    return min(1.0, (step + 1) / warm) * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+
+
+def holdout_split(count: int, share: float, seed: int) -> tuple:
+    """(training indices, held-out indices) of `count` latents, `share` of them held out (at least
+    one each side), chosen by a seeded permutation so that the split depends only on (count, seed)."""
+    if not (0.0 < share < 1.0):
+        raise ValueError(f"holdout must be in (0, 1), got {share}")
+    held = int(round(share * count))
+    if held < 1 or count - held < 1:
+        raise ValueError(f"holdout: {share:g} of {count} latents leaves {held} held out and {count - held} to "
+                         f"train on; both need at least one latent (add latents or change holdout)")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(int(seed) + 0x5EED))
+    return order[held:].sort().values, order[:held].sort().values

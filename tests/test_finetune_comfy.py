@@ -88,6 +88,45 @@ def test_anchor_weighting_reaches_the_step_and_bad_names_are_refused(env, one_th
     assert all(torch.equal(states["x0"][k], v) for k, v in again.lora_state().items())
 
 
+def test_lr_schedule_sets_each_steps_rate(env, one_thread):
+    from importlib import import_module
+    lr_factor = import_module(env.pack.__name__ + ".samplers.finetune_loss").lr_factor
+    for schedule in ("constant", "cosine"):
+        trainer = env.fin.LoraTrainer(env.model, env.settings(learning_rate=1e-3, lr_schedule=schedule))
+        seen = []
+        trainer.train(env.latents["samples"], env.cond, SCHED, steps=6,
+                      progress=lambda i, n: seen.append(trainer._optimizer.param_groups[0]["lr"]))
+        assert seen == pytest.approx([1e-3 * lr_factor(i, 6, schedule) for i in range(6)], rel=1e-12)
+    assert seen[0] > seen[-1] > 0  # cosine: decayed, not yet 0 at the last step
+
+
+def test_holdout_never_trains_on_held_latents_and_keeps_the_best_check(env, one_thread):
+    from importlib import import_module
+    split = import_module(env.pack.__name__ + ".samplers.finetune_loss").holdout_split
+    data = torch.randn(12, 4, 8, 8, generator=torch.Generator().manual_seed(11))
+    pool, held = split(12, 0.25, 0)
+    assert held.numel() == 3
+    with_holdout = env.fin.LoraTrainer(env.model, env.settings(batch_size=3, holdout=0.25))
+    losses = with_holdout.train(data, env.cond, SCHED, steps=5)
+    # the same draws on the training share alone, without checks: the same per-step losses, so the
+    # held-out latents never entered a step and the checks did not disturb the training
+    alone = env.fin.LoraTrainer(env.model, env.settings(batch_size=3))
+    assert alone.train(data[pool], env.cond, SCHED, steps=5) == losses
+    steps = [k for k, _ in with_holdout.validation]
+    assert steps == [0, 1, 2, 3, 4, 5]  # before the first step, then every step (5 < HOLDOUT_CHECKS)
+    best_step, best_loss = min(with_holdout.validation, key=lambda c: c[1])
+    assert with_holdout.best_step == best_step
+    # the kept weights give the best check's held-out loss again (the same fixed draw)
+    with_holdout.train(data, env.cond, SCHED, steps=0)
+    assert with_holdout.validation[0][1] == pytest.approx(best_loss, rel=1e-6)
+    # a learning rate that wrecks the model: no check beats the start, the start's weights come back
+    wrecked = env.fin.LoraTrainer(env.model, env.settings(batch_size=3, holdout=0.25, learning_rate=0.5))
+    wrecked.train(data, env.cond, SCHED, steps=3)
+    assert wrecked.best_step == 0, wrecked.validation
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 0.7
+    assert torch.equal(_denoised(wrecked.model, x, 0.7, env.cond), _denoised(env.model, x, 0.7, env.cond))
+
+
 def test_lora_round_trips_through_core_save_and_load_nodes(env, one_thread):
     import folder_paths
     M = env.nodes.NODE_CLASS_MAPPINGS
@@ -156,6 +195,8 @@ def test_node_refuses_bad_input_before_any_model_call(env):
         (dict(sigmas=torch.tensor([1.0, 3.0, 0.0])), "sigmas"),
         (dict(positive=[]), "positive"),
         (dict(spread=2.0), "spread"),
+        (dict(lr_schedule="linear"), "lr_schedule"),
+        (dict(holdout=0.05), "holdout"),  # 6 latents: none would be held out
     ]
     for over, match in cases:
         with pytest.raises(Exception, match=match):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from samplers import finetune_loss as fl
 from samplers.finetune_loss import SigmaSampler, anchor_weights, schedule_weights, weighted_mse
 
 SCHED = (14.6146, 6.0, 2.5, 0.9, 0.25, 0.0)
@@ -117,3 +118,31 @@ def test_anchor_weights_x0_is_one_and_eps_is_inverse_variance_with_mean_one_over
     assert float(anchor_weights(levels, levels, "eps").mean()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="anchor_weighting"):
         anchor_weights(sig, levels, "v")
+
+
+def test_lr_factor_constant_is_one_and_cosine_warms_up_then_decays_to_zero():
+    assert all(fl.lr_factor(i, 40, "constant") == 1.0 for i in range(40))
+    cos = [fl.lr_factor(i, 40, "cosine") for i in range(40)]
+    assert cos[0] == pytest.approx(0.5 * (1 + math.cos(0)) / 2)  # warm-up: 2 steps at 40
+    assert cos[1] == pytest.approx(0.5 * (1 + math.cos(math.pi / 40)))
+    assert all(a > b for a, b in zip(cos[1:], cos[2:]))  # then strictly decreasing ...
+    assert 0 < cos[-1] < 0.01  # ... to almost 0 at the round's last step
+    assert fl.lr_factor(0, 1, "cosine") == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fl.lr_factor(0, 10, "linear")
+    with pytest.raises(ValueError, match="step"):
+        fl.lr_factor(10, 10, "cosine")
+
+
+def test_holdout_split_is_disjoint_complete_seeded_and_refuses_an_empty_side():
+    train, held = fl.holdout_split(100, 0.1, 3)
+    assert held.numel() == 10 and train.numel() == 90
+    assert sorted(train.tolist() + held.tolist()) == list(range(100))
+    again = fl.holdout_split(100, 0.1, 3)
+    assert torch.equal(again[1], held)
+    assert not torch.equal(fl.holdout_split(100, 0.1, 4)[1], held)
+    for count, share in ((4, 0.1), (2, 0.9)):
+        with pytest.raises(ValueError, match="holdout"):
+            fl.holdout_split(count, share, 0)
+    with pytest.raises(ValueError, match="holdout"):
+        fl.holdout_split(10, 0.0, 0)
