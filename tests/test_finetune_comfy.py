@@ -173,13 +173,18 @@ def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):
     old = folder_paths.get_user_directory()
     folder_paths.set_user_directory(str(tmp_path))
     try:
-        model, lora, curve, report = _run_node(env, **_node_inputs(env, rounds=2, phase1_grid=8, phase1_mc_samples=2))
+        model, lora, curve, report = _run_node(env, **_node_inputs(env, rounds=2, phase1_grid=8, phase1_mc_samples=2,
+                                                                   lr_schedule="cosine", holdout=0.34))
     finally:
         folder_paths.set_user_directory(old)
     assert set(lora) and all(torch.is_tensor(v) for v in lora.values())
     assert curve.ndim == 4 and curve.shape[0] == 1 and curve.shape[-1] == 3
     assert "round 1: sigmas [14.61, 3, 0.7, 0]" in report and "round 2: sigmas" in report
     assert "Phase 1" in report
+    assert "(cosine)" in report and "0.34 of the latents held out" in report
+    assert report.count("held-out loss") == 2  # one line per round
+    orange = (curve[0] - torch.tensor([235, 140, 20]) / 255).abs().max(-1).values < 0.02
+    assert int(orange.sum()) > 20  # the held-out checks are drawn
     assert model.model_options[env.fin.LORA_DIGEST_KEY] == env.fin.lora_digest(lora)
 
 
