@@ -241,9 +241,7 @@ class Study:
         # The mixture lives in the model's own latent space: no VAE scaling on the way in or out.
         model.model.latent_format.scale_factor = 1.0
         fam["params"] = sum(p.numel() for p in model.model.diffusion_model.parameters())
-        self.log(f"{name}: UNet {fam['params'] / 1e6:.2f} M parameters, pretraining {a.pretrain_steps} steps")
-        fam["pretrain_s"] = pretrain(model, spec, self.shape, a.pretrain_steps, a.pretrain_batch, a.pretrain_lr,
-                                     self.device, seed, self.log)
+        self.base_model(name, model, spec, seed, fam)
         data = self.data_latents(spec, a.train_images, seed + 100)
         exact = mixture_sample(spec, self.shape, a.samples, torch.Generator().manual_seed(seed + 7))
         fam["floor"] = scores(exact, spec, self.shape)
@@ -317,6 +315,29 @@ class Study:
         fam["base_ref_after"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)
         self.log(f"{name}: base @{a.ref_steps} before/after the LoRAs: {fam['base_ref']['fd']:.6g} / {fam['base_ref_after']['fd']:.6g}")
         self.save()
+
+    def base_model(self, name, model, spec, seed, fam):
+        """Pretrains the family's UNet, or with --base-dir loads it when an earlier run (another
+        session, another machine) saved one for the same family and pretraining settings there."""
+        torch, a = self.torch, self.args
+        net = model.model.diffusion_model
+        path = None
+        if a.base_dir:
+            path = Path(a.base_dir) / (f"{name}-w{a.width}-r{a.res_blocks}-s{a.size}-p{a.pretrain_steps}"
+                                       f"-b{a.pretrain_batch}-lr{a.pretrain_lr:g}.pt")
+            if path.exists():
+                net.load_state_dict(torch.load(path, map_location=self.device))
+                net.eval()
+                fam["pretrain_s"], fam["base_loaded"] = 0.0, path.name
+                self.log(f"{name}: pretrained UNet loaded from {path}")
+                return
+        self.log(f"{name}: UNet {fam['params'] / 1e6:.2f} M parameters, pretraining {a.pretrain_steps} steps")
+        fam["pretrain_s"] = pretrain(model, spec, self.shape, a.pretrain_steps, a.pretrain_batch, a.pretrain_lr,
+                                     self.device, seed, self.log)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)
+            fam["base_saved"] = path.name
 
     def choose(self, fam):
         """The candidate with the lowest median FD ratio to P1 over N in --choose-steps (dev family only)."""
@@ -475,6 +496,9 @@ def main():
     p.add_argument("--controls-only", action="store_true", help="pretrain, then only the two uniform-σ LoRA controls")
     p.add_argument("--fixed", default=None,
                    help=CANDIDATE_FIELDS + " picked in an earlier run; no family picks, all validate")
+    p.add_argument("--base-dir", default=None,
+                   help="pretrained UNets: loaded from here when one for the family and pretraining settings is "
+                        "there, else pretrained and saved here (pretrain to convergence in one run, study in the next)")
     p.add_argument("--control-lr-schedule", default="constant", help="learning-rate schedule of the uniform-sigma controls")
     p.add_argument("--choose-steps", nargs="+", type=int, default=[5, 6, 8])
     p.add_argument("--mc", type=int, default=32)
