@@ -80,8 +80,9 @@ def mixture_sample(spec, shape, count, gen):
     return mu[k] + spec.spread * torch.randn((count,) + tuple(shape), generator=gen)
 
 
-def pretrain(model, spec, shape, steps, batch, lr, device, seed, log):
-    """From scratch: the standard eps objective, timesteps uniform over the 1000 discrete levels."""
+def pretrain(model, spec, shape, steps, batch, lr, device, seed, log, lr_factor):
+    """From scratch: the standard eps objective, timesteps uniform over the 1000 discrete levels, the
+    learning rate on the trainer's cosine schedule (`lr_factor`, samplers/finetune_loss.py)."""
     import torch
     gen = torch.Generator().manual_seed(seed)
     net = model.model.diffusion_model
@@ -92,13 +93,12 @@ def pretrain(model, spec, shape, steps, batch, lr, device, seed, log):
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, i / steps))))
     ctx = torch.zeros(batch, 1, 16, device=device)
     t0 = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
         for i in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr * lr_factor(i, steps, "cosine")
             x0 = mixture_sample(spec, shape, batch, gen).to(device)
             eps = torch.randn(x0.shape, generator=gen).to(device)
             t = torch.randint(0, sig_table.numel(), (batch,), generator=gen).to(device)
@@ -109,7 +109,6 @@ def pretrain(model, spec, shape, steps, batch, lr, device, seed, log):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             if (i + 1) % max(1, steps // 5) == 0:
                 log(f"  pretrain {i + 1}/{steps} eps-loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
     for p in params:
@@ -333,7 +332,7 @@ class Study:
                 return
         self.log(f"{name}: UNet {fam['params'] / 1e6:.2f} M parameters, pretraining {a.pretrain_steps} steps")
         fam["pretrain_s"] = pretrain(model, spec, self.shape, a.pretrain_steps, a.pretrain_batch, a.pretrain_lr,
-                                     self.device, seed, self.log)
+                                     self.device, seed, self.log, self.fin.lr_factor)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)

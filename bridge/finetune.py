@@ -283,8 +283,7 @@ class LoraTrainer:
         lo, hi = model_sigma_range(self.model)
         sampler = sigma_sampler or SigmaSampler(tuple(float(v) for v in torch.as_tensor(sigmas).flatten().tolist()),
                                                 float(s.spread), s.estimator, lo, hi)
-        seed = int(s.seed) * 1_000_003 + self._steps_done
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + self._steps_done)
         count = latents.shape[0]
         pool, held = torch.arange(count), None
         if s.holdout > 0:
