@@ -80,11 +80,18 @@ def mixture_sample(spec, shape, count, gen):
     return mu[k] + spec.spread * torch.randn((count,) + tuple(shape), generator=gen)
 
 
-def pretrain(model, spec, shape, steps, batch, lr, device, seed, log, lr_factor):
+def pretrain(model, spec, shape, steps, batch, lr, device, seed, log, lr_factor, ema=0.0, budget_s=None,
+             evaluate=None, evals=0):
     """From scratch: the standard eps objective, timesteps uniform over the 1000 discrete levels, the
-    learning rate on the trainer's cosine schedule (`lr_factor`, samplers/finetune_loss.py)."""
+    learning rate on the trainer's cosine schedule (`lr_factor`, samplers/finetune_loss.py).
+
+    ema > 0 keeps an exponential moving average of the weights (decay ramped as min(ema, (1+i)/(10+i)))
+    and leaves it in the network at the end, as diffusion models are usually released. budget_s replaces
+    `steps` with as many steps as fit in that many seconds, measured on 30 probe steps (at rate 0, from
+    their own generator, so the run itself depends only on the step count it reports). evaluate(step) is
+    called on the weights the run would return, at `evals` evenly spaced steps (the convergence curve).
+    Returns (seconds, steps, curve)."""
     import torch
-    gen = torch.Generator().manual_seed(seed)
     net = model.model.diffusion_model
     net.to(device).train()
     ms = model.model.model_sampling
@@ -92,29 +99,74 @@ def pretrain(model, spec, shape, steps, batch, lr, device, seed, log, lr_factor)
     params = [p for p in net.parameters()]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    fused = device.type == "cuda"
     ctx = torch.zeros(batch, 1, 16, device=device)
+
+    def step(opt, gen, rate):
+        for group in opt.param_groups:
+            group["lr"] = rate
+        x0 = mixture_sample(spec, shape, batch, gen).to(device)
+        eps = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.randint(0, sig_table.numel(), (batch,), generator=gen).to(device)
+        sigma = sig_table[t]
+        xt = x0 + sigma.view(-1, 1, 1, 1) * eps
+        den = model.model.apply_model(xt, sigma, c_crossattn=ctx)
+        loss = ((xt - den) / sigma.view(-1, 1, 1, 1) - eps).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
     t0 = time.perf_counter()
     with torch.inference_mode(False), torch.enable_grad():
+        if budget_s:
+            probe = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0, fused=fused)
+            gen = torch.Generator().manual_seed(seed + 999)
+            for i in range(35):
+                if i == 5:
+                    sync(device)
+                    t1 = time.perf_counter()
+                step(probe, gen, 0.0)
+            sync(device)
+            rate = 30 / (time.perf_counter() - t1)
+            steps = max(100, int((budget_s - (time.perf_counter() - t0)) * rate * (0.92 if evals else 1.0)) // 100 * 100)
+            log(f"  pretrain: {rate:.1f} steps/s measured, {steps} steps fit in {budget_s:.0f} s")
+            del probe
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused)
+        average = [p.detach().clone() for p in params] if ema > 0 else None
+        marks = {round(steps * (j + 1) / evals) for j in range(evals)} if evals and evaluate else set()
+        curve = []
         for i in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(i, steps, "cosine")
-            x0 = mixture_sample(spec, shape, batch, gen).to(device)
-            eps = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.randint(0, sig_table.numel(), (batch,), generator=gen).to(device)
-            sigma = sig_table[t]
-            xt = x0 + sigma.view(-1, 1, 1, 1) * eps
-            den = model.model.apply_model(xt, sigma, c_crossattn=ctx)
-            loss = ((xt - den) / sigma.view(-1, 1, 1, 1) - eps).pow(2).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = step(opt, gen, lr * lr_factor(i, steps, "cosine"))
+            if average is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(average, [p.detach() for p in params], 1.0 - min(ema, (1 + i) / (10 + i)))
             if (i + 1) % max(1, steps // 5) == 0:
-                log(f"  pretrain {i + 1}/{steps} eps-loss {float(loss):.4f} ({time.perf_counter() - t0:.0f} s)")
+                log(f"  pretrain {i + 1}/{steps} eps-loss {float(loss.detach()):.4f} ({time.perf_counter() - t0:.0f} s)")
+            if i + 1 in marks:
+                with torch.no_grad():
+                    live = [p.detach().clone() for p in params] if average is not None else None
+                    if live is not None:
+                        torch._foreach_copy_(params, average)
+                    net.eval()
+                    curve.append([i + 1, evaluate(i + 1)])
+                    net.train()
+                    if live is not None:
+                        torch._foreach_copy_(params, live)
+        if average is not None:
+            with torch.no_grad():
+                torch._foreach_copy_(params, average)
     for p in params:
         p.requires_grad_(False)
     net.eval()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, steps, curve
+
+
+def sync(device):
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def scores(x, spec, shape, radius_q=0.99):
@@ -140,6 +192,25 @@ def scores(x, spec, shape, radius_q=0.99):
     counts = torch.bincount(which[near], minlength=k).double()
     coverage = float((counts >= 0.5 * xf.shape[0] / k).double().mean())
     return {"fd": fd, "near": float(near.double().mean()), "coverage": coverage}
+
+
+def pick(fam, labels, choose_steps):
+    """(ratios, label): the candidate with the lowest median FD ratio to P1 over N in choose_steps
+    (on the development family only)."""
+    ratios = {}
+    for label in labels:
+        r = [fam["rows"][str(n)][f"P1+2[{label}]"]["fd"] / fam["rows"][str(n)]["P1"]["fd"]
+             for n in choose_steps if f"P1+2[{label}]" in fam["rows"].get(str(n), {})]
+        ratios[label] = sorted(r)[len(r) // 2] if r else math.inf
+    return ratios, min(ratios, key=ratios.get)
+
+
+def adopt(fam, label):
+    """Makes candidate `label`'s rows the family's P1+2 rows."""
+    for row in fam["rows"].values():
+        for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step"):
+            if f"P1+2[{label}]" + suffix in row:
+                row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
 
 
 def load(cpu: bool):
@@ -200,8 +271,9 @@ class Study:
                           use_cache=False)
         return out.result[0].double()
 
-    def sample(self, model, sigmas, count, seed=1234):
+    def sample(self, model, sigmas, count, seed=None):
         torch = self.torch
+        seed = 1234 + self.args.replicate if seed is None else seed
         noise = torch.randn((count,) + self.shape, generator=torch.Generator().manual_seed(seed))
         sampler = self.samplers.sampler_object(self.args.sampler)
         out = []
@@ -219,7 +291,7 @@ class Study:
         a = self.args
         base = dict(steps=a.lora_steps, batch_size=a.lora_batch, learning_rate=a.lora_lr, rank=a.rank,
                     spread=a.spread, estimator=a.estimator, training_dtype="fp32", lora_dtype="fp32",
-                    gradient_checkpointing=False, seed=0)
+                    gradient_checkpointing=False, seed=a.replicate)
         base.update(over)
         return self.fin.TrainSettings(**base)
 
@@ -235,16 +307,20 @@ class Study:
         spec = MixtureSpec(dataset, k, spread, seed)
         fam = {"spec": [dataset, k, spread, seed], "rows": {}}
         self.results["families"][name] = fam
+        if a.replicate:  # another draw of everything random (network, data, noise, LoRA); the same mixture
+            fam["replicate"] = a.replicate
+            seed += 1000 * a.replicate
         model = self.random_unet.build(unet_config(a.width, a.res_blocks), dtype=torch.float32, device=self.device,
                                        seed=seed, family="sd15")
         # The mixture lives in the model's own latent space: no VAE scaling on the way in or out.
         model.model.latent_format.scale_factor = 1.0
         fam["params"] = sum(p.numel() for p in model.model.diffusion_model.parameters())
-        self.base_model(name, model, spec, seed, fam)
+        ref_sig = self.karras(model, a.ref_steps)
+        self.base_model(name, model, spec, seed, fam,
+                        lambda step: scores(self.sample(model, ref_sig, a.samples), spec, self.shape))
         data = self.data_latents(spec, a.train_images, seed + 100)
         exact = mixture_sample(spec, self.shape, a.samples, torch.Generator().manual_seed(seed + 7))
         fam["floor"] = scores(exact, spec, self.shape)
-        ref_sig = self.karras(model, a.ref_steps)
         fam["base_ref"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)
         self.log(f"{name}: floor {fam['floor']}, base @{a.ref_steps} {fam['base_ref']}")
 
@@ -268,6 +344,8 @@ class Study:
 
         dev = self.chosen is None  # the first family picks the Phase 2 settings among --sweep
         candidates = self.candidates if dev else {"chosen": self.chosen}
+        if a.no_pick:  # a parallel worker: every family runs the sweep, the merge picks on the first family
+            dev = False
         for n in a.steps:
             if self.left() < a.reserve_s:
                 self.log(f"{name}: time budget reached before N={n}")
@@ -284,7 +362,7 @@ class Study:
             for label, over in candidates.items():
                 t0 = time.perf_counter()
                 res = self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=1)
-                key = "P1+2" if not dev else f"P1+2[{label}]"
+                key = "P1+2" if not (dev or a.no_pick) else f"P1+2[{label}]"
                 row[key + "_s"] = time.perf_counter() - t0
                 row[key] = scores(self.sample(res.model, sig1, a.samples), spec, self.shape)
                 row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)
@@ -293,18 +371,15 @@ class Study:
                 if res.rounds[0].held_out:
                     row[key + "_held_out"] = res.rounds[0].held_out
                     row[key + "_best_step"] = res.rounds[0].best_step
-            if not dev:
+            if not dev and not a.no_pick:
                 self.alternate(model, data, sig1, n, ref_sig, spec, row, self.chosen)
             fam["rows"][str(n)] = row
             self.log(f"{name} N={n}: " + ", ".join(f"{k} {v['fd']:.4f}" for k, v in row.items() if isinstance(v, dict)))
             self.save()
         if dev:
             self.choose(fam)
+            adopt(fam, fam["chosen"])
             for n, row in fam["rows"].items():
-                label = fam["chosen"]
-                for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step"):
-                    if f"P1+2[{label}]" + suffix in row:
-                        row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
                 if self.left() > a.reserve_s:
                     self.alternate(model, data, torch.tensor(row["P1_sigmas"], dtype=torch.float64), int(n), ref_sig,
                                    spec, row, self.chosen)
@@ -315,41 +390,46 @@ class Study:
         self.log(f"{name}: base @{a.ref_steps} before/after the LoRAs: {fam['base_ref']['fd']:.6g} / {fam['base_ref_after']['fd']:.6g}")
         self.save()
 
-    def base_model(self, name, model, spec, seed, fam):
+    def base_model(self, name, model, spec, seed, fam, evaluate):
         """Pretrains the family's UNet, or with --base-dir loads it when an earlier run (another
         session, another machine) saved one for the same family and pretraining settings there."""
         torch, a = self.torch, self.args
         net = model.model.diffusion_model
         path = None
         if a.base_dir:
-            path = Path(a.base_dir) / (f"{name}-w{a.width}-r{a.res_blocks}-s{a.size}-p{a.pretrain_steps}"
-                                       f"-b{a.pretrain_batch}-lr{a.pretrain_lr:g}.pt")
-            if path.exists():
+            steps = "*" if a.pretrain_budget_s else a.pretrain_steps
+            pattern = (f"{name}-w{a.width}-r{a.res_blocks}-s{a.size}-p{steps}-b{a.pretrain_batch}-lr{a.pretrain_lr:g}"
+                       + (f"-ema{a.pretrain_ema:g}" if a.pretrain_ema else "") + (f"-rep{a.replicate}" if a.replicate else "")
+                       + ".pt")
+            # with a time budget the step count is known only afterwards: the longest saved run is taken
+            found = sorted(Path(a.base_dir).glob(pattern), key=lambda f: int(f.name.split("-p")[1].split("-")[0]))
+            if found:
+                path = found[-1]
                 net.load_state_dict(torch.load(path, map_location=self.device))
                 net.eval()
                 fam["pretrain_s"], fam["base_loaded"] = 0.0, path.name
                 self.log(f"{name}: pretrained UNet loaded from {path}")
                 return
-        self.log(f"{name}: UNet {fam['params'] / 1e6:.2f} M parameters, pretraining {a.pretrain_steps} steps")
-        fam["pretrain_s"] = pretrain(model, spec, self.shape, a.pretrain_steps, a.pretrain_batch, a.pretrain_lr,
-                                     self.device, seed, self.log, self.fin.lr_factor)
-        if path is not None:
+        self.log(f"{name}: UNet {fam['params'] / 1e6:.2f} M parameters, pretraining "
+                 + (f"for {a.pretrain_budget_s:g} s" if a.pretrain_budget_s else f"{a.pretrain_steps} steps"))
+        fam["pretrain_s"], fam["pretrain_steps"], curve = pretrain(
+            model, spec, self.shape, a.pretrain_steps, a.pretrain_batch, a.pretrain_lr, self.device, seed, self.log,
+            self.fin.lr_factor, ema=a.pretrain_ema, budget_s=a.pretrain_budget_s, evaluate=evaluate,
+            evals=a.pretrain_evals)
+        if curve:
+            fam["pretrain_curve"] = curve
+            self.log(f"{name}: @{a.ref_steps} during pretraining: " + ", ".join(f"{i}: {c['fd']:.4f}" for i, c in curve))
+        if a.base_dir:
+            path = Path(a.base_dir) / pattern.replace("-p*-", f"-p{fam['pretrain_steps']}-")
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)
             fam["base_saved"] = path.name
 
     def choose(self, fam):
-        """The candidate with the lowest median FD ratio to P1 over N in --choose-steps (dev family only)."""
-        ratios = {}
-        for label in self.candidates:
-            r = [fam["rows"][str(n)][f"P1+2[{label}]"]["fd"] / fam["rows"][str(n)]["P1"]["fd"]
-                 for n in self.args.choose_steps if str(n) in fam["rows"]]
-            ratios[label] = sorted(r)[len(r) // 2] if r else math.inf
-        fam["sweep_ratios"] = ratios
-        fam["chosen"] = min(ratios, key=ratios.get)
+        fam["sweep_ratios"], fam["chosen"] = pick(fam, self.candidates, self.args.choose_steps)
         self.chosen = self.candidates[fam["chosen"]]
         self.results["chosen"] = {"label": fam["chosen"], **self.chosen}
-        self.log(f"settings picked on this family: {fam['chosen']} (median FD ratio to P1: {ratios})")
+        self.log(f"settings picked on this family: {fam['chosen']} (median FD ratio to P1: {fam['sweep_ratios']})")
 
     def alternate(self, model, data, sig1, n, ref_sig, spec, row, over):
         a = self.args
@@ -434,39 +514,6 @@ def sdxl_cost(args, log):
     return out
 
 
-def table(path: str) -> str:
-    """Markdown tables from a results JSON: FD per method and N (ratio to P1), then the 30+-step check."""
-    res = json.loads(Path(path).read_text())
-    lines = []
-    for name, fam in res["families"].items():
-        role = "settings picked here" if "chosen" in fam else "validation"
-        lines.append(f"**{name}** ({role}; UNet {fam.get('params', 0) / 1e6:.2f} M, pretrain {fam.get('pretrain_s', 0):.0f} s; "
-                     f"FD floor of exact samples {fam['floor']['fd']:.4f})\n")
-        methods = ["base+karras", "P1", "P1+uniform", "P1+2"] + sorted({k for r in fam["rows"].values() for k in r
-                                                                       if k.startswith("alt") and k[3:].isdigit()})
-        lines.append("| N | " + " | ".join(methods) + " | P1+2 / P1 | alt / P1 | near (P1 → P1+2) | coverage (P1 → P1+2) |")
-        lines.append("|---" * (len(methods) + 5) + "|")
-        for n, row in fam["rows"].items():
-            cells = [f"{row[m]['fd']:.4f}" if m in row else "–" for m in methods]
-            p1 = row["P1"]["fd"]
-            r12 = f"{row['P1+2']['fd'] / p1:.3f}" if "P1+2" in row else "–"
-            alt = [m for m in methods if m.startswith("alt") and m in row]
-            ralt = f"{row[alt[0]]['fd'] / p1:.3f}" if alt else "–"
-            near = f"{row['P1']['near']:.3f} → {row['P1+2']['near']:.3f}" if "P1+2" in row else "–"
-            cov = f"{row['P1']['coverage']:.2f} → {row['P1+2']['coverage']:.2f}" if "P1+2" in row else "–"
-            lines.append(f"| {n} | " + " | ".join(cells) + f" | {r12} | {ralt} | {near} | {cov} |")
-        base = fam["base_ref"]["fd"]
-        refs = {f"P1+2 (N={n})": row["P1+2_ref"]["fd"] for n, row in fam["rows"].items() if "P1+2_ref" in row}
-        refs.update({f"alt (N={n})": row[k]["fd"] for n, row in fam["rows"].items() for k in row
-                     if k.startswith("alt") and k.endswith("_ref")})
-        refs["uniform LoRA"] = fam["uniform_ref"]["fd"]
-        if "uniform_eps_ref" in fam:
-            refs["uniform eps-weighted LoRA"] = fam["uniform_eps_ref"]["fd"]
-        lines.append(f"\n{res['args']['ref_steps']} Karras steps, FD relative to the untuned model ({base:.4f}): "
-                     + ", ".join(f"{k} {v / base:.3f}" for k, v in refs.items()) + "\n")
-    return "\n".join(lines)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="CPU development size (minutes on 2 cores)")
@@ -482,6 +529,15 @@ def main():
     p.add_argument("--pretrain-steps", type=int, default=2000)
     p.add_argument("--pretrain-batch", type=int, default=512)
     p.add_argument("--pretrain-lr", type=float, default=2e-3)
+    p.add_argument("--pretrain-ema", type=float, default=0.0, help="EMA decay of the pretrained weights (0: none)")
+    p.add_argument("--pretrain-budget-s", type=float, default=None,
+                   help="pretrain for as many steps as fit in this many seconds (replaces --pretrain-steps)")
+    p.add_argument("--pretrain-evals", type=int, default=0,
+                   help="score the model at --ref-steps this many times during pretraining (convergence curve)")
+    p.add_argument("--replicate", type=int, default=0,
+                   help="another independent draw of network, data, noise and LoRA seeds on the same mixtures")
+    p.add_argument("--no-pick", action="store_true",
+                   help="every family runs all --sweep candidates and none picks (parallel workers; the merge picks)")
     p.add_argument("--train-images", type=int, default=4096)
     p.add_argument("--lora-steps", type=int, default=200)
     p.add_argument("--lora-batch", type=int, default=256)
@@ -512,6 +568,7 @@ def main():
     p.add_argument("--table", default=None, help="print markdown tables from a results JSON and exit")
     args = p.parse_args()
     if args.table:
+        from bench.study_finetune_parallel import table
         print(table(args.table))
         return
     if args.tiny:
