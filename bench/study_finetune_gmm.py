@@ -80,95 +80,6 @@ def mixture_sample(spec, shape, count, gen):
     return mu[k] + spec.spread * torch.randn((count,) + tuple(shape), generator=gen)
 
 
-def pretrain(model, spec, shape, steps, batch, lr, device, seed, log, lr_factor, ema=0.0, budget_s=None,
-             evaluate=None, evals=0):
-    """From scratch: the standard eps objective, timesteps uniform over the 1000 discrete levels, the
-    learning rate on the trainer's cosine schedule (`lr_factor`, samplers/finetune_loss.py).
-
-    ema > 0 keeps an exponential moving average of the weights (decay ramped as min(ema, (1+i)/(10+i)))
-    and leaves it in the network at the end, as diffusion models are usually released. budget_s replaces
-    `steps` with as many steps as fit in that many seconds, measured on 30 probe steps (at rate 0, from
-    their own generator, so the run itself depends only on the step count it reports). evaluate(step) is
-    called on the weights the run would return, at `evals` evenly spaced steps (the convergence curve).
-    Returns (seconds, steps, curve)."""
-    import torch
-    net = model.model.diffusion_model
-    net.to(device).train()
-    ms = model.model.model_sampling
-    sig_table = ms.sigmas.to(device)
-    params = [p for p in net.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    fused = device.type == "cuda"
-    ctx = torch.zeros(batch, 1, 16, device=device)
-
-    def step(opt, gen, rate):
-        for group in opt.param_groups:
-            group["lr"] = rate
-        x0 = mixture_sample(spec, shape, batch, gen).to(device)
-        eps = torch.randn(x0.shape, generator=gen).to(device)
-        t = torch.randint(0, sig_table.numel(), (batch,), generator=gen).to(device)
-        sigma = sig_table[t]
-        xt = x0 + sigma.view(-1, 1, 1, 1) * eps
-        den = model.model.apply_model(xt, sigma, c_crossattn=ctx)
-        loss = ((xt - den) / sigma.view(-1, 1, 1, 1) - eps).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss
-
-    t0 = time.perf_counter()
-    with torch.inference_mode(False), torch.enable_grad():
-        if budget_s:
-            probe = torch.optim.AdamW(params, lr=0.0, weight_decay=0.0, fused=fused)
-            gen = torch.Generator().manual_seed(seed + 999)
-            for i in range(35):
-                if i == 5:
-                    sync(device)
-                    t1 = time.perf_counter()
-                step(probe, gen, 0.0)
-            sync(device)
-            rate = 30 / (time.perf_counter() - t1)
-            steps = max(100, int((budget_s - (time.perf_counter() - t0)) * rate * (0.92 if evals else 1.0)) // 100 * 100)
-            log(f"  pretrain: {rate:.1f} steps/s measured, {steps} steps fit in {budget_s:.0f} s")
-            del probe
-        gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=fused)
-        average = [p.detach().clone() for p in params] if ema > 0 else None
-        marks = {round(steps * (j + 1) / evals) for j in range(evals)} if evals and evaluate else set()
-        curve = []
-        for i in range(steps):
-            loss = step(opt, gen, lr * lr_factor(i, steps, "cosine"))
-            if average is not None:
-                with torch.no_grad():
-                    torch._foreach_lerp_(average, [p.detach() for p in params], 1.0 - min(ema, (1 + i) / (10 + i)))
-            if (i + 1) % max(1, steps // 5) == 0:
-                log(f"  pretrain {i + 1}/{steps} eps-loss {float(loss.detach()):.4f} ({time.perf_counter() - t0:.0f} s)")
-            if i + 1 in marks:
-                with torch.no_grad():
-                    live = [p.detach().clone() for p in params] if average is not None else None
-                    if live is not None:
-                        torch._foreach_copy_(params, average)
-                    net.eval()
-                    curve.append([i + 1, evaluate(i + 1)])
-                    net.train()
-                    if live is not None:
-                        torch._foreach_copy_(params, live)
-        if average is not None:
-            with torch.no_grad():
-                torch._foreach_copy_(params, average)
-    for p in params:
-        p.requires_grad_(False)
-    net.eval()
-    return time.perf_counter() - t0, steps, curve
-
-
-def sync(device):
-    import torch
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def scores(x, spec, shape, radius_q=0.99):
     """(frechet, near share, coverage) of samples x (n, C, H, W) against the mixture."""
     import torch
@@ -400,6 +311,7 @@ class Study:
             steps = "*" if a.pretrain_budget_s else a.pretrain_steps
             pattern = (f"{name}-w{a.width}-r{a.res_blocks}-s{a.size}-p{steps}-b{a.pretrain_batch}-lr{a.pretrain_lr:g}"
                        + (f"-ema{a.pretrain_ema:g}" if a.pretrain_ema else "") + (f"-rep{a.replicate}" if a.replicate else "")
+                       + ("" if a.pretrain_amp == "fp32" else f"-{a.pretrain_amp}")
                        + ".pt")
             # with a time budget the step count is known only afterwards: the longest saved run is taken
             found = sorted(Path(a.base_dir).glob(pattern), key=lambda f: int(f.name.split("-p")[1].split("-")[0]))
@@ -412,10 +324,15 @@ class Study:
                 return
         self.log(f"{name}: UNet {fam['params'] / 1e6:.2f} M parameters, pretraining "
                  + (f"for {a.pretrain_budget_s:g} s" if a.pretrain_budget_s else f"{a.pretrain_steps} steps"))
-        fam["pretrain_s"], fam["pretrain_steps"], curve = pretrain(
-            model, spec, self.shape, a.pretrain_steps, a.pretrain_batch, a.pretrain_lr, self.device, seed, self.log,
-            self.fin.lr_factor, ema=a.pretrain_ema, budget_s=a.pretrain_budget_s, evaluate=evaluate,
-            evals=a.pretrain_evals)
+        from bench.study_pretrain import pretrain
+        run = pretrain(model, lambda count, gen: mixture_sample(spec, self.shape, count, gen), a.pretrain_steps,
+                       a.pretrain_batch, a.pretrain_lr, self.device, seed, self.log, self.fin.lr_factor,
+                       ema=a.pretrain_ema, budget_s=a.pretrain_budget_s, evaluate=evaluate, evals=a.pretrain_evals,
+                       mode=a.pretrain_mode, amp=a.pretrain_amp)
+        fam["pretrain_s"], fam["pretrain_steps"], curve = run["seconds"], run["steps"], run["curve"]
+        fam["pretrain_mode"] = run["mode"] + ("" if a.pretrain_amp == "fp32" else f" {a.pretrain_amp}")
+        if run["fallback"]:
+            fam["pretrain_fallback"] = run["fallback"]
         if curve:
             fam["pretrain_curve"] = curve
             self.log(f"{name}: @{a.ref_steps} during pretraining: " + ", ".join(f"{i}: {c['fd']:.4f}" for i, c in curve))
@@ -532,6 +449,9 @@ def main():
     p.add_argument("--pretrain-ema", type=float, default=0.0, help="EMA decay of the pretrained weights (0: none)")
     p.add_argument("--pretrain-budget-s", type=float, default=None,
                    help="pretrain for as many steps as fit in this many seconds (replaces --pretrain-steps)")
+    p.add_argument("--pretrain-mode", default="eager", choices=["eager", "graph"],
+                   help="graph: each pretraining step replayed from a captured CUDA graph (bench/study_pretrain.py)")
+    p.add_argument("--pretrain-amp", default="fp32", choices=["fp32", "bf16"], help="bf16: the network under autocast")
     p.add_argument("--pretrain-evals", type=int, default=0,
                    help="score the model at --ref-steps this many times during pretraining (convergence curve)")
     p.add_argument("--replicate", type=int, default=0,

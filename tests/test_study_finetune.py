@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,122 @@ def test_a_saved_base_model_is_loaded_by_the_next_run_and_studied_unchanged(tmp_
     # other pretraining settings are another model: pretrained again, not loaded
     third = _study(tmp_path, "c", "--pretrain-steps", "21")
     assert "base_loaded" not in third and third["base_saved"].startswith("gmm8-s0.1-w32-r1-s4-p21-")
+
+
+# --- pretraining steps (bench/study_pretrain.py) and the parallel run (bench/study_finetune_parallel.py)
+
+def _pretrain_env(comfy):
+    import importlib
+    import torch
+    from bench import study_finetune_gmm as study
+    from tests.support import random_unet
+    nodes, pack = comfy
+    study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
+    spec = study.EXACT.MixtureSpec("gmm", 8, 0.3, 0)
+    model = random_unet.build(study.unet_config(32, 1), dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    draw = lambda count, gen: study.mixture_sample(spec, (4, 4, 4), count, gen)
+    fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
+    return model, draw, fin
+
+
+def _grads(model, stepper, seed):
+    import torch
+    net = model.model.diffusion_model
+    for p in net.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    with torch.inference_mode(False), torch.enable_grad():
+        loss = stepper.loss(torch.Generator().manual_seed(seed))
+        loss.backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return float(loss.detach()), grads
+
+
+def test_graph_mode_steps_are_the_eager_steps_and_a_failed_capture_falls_back(comfy, one_thread):
+    """The graph mode calls the network directly (eps from the scaled input and the timestep) instead of
+    through apply_model: on the same batch it must give the same loss and gradients. The capture itself
+    needs CUDA; the identity stands in for it here."""
+    import torch
+    from bench.study_pretrain import Stepper
+    model, draw, _ = _pretrain_env(comfy)
+    cpu = torch.device("cpu")
+    eager = Stepper(model, draw, 8, cpu, "eager")
+    graph = Stepper(model, draw, 8, cpu, "graph", capture=lambda module, args: module)
+    assert (eager.mode, graph.mode, graph.fallback) == ("eager", "graph", None)
+    loss_e, grads_e = _grads(model, eager, 5)
+    loss_g, grads_g = _grads(model, graph, 5)
+    assert loss_e == pytest.approx(loss_g, rel=1e-5) and loss_e > 0
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads_e, grads_g))
+    said = []
+    no_cuda = Stepper(model, draw, 8, cpu, "graph", log=said.append)
+    assert no_cuda.mode == "eager" and "needs a CUDA device" in no_cuda.fallback and said
+
+    def broken(module, args):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    failed = Stepper(model, draw, 8, cpu, "graph", capture=broken, log=said.append)
+    assert failed.mode == "eager" and "stream is capturing" in failed.fallback
+    assert _grads(model, failed, 5)[0] == loss_e
+    with pytest.raises(ValueError, match="mode"):
+        Stepper(model, draw, 8, cpu, "fast")
+    with pytest.raises(ValueError, match="amp"):
+        Stepper(model, draw, 8, cpu, "eager", amp="fp8")
+
+
+def test_pretrain_leaves_the_moving_average_of_the_weights_and_scores_it_on_the_way(comfy, one_thread):
+    import copy
+    import torch
+    from bench.study_pretrain import Stepper, optimiser, pretrain
+    model, draw, fin = _pretrain_env(comfy)
+    cpu = torch.device("cpu")
+    start = copy.deepcopy(model.model.diffusion_model.state_dict())
+    seen = []
+
+    def evaluate(step):  # the weights evaluated are the average so far, not the live ones
+        seen.append([p.detach().clone() for p in model.model.diffusion_model.parameters()])
+        return {"fd": float(step)}
+    run = pretrain(model, draw, 4, 8, 1e-3, cpu, 0, lambda m: None, fin.lr_factor, ema=0.5, evaluate=evaluate, evals=2)
+    assert run["steps"] == 4 and run["mode"] == "eager" and [i for i, _ in run["curve"]] == [2, 4]
+    trained = [p.detach().clone() for p in model.model.diffusion_model.parameters()]
+    # the same steps by hand, averaging as documented: decay min(ema, (1+i)/(10+i))
+    model.model.diffusion_model.load_state_dict(start)
+    params = list(model.model.diffusion_model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    average = [p.detach().clone() for p in params]
+    with torch.inference_mode(False), torch.enable_grad():
+        stepper, opt, gen = Stepper(model, draw, 8, cpu), optimiser(params, 1e-3, cpu), torch.Generator().manual_seed(0)
+        for i in range(4):
+            stepper.step(opt, gen, 1e-3 * fin.lr_factor(i, 4, "cosine"))
+            d = min(0.5, (1 + i) / (10 + i))
+            average = [d * a + (1 - d) * p.detach() for a, p in zip(average, params)]
+            if i == 1:
+                assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(average, seen[0]))
+    live = [p.detach() for p in params]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(average, trained))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(live, trained))
+    for p in params:
+        p.requires_grad_(False)
+
+
+def test_parallel_run_picks_on_the_first_family_and_reports_that_candidate_on_the_others(tmp_path):
+    from bench.study_finetune_gmm import pick
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "bench.study_finetune_parallel", "--out", str(tmp_path / "p"), "--families",
+           "gmm8-s0.3", "gmm8-s0.1", "--", "--tiny", "--rounds", "1", "--pretrain-budget-s", "2",
+           "--base-dir", str(tmp_path / "bases")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "p" / "study_finetune_gmm.json").read_text())
+    dev, val = res["families"]["gmm8-s0.3"], res["families"]["gmm8-s0.1"]
+    ratios, label = pick(dev, res["args"]["sweep"], res["args"]["choose_steps"])
+    assert res["chosen"]["label"] == label == dev["chosen"] and "chosen" not in val
+    for fam in (dev, val):
+        for row in fam["rows"].values():
+            assert all(f"P1+2[{c}]" in row for c in res["args"]["sweep"])  # every family ran every candidate
+            assert row["P1+2"] == row[f"P1+2[{label}]"]
+        # the step count fitted in the time budget names the saved base
+        assert fam["base_saved"].split("-p")[1].startswith(f"{fam['pretrain_steps']}-")
+    assert "(picked)" in proc.stdout and "**gmm8-s0.1** (validation" in proc.stdout
