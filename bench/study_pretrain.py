@@ -196,7 +196,7 @@ def probe(args):
     import torch
     from bench import study_finetune_gmm as study
     import importlib
-    nodes, pack = study.load(cpu=False)
+    nodes, pack = study.load(cpu=args.cpu)
     study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
     from tests.support import random_unet
     import comfy.model_management
@@ -207,6 +207,15 @@ def probe(args):
     draw = lambda count, gen: study.mixture_sample(spec, shape, count, gen)
     rows = []
     for batch in args.batches:
+        gen = torch.Generator().manual_seed(2)
+        t1 = time.perf_counter()
+        for _ in range(args.count):  # the host's share of a step: the batch drawn on the CPU and copied over
+            x0 = draw(batch, gen).to(device)
+            torch.randn(x0.shape, generator=gen).to(device)
+            torch.randint(0, 1000, (batch,), generator=gen).to(device)
+        sync(device)
+        rows.append({"batch": batch, "mode": "data only", "draw_ms": (time.perf_counter() - t1) / args.count * 1e3})
+        print(json.dumps(rows[-1]), flush=True)
         for mode in MODES:
             for amp in AMPS:
                 model = random_unet.build(study.unet_config(args.width, args.res_blocks), dtype=torch.float32,
@@ -224,7 +233,7 @@ def probe(args):
                 print(json.dumps(row), flush=True)
                 del stepper, model
                 torch.cuda.empty_cache()
-    out = {"device": torch.cuda.get_device_name(), "width": args.width, "size": args.size, "rows": rows}
+    out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else device.type, "width": args.width, "size": args.size, "rows": rows}
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "pretrain_probe.json").write_text(json.dumps(out, indent=1))
@@ -235,6 +244,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--probe", action="store_true", required=True)
     p.add_argument("--out", default=None)
+    p.add_argument("--cpu", action="store_true", help="check the code path on CPU (graph mode falls back)")
     p.add_argument("--batches", nargs="+", type=int, default=[512, 4096])
     p.add_argument("--count", type=int, default=30)
     p.add_argument("--width", type=int, default=64)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call of the Phase 2 ground-truth study (issue 21) on the GPU machine, from the repo root:
+# the pretraining speed probe, then the study with the fastest pretraining step the probe saw working
+# (bf16 only where it is 1.3x the best float32 one), one process per family.
+#   bash bench/run_finetune_round.sh OUT_DIR PRETRAIN_BUDGET_S STUDY_BUDGET_S FAMILY... -- [study options]
+# Needs the .gpu bundle (scripts/gpu_bundle.sh). Results: OUT_DIR/pretrain_probe.json, OUT_DIR/results.tgz
+# (merged study_finetune_gmm.json + one folder per family with its log), the pretrained UNets.
+set -uo pipefail
+out=$1 pretrain_s=$2 study_s=$3; shift 3
+families=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do families+=("$1"); shift; done; shift || true
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl
+export PYTHONPATH=/tmp/site:$PWD COMFYUI_PATH=$PWD/.gpu/ComfyUI PYTHONUNBUFFERED=1
+timeout 150 python3 -m bench.study_pretrain --probe --batches 1024 4096 --count 20 --out "$out" 2>&1 | grep '^{'
+choice=$(python3 - "$out/pretrain_probe.json" <<'PY' 2>/dev/null || echo "eager fp32 4096"
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r.get("taken") == r["mode"]]
+fp32 = max((r for r in rows if r["amp"] == "fp32"), key=lambda r: r["samples_s"])
+best = max(rows, key=lambda r: r["samples_s"])
+pick = best if best["samples_s"] > 1.3 * fp32["samples_s"] else fp32
+print(pick["mode"], pick["amp"], pick["batch"])
+PY
+)
+set -- $choice "$@"; echo "pretraining step chosen from the probe: $choice"
+mode=$1 amp=$2 batch=$3; shift 3
+python3 -m bench.study_finetune_parallel --out /tmp/round --timeout-s "$study_s" --families "${families[@]}" -- \
+  --pretrain-mode "$mode" --pretrain-amp "$amp" --pretrain-batch "$batch" --pretrain-budget-s "$pretrain_s" \
+  --base-dir /tmp/round/bases "$@" 2>&1 | tail -c 7000
+cp /tmp/round/bases/*.pt "$out"/ 2>/dev/null
+tar czf "$out/results.tgz" -C /tmp/round --exclude=bases .
