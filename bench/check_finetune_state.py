@@ -1,0 +1,118 @@
+"""Does a trained LoRA sample the same whenever it is sampled? On one converged study base (a file
+saved by bench/study_finetune_gmm.py --base-dir), in one process, as the study does:
+
+  base → uniform-σ LoRA (Train LoRA's draw) → Phase 2 LoRA → base → uniform → Phase 2 …
+
+each model is scored (FD at 32 Karras steps and at the Phase 2 schedule, bench/study_finetune_gmm.scores)
+every time it is sampled, beside the number of weight wrappers ComfyUI has put on one convolution and
+whose they are. A model whose scores change between its samplings is sampled with weights that are not
+its own (another clone's adapters left on, or its own not put on).
+
+  python -m bench.check_finetune_state --base FILE [--out DIR]      # GPU (or --cpu)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from pathlib import Path
+
+from bench import study_finetune_gmm as study
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="a pretrained UNet state dict (gmm8-s0.3, width 64, 2 res blocks, size 8)")
+    p.add_argument("--family", default="gmm8-s0.3")
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--out", default=None)
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--lora-steps", type=int, default=300)
+    p.add_argument("--lora-batch", type=int, default=256)
+    p.add_argument("--train-images", type=int, default=131072)
+    args = p.parse_args()
+    import torch
+    nodes, pack = study.load(cpu=args.cpu)
+    study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
+    fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
+    import comfy.model_management
+    import comfy.sample
+    import comfy.samplers
+    from tests.support import random_unet
+    device = comfy.model_management.get_torch_device()
+    dataset, k, spread, seed = study.FAMILIES[args.family]
+    spec = study.EXACT.MixtureSpec(dataset, k, spread, seed)
+    shape = (4, 8, 8)
+    base = random_unet.build(study.unet_config(64, 2), dtype=torch.float32, device=device, seed=seed, family="sd15")
+    base.model.latent_format.scale_factor = 1.0
+    base.model.diffusion_model.load_state_dict(torch.load(args.base, map_location=device))
+    base.model.diffusion_model.eval()
+    cond = [[torch.zeros(1, 1, 16), {}]]
+    data = study.mixture_sample(spec, shape, args.train_images, torch.Generator().manual_seed(seed + 100))
+    ref = comfy.samplers.calculate_sigmas(base.get_model_object("model_sampling"), "karras", 32).double()
+    sig5 = torch.tensor([14.614641189575195, 4.796535015106201, 1.2741001844406128, 0.24794989824295044,
+                         0.029167158529162407, 0.0], dtype=torch.float64)
+    probe_module = base.model.diffusion_model.input_blocks[1][0].in_layers[2]
+    owners = {}
+    log = []
+
+    def wrappers():
+        return [owners.get(id(f), type(f).__name__) for f in getattr(probe_module, "weight_function", [])]
+
+    def sample(label, model, sigmas):
+        noise = torch.randn((args.samples,) + shape, generator=torch.Generator().manual_seed(1234))
+        x = comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object("dpmpp_2m"), sigmas.float(),
+                                       cond, cond, torch.zeros_like(noise), disable_pbar=True, seed=1234)
+        entry = {"model": label, "steps": sigmas.numel() - 1, **study.scores(x, spec, shape),
+                 "wrappers_after": wrappers()}
+        log.append(entry)
+        print(json.dumps(entry), flush=True)
+
+    def settings(**over):
+        return fin.TrainSettings(**{**dict(steps=args.lora_steps, batch_size=args.lora_batch, learning_rate=3e-4, rank=8,
+                                           spread=0.5, training_dtype="fp32", lora_dtype="fp32", lr_schedule="cosine",
+                                           gradient_checkpointing=False, seed=0), **over})
+
+    t0 = time.perf_counter()
+    sample("base", base, ref)
+    table = base.get_model_object("model_sampling").sigmas.double().cpu()
+
+    class Uniform:
+        @staticmethod
+        def draw(count, generator=None):
+            t = torch.randint(0, table.numel(), (count,), generator=generator)
+            return table[t], fin.anchor_weights(table[t], table, "eps"), t
+    uni = fin.LoraTrainer(base, settings())
+    uni.train(data, cond, None, sigma_sampler=Uniform())
+    owners.update({id(a): "uniform" for a in uni._adapters})
+    sample("uniform", uni.model, ref)
+    res = fin.finetune(base, {"samples": data}, cond, sig5,
+                       settings(learning_rate=1e-4, anchor=0.9, anchor_weighting="eps"), rounds=1)
+    owners.update({id(a): "phase2" for a in fin_adapters(res)})
+    sample("phase2", res.model, ref)
+    sample("phase2", res.model, sig5)
+    sample("base", base, ref)
+    sample("uniform", uni.model, ref)
+    sample("phase2", res.model, ref)
+    sample("base", base, sig5)
+    sample("phase2", res.model, sig5)
+    out = {"device": str(torch.cuda.get_device_name()) if device.type == "cuda" else "cpu", "base": Path(args.base).name,
+           "seconds": time.perf_counter() - t0, "log": log}
+    by_model = {}
+    for e in log:
+        by_model.setdefault((e["model"], e["steps"]), []).append(e["fd"])
+    out["consistent"] = {f"{m} @{n}": len(set(v)) == 1 for (m, n), v in by_model.items()}
+    print(json.dumps(out["consistent"]))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "check_finetune_state.json").write_text(json.dumps(out, indent=1))
+
+
+def fin_adapters(result):
+    """The adapters a fine-tune result's model carries (its ModelPatcher's weight wrappers)."""
+    return [f for fs in result.model.weight_wrapper_patches.values() for f in fs]
+
+
+if __name__ == "__main__":
+    main()
