@@ -8,7 +8,7 @@ every time it is sampled, beside the number of weight wrappers ComfyUI has put o
 whose they are. A model whose scores change between its samplings is sampled with weights that are not
 its own (another clone's adapters left on, or its own not put on).
 
-  python -m bench.check_finetune_state --base FILE [--out DIR]      # GPU (or --cpu)
+  python -m bench.check_finetune_state --base FILE [--sigmas S0 ... 0] [--out DIR]      # GPU (or --cpu)
 """
 from __future__ import annotations
 
@@ -20,17 +20,25 @@ from pathlib import Path
 
 from bench import study_finetune_gmm as study
 
+RUN_E_N5 = [14.614641189575195, 4.796535015106201, 1.2741001844406128, 0.24794989824295044, 0.029167158529162407, 0.0]
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="a pretrained UNet state dict (gmm8-s0.3, width 64, 2 res blocks, size 8)")
     p.add_argument("--family", default="gmm8-s0.3")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--res-blocks", type=int, default=2)
+    p.add_argument("--size", type=int, default=8)
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--out", default=None)
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--lora-steps", type=int, default=300)
     p.add_argument("--lora-batch", type=int, default=256)
     p.add_argument("--train-images", type=int, default=131072)
+    p.add_argument("--sigmas", type=float, nargs="+", default=RUN_E_N5,
+                   help="the Phase 2 schedule (default: Phase 1's N=5 schedule for the 1300-step gmm8-s0.3 base of "
+                        "the fourth round; another base has its own Phase 1 schedule)")
     args = p.parse_args()
     import torch
     nodes, pack = study.load(cpu=args.cpu)
@@ -43,16 +51,15 @@ def main():
     device = comfy.model_management.get_torch_device()
     dataset, k, spread, seed = study.FAMILIES[args.family]
     spec = study.EXACT.MixtureSpec(dataset, k, spread, seed)
-    shape = (4, 8, 8)
-    base = random_unet.build(study.unet_config(64, 2), dtype=torch.float32, device=device, seed=seed, family="sd15")
+    shape = (4, args.size, args.size)
+    base = random_unet.build(study.unet_config(args.width, args.res_blocks), dtype=torch.float32, device=device, seed=seed, family="sd15")
     base.model.latent_format.scale_factor = 1.0
     base.model.diffusion_model.load_state_dict(torch.load(args.base, map_location=device))
     base.model.diffusion_model.eval()
     cond = [[torch.zeros(1, 1, 16), {}]]
     data = study.mixture_sample(spec, shape, args.train_images, torch.Generator().manual_seed(seed + 100))
     ref = comfy.samplers.calculate_sigmas(base.get_model_object("model_sampling"), "karras", 32).double()
-    sig5 = torch.tensor([14.614641189575195, 4.796535015106201, 1.2741001844406128, 0.24794989824295044,
-                         0.029167158529162407, 0.0], dtype=torch.float64)
+    schedule = torch.tensor(args.sigmas, dtype=torch.float64)
     probe_module = base.model.diffusion_model.input_blocks[1][0].in_layers[2]
     owners = {}
     log = []
@@ -87,16 +94,16 @@ def main():
     uni.train(data, cond, None, sigma_sampler=Uniform())
     owners.update({id(a): "uniform" for a in uni._adapters})
     sample("uniform", uni.model, ref)
-    res = fin.finetune(base, {"samples": data}, cond, sig5,
+    res = fin.finetune(base, {"samples": data}, cond, schedule,
                        settings(learning_rate=1e-4, anchor=0.9, anchor_weighting="eps"), rounds=1)
     owners.update({id(a): "phase2" for a in fin_adapters(res)})
     sample("phase2", res.model, ref)
-    sample("phase2", res.model, sig5)
+    sample("phase2", res.model, schedule)
     sample("base", base, ref)
     sample("uniform", uni.model, ref)
     sample("phase2", res.model, ref)
-    sample("base", base, sig5)
-    sample("phase2", res.model, sig5)
+    sample("base", base, schedule)
+    sample("phase2", res.model, schedule)
     out = {"device": str(torch.cuda.get_device_name()) if device.type == "cuda" else "cpu", "base": Path(args.base).name,
            "seconds": time.perf_counter() - t0, "log": log}
     by_model = {}

@@ -151,3 +151,25 @@ def test_parallel_run_picks_on_the_first_family_and_reports_that_candidate_on_th
         # the step count fitted in the time budget names the saved base
         assert fam["base_saved"].split("-p")[1].startswith(f"{fam['pretrain_steps']}-")
     assert "(picked)" in proc.stdout and "**gmm8-s0.1** (validation" in proc.stdout
+
+
+def test_state_check_scores_each_model_alike_on_every_sampling(comfy, tmp_path):
+    """bench/check_finetune_state.py, CPU, tiny: a base saved to a file, a uniform and a Phase 2 LoRA, each
+    sampled several times in one process; each model carries its own adapters and only those."""
+    import torch
+    from bench.study_finetune_gmm import unet_config
+    from tests.support import random_unet
+    model = random_unet.build(unet_config(32, 1), dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    torch.save(model.model.diffusion_model.state_dict(), tmp_path / "base.pt")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "bench.check_finetune_state", "--cpu", "--base", str(tmp_path / "base.pt"), "--width", "32",
+           "--res-blocks", "1", "--size", "4", "--samples", "64", "--lora-steps", "3", "--lora-batch", "8",
+           "--train-images", "64", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "check_finetune_state.json").read_text())
+    assert res["consistent"] and all(res["consistent"].values())
+    owners = {e["model"]: e["wrappers_after"] for e in res["log"]}
+    assert owners == {"base": [], "uniform": ["uniform"], "phase2": ["phase2"]}
+    fds = {e["model"]: e["fd"] for e in res["log"] if e["steps"] == 32}
+    assert len(set(fds.values())) == 3  # the three models differ: the LoRAs were trained and are applied
