@@ -1,0 +1,108 @@
+"""CPU twin of the fourth round's Phase 2 check (issue 21), on a base saved by the GPU study
+(bench/study_finetune_gmm.py --base-dir): how much a LoRA moves the denoiser, per noise level, against the
+exact one, and what that does to the FD at 32 Karras steps.
+
+  profile  mean |D_model(x; σ) − D_exact(x; σ)|² / σ² over 256 fixed mixture samples, at 7 σ from 0.03
+           to 14.6, for the base, the uniform-σ eps control (3e-4) and Phase 2 (0.5 : 1e-4 : 0.9 : eps,
+           cosine) on --sigmas; each model through ComfyUI's sampling path (one Euler step to 0)
+  fd       FD at 32 Karras steps (dpmpp_2m, --samples) of the base and of the Phase 2 LoRA (--fd)
+
+  python -m bench.check_finetune_cpu_fd --base FILE [--fd --samples 8192]   # about 3 min; + 25 min with --fd
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from pathlib import Path
+
+from bench import study_finetune_gmm as study
+from bench.check_finetune_state import RUN_E_N5
+
+LEVELS = (0.03, 0.1, 0.25, 0.7, 2.0, 6.0, 14.6)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True)
+    p.add_argument("--family", default="gmm8-s0.3")
+    p.add_argument("--sigmas", type=float, nargs="+", default=RUN_E_N5)
+    p.add_argument("--fd", action="store_true", help="also the FD at 32 steps of the base and the Phase 2 LoRA")
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    import torch
+    nodes, pack = study.load(cpu=True)
+    study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
+    fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
+    import comfy.sample
+    import comfy.samplers
+    from tests.support import random_unet
+    dataset, k, spread, seed = study.FAMILIES[args.family]
+    spec = study.EXACT.MixtureSpec(dataset, k, spread, seed)
+    shape = (4, 8, 8)
+    base = random_unet.build(study.unet_config(64, 2), dtype=torch.float32, device=torch.device("cpu"), seed=seed,
+                             family="sd15")
+    base.model.latent_format.scale_factor = 1.0
+    base.model.diffusion_model.load_state_dict(torch.load(args.base, map_location="cpu"))
+    cond = [[torch.zeros(1, 1, 16), {}]]
+    data = study.mixture_sample(spec, shape, 131072, torch.Generator().manual_seed(seed + 100))
+    schedule = torch.tensor(args.sigmas, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    x0 = study.mixture_sample(spec, shape, 256, gen)
+    eps = torch.randn(x0.shape, generator=gen)
+    exact = study.EXACT.ExactDenoiser(spec)
+    euler = comfy.samplers.sampler_object("euler")
+
+    def profile(model):
+        out = []
+        with torch.no_grad():
+            for s in LEVELS:
+                xt = x0 + s * eps
+                den = comfy.sample.sample_custom(model, xt / s, 1.0, euler, torch.tensor([float(s), 0.0]), cond, cond,
+                                                 torch.zeros_like(xt), disable_pbar=True, seed=0)
+                ref = exact(xt.double(), torch.full((256,), s, dtype=torch.float64)).float()
+                out.append(float((den - ref).pow(2).mean() / s ** 2))
+        return out
+
+    def fd32(model):
+        ref = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 32).float()
+        noise = torch.randn((args.samples,) + shape, generator=torch.Generator().manual_seed(1234))
+        x = comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object("dpmpp_2m"), ref, cond, cond,
+                                       torch.zeros_like(noise), disable_pbar=True, seed=1234)
+        return study.scores(x, spec, shape)
+
+    def settings(**over):
+        return fin.TrainSettings(**{**dict(steps=300, batch_size=256, learning_rate=3e-4, rank=8, spread=0.5,
+                                           training_dtype="fp32", lora_dtype="fp32", lr_schedule="cosine",
+                                           gradient_checkpointing=False, seed=0), **over})
+    table = base.get_model_object("model_sampling").sigmas.double().cpu()
+
+    class Uniform:
+        @staticmethod
+        def draw(count, generator=None):
+            t = torch.randint(0, table.numel(), (count,), generator=generator)
+            return table[t], fin.anchor_weights(table[t], table, "eps"), t
+
+    t0 = time.perf_counter()
+    res = {"base": Path(args.base).name, "levels": list(LEVELS), "profile": {"base": profile(base)}}
+    uniform = fin.LoraTrainer(base, settings())
+    uniform.train(data, cond, None, sigma_sampler=Uniform())
+    res["profile"]["uniform eps control"] = profile(uniform.model)
+    phase2 = fin.finetune(base, {"samples": data}, cond, schedule,
+                          settings(learning_rate=1e-4, anchor=0.9, anchor_weighting="eps"), rounds=1)
+    res["profile"]["phase 2"] = profile(phase2.model)
+    for name, values in res["profile"].items():
+        print(f"{name:20s} " + " ".join(f"{v:.5f}" for v in values), flush=True)
+    if args.fd:
+        res["fd32"] = {"base": fd32(base), "phase 2": fd32(phase2.model), "samples": args.samples}
+        print(json.dumps(res["fd32"]), flush=True)
+    res["seconds"] = time.perf_counter() - t0
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "check_finetune_cpu_fd.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
