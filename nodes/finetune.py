@@ -21,8 +21,10 @@ class FewStepFinetune(io.ComfyNode):
             display_name="Few-Step Fine-tune (FewStep)",
             category=CATEGORY,
             description=(
-                "Phase 2 of the few-step optimiser (Huang 2024): trains a LoRA with ComfyUI's own training "
-                "machinery so that sampling on YOUR optimised schedule improves. The denoising loss is taken at "
+                "Phase 2 of the few-step optimiser (Huang 2024), experimental: trains a LoRA with ComfyUI's own "
+                "training machinery, aimed at sampling on YOUR optimised schedule. On the pack's ground truth it has "
+                "not beaten Phase 1 alone on a well-trained model (docs/finetune.md): compare the tuned model with the "
+                "untuned one before keeping the LoRA. The denoising loss is taken at "
                 "noise levels around the schedule's sigmas, each step weighted by how much it contributes to the "
                 "final sample (derived from the schedule, see docs/finetune.md). With rounds > 1 the schedule is "
                 "re-optimised on the tuned model between rounds (Phase 1 + Phase 2 alternated). Outputs the model "
