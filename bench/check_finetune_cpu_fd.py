@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench import study_finetune_gmm as study
-from bench.check_finetune_state import RUN_E_N5
+from bench.check_finetune_state import PHASE2, RUN_E_N5, lora_settings
 
 LEVELS = (0.03, 0.1, 0.25, 0.7, 2.0, 6.0, 14.6)
 
@@ -73,25 +73,12 @@ def main():
                                        torch.zeros_like(noise), disable_pbar=True, seed=1234)
         return study.scores(x, spec, shape)
 
-    def settings(**over):
-        return fin.TrainSettings(**{**dict(steps=300, batch_size=256, learning_rate=3e-4, rank=8, spread=0.5,
-                                           training_dtype="fp32", lora_dtype="fp32", lr_schedule="cosine",
-                                           gradient_checkpointing=False, seed=0), **over})
-    table = base.get_model_object("model_sampling").sigmas.double().cpu()
-
-    class Uniform:
-        @staticmethod
-        def draw(count, generator=None):
-            t = torch.randint(0, table.numel(), (count,), generator=generator)
-            return table[t], fin.anchor_weights(table[t], table, "eps"), t
-
     t0 = time.perf_counter()
     res = {"base": Path(args.base).name, "levels": list(LEVELS), "profile": {"base": profile(base)}}
-    uniform = fin.LoraTrainer(base, settings())
-    uniform.train(data, cond, None, sigma_sampler=Uniform())
+    uniform = fin.LoraTrainer(base, lora_settings(fin))
+    uniform.train(data, cond, None, sigma_sampler=study.uniform_draw(fin, base, "eps"))
     res["profile"]["uniform eps control"] = profile(uniform.model)
-    phase2 = fin.finetune(base, {"samples": data}, cond, schedule,
-                          settings(learning_rate=1e-4, anchor=0.9, anchor_weighting="eps"), rounds=1)
+    phase2 = fin.finetune(base, {"samples": data}, cond, schedule, lora_settings(fin, **PHASE2), rounds=1)
     res["profile"]["phase 2"] = profile(phase2.model)
     for name, values in res["profile"].items():
         print(f"{name:20s} " + " ".join(f"{v:.5f}" for v in values), flush=True)

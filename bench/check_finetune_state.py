@@ -20,6 +20,8 @@ from pathlib import Path
 
 from bench import study_finetune_gmm as study
 
+# Phase 2 as picked on the development family in the fourth round's run E (0.5 : 1e-4 : 0.9 : eps, cosine)
+PHASE2 = dict(learning_rate=1e-4, anchor=0.9, anchor_weighting="eps")
 RUN_E_N5 = [14.614641189575195, 4.796535015106201, 1.2741001844406128, 0.24794989824295044, 0.029167158529162407, 0.0]
 
 
@@ -76,26 +78,14 @@ def main():
         log.append(entry)
         print(json.dumps(entry), flush=True)
 
-    def settings(**over):
-        return fin.TrainSettings(**{**dict(steps=args.lora_steps, batch_size=args.lora_batch, learning_rate=3e-4, rank=8,
-                                           spread=0.5, training_dtype="fp32", lora_dtype="fp32", lr_schedule="cosine",
-                                           gradient_checkpointing=False, seed=0), **over})
-
     t0 = time.perf_counter()
     sample("base", base, ref)
-    table = base.get_model_object("model_sampling").sigmas.double().cpu()
-
-    class Uniform:
-        @staticmethod
-        def draw(count, generator=None):
-            t = torch.randint(0, table.numel(), (count,), generator=generator)
-            return table[t], fin.anchor_weights(table[t], table, "eps"), t
-    uni = fin.LoraTrainer(base, settings())
-    uni.train(data, cond, None, sigma_sampler=Uniform())
+    uni = fin.LoraTrainer(base, lora_settings(fin, args.lora_steps, args.lora_batch))
+    uni.train(data, cond, None, sigma_sampler=study.uniform_draw(fin, base, "eps"))
     owners.update({id(a): "uniform" for a in uni._adapters})
     sample("uniform", uni.model, ref)
-    res = fin.finetune(base, {"samples": data}, cond, schedule,
-                       settings(learning_rate=1e-4, anchor=0.9, anchor_weighting="eps"), rounds=1)
+    res = fin.finetune(base, {"samples": data}, cond, schedule, lora_settings(fin, args.lora_steps, args.lora_batch,
+                       **PHASE2), rounds=1)
     owners.update({id(a): "phase2" for a in fin_adapters(res)})
     sample("phase2", res.model, ref)
     sample("phase2", res.model, schedule)
@@ -114,6 +104,13 @@ def main():
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "check_finetune_state.json").write_text(json.dumps(out, indent=1))
+
+
+def lora_settings(fin, steps=300, batch=256, **over):
+    """The fourth round's LoRA recipe: rank 8, float32, cosine rate (3e-4 unless `over` says else)."""
+    return fin.TrainSettings(**{**dict(steps=steps, batch_size=batch, learning_rate=3e-4, rank=8, spread=0.5,
+                                       training_dtype="fp32", lora_dtype="fp32", lr_schedule="cosine",
+                                       gradient_checkpointing=False, seed=0), **over})
 
 
 def fin_adapters(result):

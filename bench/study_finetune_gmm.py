@@ -363,20 +363,23 @@ class Study:
         row[f"alt{a.rounds}_ref"] = scores(self.sample(alt.model, ref_sig, a.samples), spec, self.shape)
 
     def _uniform_train(self, trainer, data, lo, hi, weighting="x0"):
-        """The control: TrainLoraNode's noise levels (timestep uniform over the model's levels), weight 1
-        (its x0 loss) or, with weighting="eps", the pretraining's eps loss ‖D − x0‖²/σ² scaled to mean
-        weight 1 over the levels."""
-        torch = self.torch
-        table = trainer.model.get_model_object("model_sampling").sigmas.double().cpu()
-        weights = self.fin.anchor_weights
+        return trainer.train(data["samples"], self.cond, None, sigma_sampler=uniform_draw(self.fin, trainer.model, weighting))
 
-        class Uniform:
-            @staticmethod
-            def draw(count, generator=None):
-                t = torch.randint(0, table.numel(), (count,), generator=generator)
-                return table[t], weights(table[t], table, weighting), t
 
-        return trainer.train(data["samples"], self.cond, None, sigma_sampler=Uniform())
+def uniform_draw(fin, model, weighting="x0"):
+    """The control's noise levels: TrainLoraNode's (timestep uniform over the model's levels), weight 1
+    (its x0 loss) or, with weighting="eps", the pretraining's eps loss ‖D − x0‖²/σ² scaled to mean
+    weight 1 over the levels. A sigma_sampler for LoraTrainer.train."""
+    import torch
+    table = model.get_model_object("model_sampling").sigmas.double().cpu()
+
+    class Uniform:
+        @staticmethod
+        def draw(count, generator=None):
+            t = torch.randint(0, table.numel(), (count,), generator=generator)
+            return table[t], fin.anchor_weights(table[t], table, weighting), t
+
+    return Uniform()
 
 
 def sdxl_cost(args, log):
