@@ -23,11 +23,14 @@ from bench.study_finetune_gmm import FAMILIES, adopt, parse_candidate, pick
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT = "study_finetune_gmm.json"
+ORDER = "families.json"
 
 
 def run(out: Path, families, study_args, timeout_s=None) -> list:
     """Starts one study process per family (CPU threads shared out between them); returns their exit codes."""
     threads = max(1, (os.cpu_count() or 1) // len(families))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ORDER).write_text(json.dumps(list(families)))  # the first picks, also for a later --merge
     procs = []
     for name in families:
         part = out / name
@@ -46,19 +49,22 @@ def run(out: Path, families, study_args, timeout_s=None) -> list:
             proc.kill()
             codes.append(proc.wait())
         log.close()
-        print(f"{name}: exit {codes[-1]}; last lines:\n" + "".join((out / name / "log.txt").read_text().splitlines(True)[-4:]),
-              flush=True)
+        said = [line for line in (out / name / "log.txt").read_text().splitlines(True) if line.startswith("[")]
+        print(f"{name}: exit {codes[-1]}; its last log lines:\n" + "".join(said[-3:]), flush=True)
     return codes
 
 
 def merge(out: Path, families=None) -> dict:
     """One results file from the families' parts: the first family's rows pick the candidate."""
-    parts = [d for d in sorted(out.iterdir()) if (d / RESULT).is_file()] if families is None else \
-        [out / name for name in families if (out / name / RESULT).is_file()]
-    if not parts:
-        raise SystemExit(f"no {RESULT} under {out}/<family>/")
+    if families is None:
+        if not (out / ORDER).is_file():
+            raise SystemExit(f"{out / ORDER} is missing: the family order (the first picks) is not known")
+        families = json.loads((out / ORDER).read_text())
+    parts = [out / name for name in families if (out / name / RESULT).is_file()]
+    if not parts or parts[0].name != families[0]:
+        raise SystemExit(f"no {RESULT} for the development family {families[0]} under {out}: nothing can be picked")
     loaded = [json.loads((d / RESULT).read_text()) for d in parts]
-    order = [name for name in (families or FAMILIES) if any(name in r["families"] for r in loaded)]
+    order = [d.name for d in parts]
     merged = {"args": dict(loaded[0]["args"], families=order, out=str(out)), "device": loaded[0]["device"],
               "families": {}, "parallel": len(parts)}
     for r in loaded:

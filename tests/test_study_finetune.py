@@ -151,6 +151,12 @@ def test_parallel_run_picks_on_the_first_family_and_reports_that_candidate_on_th
         # the step count fitted in the time budget names the saved base
         assert fam["base_saved"].split("-p")[1].startswith(f"{fam['pretrain_steps']}-")
     assert "(picked)" in proc.stdout and "**gmm8-s0.1** (validation" in proc.stdout
+    # a later merge of the same parts picks the same; without the development family's part it refuses
+    from bench.study_finetune_parallel import merge
+    assert merge(tmp_path / "p")["chosen"]["label"] == label
+    (tmp_path / "p" / "gmm8-s0.3" / "study_finetune_gmm.json").unlink()
+    with pytest.raises(SystemExit, match="development family gmm8-s0.3"):
+        merge(tmp_path / "p")
 
 
 def test_state_check_scores_each_model_alike_on_every_sampling(comfy, tmp_path):
