@@ -35,23 +35,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-class _EpsNet:
+def eps_module(net, amp):
     """The network's eps prediction for (scaled input, timestep, context), as one module to capture."""
+    import torch
 
-    @staticmethod
-    def build(net, amp):
-        import torch
+    class EpsNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
 
-        class EpsNet(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = net
+        def forward(self, x, t, ctx):
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16", cache_enabled=False):
+                return self.net(x, t, ctx, transformer_options={}).float()
 
-            def forward(self, x, t, ctx):
-                with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp == "bf16", cache_enabled=False):
-                    return self.net(x, t, ctx, transformer_options={}).float()
-
-        return EpsNet()
+    return EpsNet()
 
 
 class Stepper:
@@ -87,23 +84,38 @@ class Stepper:
     def _capture(self, capture):
         torch = self.torch
         self.net.train()
-        eps_net = _EpsNet.build(self.net, self.amp)
         x = torch.randn(self.batch, *self._shape(), device=self.device)
         t = torch.zeros(self.batch, device=self.device)
-        self.graphed = capture(eps_net, (x, t, self.ctx))
+        self.graphed = capture(eps_module(self.net, self.amp), (x, t, self.ctx))
+        # The graph calls the network directly with the EPS input scaling; a model that ComfyUI scales
+        # otherwise (v-prediction, flow) must not be trained on it: the first batch is checked both ways.
+        with torch.no_grad():
+            xt, sigma, t, _ = self._batch(torch.Generator().manual_seed(1))
+            direct = self.graphed(xt / (sigma ** 2 + 1).sqrt(), t.float(), self.ctx)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
+                den = self.model.model.apply_model(xt, sigma.view(-1), c_crossattn=self.ctx)
+            via = (xt - den.float()) / sigma
+        if not torch.allclose(direct, via, rtol=2e-2, atol=2e-2 if self.amp == "bf16" else 1e-4):
+            raise ValueError(f"the direct call differs from apply_model by {float((direct - via).abs().max()):.3g} "
+                             "(not an EPS model?)")
 
     def _shape(self):
         x0 = self.draw(1, self.torch.Generator().manual_seed(0))
         return tuple(x0.shape[1:])
 
-    def loss(self, gen):
-        """The batch's loss, with the graph of the backward ready (call .backward())."""
+    def _batch(self, gen):
+        """(x_t, σ_t as (B, 1, 1, 1), timestep index, ε) of a fresh batch."""
         torch = self.torch
         x0 = self.draw(self.batch, gen).to(self.device)
         eps = torch.randn(x0.shape, generator=gen).to(self.device)
         t = torch.randint(0, self.sig_table.numel(), (self.batch,), generator=gen).to(self.device)
         sigma = self.sig_table[t].view(-1, 1, 1, 1)
-        xt = x0 + sigma * eps
+        return x0 + sigma * eps, sigma, t, eps
+
+    def loss(self, gen):
+        """The batch's loss, with the graph of the backward ready (call .backward())."""
+        torch = self.torch
+        xt, sigma, t, eps = self._batch(gen)
         if self.mode == "graph":
             return (self.graphed(xt / (sigma ** 2 + 1).sqrt(), t.float(), self.ctx) - eps).pow(2).mean()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):

@@ -90,6 +90,10 @@ def test_graph_mode_steps_are_the_eager_steps_and_a_failed_capture_falls_back(co
     failed = Stepper(model, draw, 8, cpu, "graph", capture=broken, log=said.append)
     assert failed.mode == "eager" and "stream is capturing" in failed.fallback
     assert _grads(model, failed, 5)[0] == loss_e
+    # a captured call that does not compute what apply_model computes (another model type) is not trained on
+    off = Stepper(model, draw, 8, cpu, "graph", capture=lambda module, args: (lambda x, t, c: 1.1 * module(x, t, c)),
+                  log=said.append)
+    assert off.mode == "eager" and "differs from apply_model" in off.fallback
     with pytest.raises(ValueError, match="mode"):
         Stepper(model, draw, 8, cpu, "fast")
     with pytest.raises(ValueError, match="amp"):
