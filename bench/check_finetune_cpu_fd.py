@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench import study_finetune_gmm as study
-from bench.check_finetune_state import PHASE2, RUN_E_N5, lora_settings
+from bench.check_finetune_state import PHASE2, RUN_E_N5, load_base, lora_settings
 
 LEVELS = (0.03, 0.1, 0.25, 0.7, 2.0, 6.0, 14.6)
 
@@ -34,18 +34,11 @@ def main():
     args = p.parse_args()
     import torch
     nodes, pack = study.load(cpu=True)
-    study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
     fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
     import comfy.sample
     import comfy.samplers
-    from tests.support import random_unet
-    dataset, k, spread, seed = study.FAMILIES[args.family]
-    spec = study.EXACT.MixtureSpec(dataset, k, spread, seed)
+    base, spec, seed = load_base(args.base, args.family, torch.device("cpu"))
     shape = (4, 8, 8)
-    base = random_unet.build(study.unet_config(64, 2), dtype=torch.float32, device=torch.device("cpu"), seed=seed,
-                             family="sd15")
-    base.model.latent_format.scale_factor = 1.0
-    base.model.diffusion_model.load_state_dict(torch.load(args.base, map_location="cpu"))
     cond = [[torch.zeros(1, 1, 16), {}]]
     data = study.mixture_sample(spec, shape, 131072, torch.Generator().manual_seed(seed + 100))
     schedule = torch.tensor(args.sigmas, dtype=torch.float64)
@@ -67,11 +60,8 @@ def main():
         return out
 
     def fd32(model):
-        ref = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 32).float()
-        noise = torch.randn((args.samples,) + shape, generator=torch.Generator().manual_seed(1234))
-        x = comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object("dpmpp_2m"), ref, cond, cond,
-                                       torch.zeros_like(noise), disable_pbar=True, seed=1234)
-        return study.scores(x, spec, shape)
+        ref = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", 32)
+        return study.scores(study.draw_samples(model, ref, args.samples, shape, cond, 1234), spec, shape)
 
     t0 = time.perf_counter()
     res = {"base": Path(args.base).name, "levels": list(LEVELS), "profile": {"base": profile(base)}}

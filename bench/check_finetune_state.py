@@ -44,20 +44,12 @@ def main():
     args = p.parse_args()
     import torch
     nodes, pack = study.load(cpu=args.cpu)
-    study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
     fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
     import comfy.model_management
-    import comfy.sample
     import comfy.samplers
-    from tests.support import random_unet
     device = comfy.model_management.get_torch_device()
-    dataset, k, spread, seed = study.FAMILIES[args.family]
-    spec = study.EXACT.MixtureSpec(dataset, k, spread, seed)
+    base, spec, seed = load_base(args.base, args.family, device, args.width, args.res_blocks)
     shape = (4, args.size, args.size)
-    base = random_unet.build(study.unet_config(args.width, args.res_blocks), dtype=torch.float32, device=device, seed=seed, family="sd15")
-    base.model.latent_format.scale_factor = 1.0
-    base.model.diffusion_model.load_state_dict(torch.load(args.base, map_location=device))
-    base.model.diffusion_model.eval()
     cond = [[torch.zeros(1, 1, 16), {}]]
     data = study.mixture_sample(spec, shape, args.train_images, torch.Generator().manual_seed(seed + 100))
     ref = comfy.samplers.calculate_sigmas(base.get_model_object("model_sampling"), "karras", 32).double()
@@ -70,9 +62,7 @@ def main():
         return [owners.get(id(f), type(f).__name__) for f in getattr(probe_module, "weight_function", [])]
 
     def sample(label, model, sigmas):
-        noise = torch.randn((args.samples,) + shape, generator=torch.Generator().manual_seed(1234))
-        x = comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object("dpmpp_2m"), sigmas.float(),
-                                       cond, cond, torch.zeros_like(noise), disable_pbar=True, seed=1234)
+        x = study.draw_samples(model, sigmas, args.samples, shape, cond, 1234)
         entry = {"model": label, "steps": sigmas.numel() - 1, **study.scores(x, spec, shape),
                  "wrappers_after": wrappers()}
         log.append(entry)
@@ -104,6 +94,16 @@ def main():
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "check_finetune_state.json").write_text(json.dumps(out, indent=1))
+
+
+def load_base(path, family, device, width=64, res_blocks=2):
+    """(model, mixture spec, family seed): the study's UNet for `family` with a saved base's weights."""
+    import torch
+    dataset, k, spread, seed = study.FAMILIES[family]
+    model = study.build_unet(width, res_blocks, device, seed)
+    model.model.diffusion_model.load_state_dict(torch.load(path, map_location=device))
+    model.model.diffusion_model.eval()
+    return model, study.EXACT.MixtureSpec(dataset, k, spread, seed), seed
 
 
 def lora_settings(fin, steps=300, batch=256, **over):

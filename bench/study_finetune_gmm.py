@@ -125,11 +125,41 @@ def adopt(fam, label):
 
 
 def load(cpu: bool):
-    """The real ComfyUI in-process with the pack loaded by ComfyUI's own loader."""
+    """(nodes, pack): the real ComfyUI in-process with the pack loaded by ComfyUI's own loader; sets
+    EXACT, the pack's exact denoiser module, which the scores and the mixture draws use."""
     from bench.gpu_env import setup_comfy
     setup_comfy(cpu=cpu)
     from tests.support.comfy_inprocess import load_inprocess
-    return load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-study-")), cpu=cpu)
+    nodes, pack = load_inprocess(Path(tempfile.mkdtemp(prefix="fewstep-study-")), cpu=cpu)
+    global EXACT
+    EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
+    return nodes, pack
+
+
+def build_unet(width, res_blocks, device, seed):
+    """The study's UNet (random weights from `seed`), in the mixture's own latent space: no VAE scaling
+    on the way in or out."""
+    import torch
+    from tests.support import random_unet
+    model = random_unet.build(unet_config(width, res_blocks), dtype=torch.float32, device=device, seed=seed, family="sd15")
+    model.model.latent_format.scale_factor = 1.0
+    return model
+
+
+def draw_samples(model, sigmas, count, shape, cond, seed, sampler="dpmpp_2m", batch=None):
+    """`count` samples on `sigmas` through ComfyUI's sampling path (CFG 1), noise from CPU generator `seed`,
+    in chunks of `batch`."""
+    import torch
+    import comfy.sample
+    import comfy.samplers
+    noise = torch.randn((count,) + tuple(shape), generator=torch.Generator().manual_seed(seed))
+    sampler = comfy.samplers.sampler_object(sampler)
+    out = []
+    for i in range(0, count, batch or count):
+        n = noise[i:i + (batch or count)]
+        out.append(comfy.sample.sample_custom(model, n, 1.0, sampler, sigmas.float(), cond, cond, torch.zeros_like(n),
+                                              disable_pbar=True, seed=seed))
+    return torch.cat(out)
 
 
 class Study:
@@ -139,13 +169,9 @@ class Study:
         self.args = args
         self.nodes, self.pack = load(cpu=args.cpu)
         self.fin = importlib.import_module(self.pack.__name__ + ".bridge.finetune")
-        global EXACT
-        EXACT = importlib.import_module(self.pack.__name__ + ".samplers.exact")
         import comfy.model_management
-        import comfy.sample
         import comfy.samplers
-        from tests.support import random_unet
-        self.comfy_sample, self.samplers, self.random_unet = comfy.sample, comfy.samplers, random_unet
+        self.samplers = comfy.samplers
         self.device = comfy.model_management.get_torch_device()
         self.cond = [[torch.zeros(1, 1, 16), {}]]
         self.shape = (4, args.size, args.size)
@@ -183,16 +209,8 @@ class Study:
         return out.result[0].double()
 
     def sample(self, model, sigmas, count, seed=None):
-        torch = self.torch
         seed = 1234 + self.args.replicate if seed is None else seed
-        noise = torch.randn((count,) + self.shape, generator=torch.Generator().manual_seed(seed))
-        sampler = self.samplers.sampler_object(self.args.sampler)
-        out = []
-        for i in range(0, count, self.args.sample_batch):
-            n = noise[i:i + self.args.sample_batch]
-            out.append(self.comfy_sample.sample_custom(model, n, 1.0, sampler, sigmas.float(), self.cond, self.cond,
-                                                       torch.zeros_like(n), disable_pbar=True, seed=seed))
-        return torch.cat(out)
+        return draw_samples(model, sigmas, count, self.shape, self.cond, seed, self.args.sampler, self.args.sample_batch)
 
     def karras(self, model, steps):
         ms = model.get_model_object("model_sampling")
@@ -221,10 +239,7 @@ class Study:
         if a.replicate:  # another draw of everything random (network, data, noise, LoRA); the same mixture
             fam["replicate"] = a.replicate
             seed += 1000 * a.replicate
-        model = self.random_unet.build(unet_config(a.width, a.res_blocks), dtype=torch.float32, device=self.device,
-                                       seed=seed, family="sd15")
-        # The mixture lives in the model's own latent space: no VAE scaling on the way in or out.
-        model.model.latent_format.scale_factor = 1.0
+        model = build_unet(a.width, a.res_blocks, self.device, seed)
         fam["params"] = sum(p.numel() for p in model.model.diffusion_model.parameters())
         ref_sig = self.karras(model, a.ref_steps)
         self.base_model(name, model, spec, seed, fam,

@@ -207,10 +207,7 @@ def probe(args):
     """Steps/s of each mode, precision and batch size on the development family's UNet (random weights)."""
     import torch
     from bench import study_finetune_gmm as study
-    import importlib
-    nodes, pack = study.load(cpu=args.cpu)
-    study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
-    from tests.support import random_unet
+    study.load(cpu=args.cpu)
     import comfy.model_management
     device = comfy.model_management.get_torch_device()
     dataset, k, spread, seed = study.FAMILIES["gmm8-s0.3"]
@@ -230,8 +227,7 @@ def probe(args):
         print(json.dumps(rows[-1]), flush=True)
         for mode in MODES:
             for amp in AMPS:
-                model = random_unet.build(study.unet_config(args.width, args.res_blocks), dtype=torch.float32,
-                                          device=device, seed=seed, family="sd15")
+                model = study.build_unet(args.width, args.res_blocks, device, seed)
                 model.model.diffusion_model.to(device)
                 params = list(model.model.diffusion_model.parameters())
                 for p in params:

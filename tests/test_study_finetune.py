@@ -40,11 +40,10 @@ def _pretrain_env(comfy):
     import importlib
     import torch
     from bench import study_finetune_gmm as study
-    from tests.support import random_unet
     nodes, pack = comfy
-    study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")
+    study.EXACT = importlib.import_module(pack.__name__ + ".samplers.exact")  # what study.load sets
     spec = study.EXACT.MixtureSpec("gmm", 8, 0.3, 0)
-    model = random_unet.build(study.unet_config(32, 1), dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    model = study.build_unet(32, 1, torch.device("cpu"), seed=0)
     draw = lambda count, gen: study.mixture_sample(spec, (4, 4, 4), count, gen)
     fin = importlib.import_module(pack.__name__ + ".bridge.finetune")
     return model, draw, fin
@@ -167,9 +166,8 @@ def test_state_check_scores_each_model_alike_on_every_sampling(comfy, tmp_path):
     """bench/check_finetune_state.py, CPU, tiny: a base saved to a file, a uniform and a Phase 2 LoRA, each
     sampled several times in one process; each model carries its own adapters and only those."""
     import torch
-    from bench.study_finetune_gmm import unet_config
-    from tests.support import random_unet
-    model = random_unet.build(unet_config(32, 1), dtype=torch.float32, device=torch.device("cpu"), seed=0)
+    from bench.study_finetune_gmm import build_unet
+    model = build_unet(32, 1, torch.device("cpu"), seed=0)
     torch.save(model.model.diffusion_model.state_dict(), tmp_path / "base.pt")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "bench.check_finetune_state", "--cpu", "--base", str(tmp_path / "base.pt"), "--width", "32",
