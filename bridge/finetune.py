@@ -12,10 +12,10 @@ cancellable between steps."""
 from __future__ import annotations
 
 import hashlib
-import io as _io
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -33,11 +33,17 @@ from comfy.weight_adapter import adapter_maps
 
 from ..samplers.finetune_loss import (ANCHOR_WEIGHTINGS, ESTIMATORS, LR_SCHEDULES, SigmaSampler, anchor_weights,
                                       holdout_split, lr_factor, weighted_mse)
+from ..samplers.finetune_trajectory import TARGET_SOLVERS
 from . import schedule_cache
+from .finetune_report import report
+from .finetune_teacher import make_teacher_pairs
 
 OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD,
               "RMSprop": torch.optim.RMSprop}
 DTYPES = ("bf16", "fp32")
+# data: the paper's denoising loss towards the training latents; trajectory: the denoiser outputs
+# that make the few-step solve land on the untuned model's fine solve (samplers/finetune_trajectory.py)
+TARGETS = ("data", "trajectory")
 # model_options key whose value changes with the trained weights: the schedule cache's model
 # fingerprint covers model_options, so Phase 1 on the tuned model cannot hit the untuned entry.
 LORA_DIGEST_KEY = "fewstep_lora_digest"
@@ -71,9 +77,13 @@ class TrainSettings:
     anchor_weighting: str = "x0"
     lr_schedule: str = "constant"
     holdout: float = 0.0
+    target: str = "data"
+    solver: str = "dpmpp_2m"  # the sampler the trajectory target is made for
+    teacher_steps: int = 8  # teacher solver steps per step of the schedule
+    trajectories: int = 256  # teacher solves per round
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "rank"):
+        for name in ("steps", "batch_size", "rank", "teacher_steps", "trajectories"):
             if int(getattr(self, name)) < 1:
                 raise FinetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
@@ -92,6 +102,12 @@ class TrainSettings:
             raise FinetuneError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not (0.0 <= self.holdout < 1.0):
             raise FinetuneError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.target not in TARGETS:
+            raise FinetuneError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.target == "trajectory" and self.solver not in TARGET_SOLVERS:
+            raise FinetuneError(f"sampler: the trajectory target is made for one of {TARGET_SOLVERS} (samplers whose "
+                                f"step is linear in the model's outputs), got {self.solver!r}; pick one of them or "
+                                f"target 'data'")
         if self.estimator not in ESTIMATORS:
             raise FinetuneError(f"weighting must be one of {ESTIMATORS}, got {self.estimator!r}")
         for name in ("training_dtype", "lora_dtype"):
@@ -170,13 +186,22 @@ class _PhaseTwoSampler(comfy.samplers.Sampler):
         return torch.zeros_like(latent_image)
 
 
-def _denoising_loss(model_wrap, latent, noise, sigma, weight, extra_args, dtype):
+def _noised(model_wrap, latent, noise, sigma):
+    """(model input, sigma) for `latent` noised to `sigma` as ComfyUI's samplers noise it."""
     ms = model_wrap.inner_model.model_sampling
     sigma = sigma.to(latent.device, torch.float32)
-    xt = ms.noise_scaling(sigma, noise.to(latent), latent, False)
+    return ms.noise_scaling(sigma, noise.to(latent), latent, False), sigma
+
+
+def _pair_loss(model_wrap, xt, sigma, target, weight, extra_args, dtype):
     with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        pred = model_wrap(xt, sigma, **extra_args)
-    return weighted_mse(pred, latent, weight)
+        pred = model_wrap(xt, sigma.to(xt.device, torch.float32), **extra_args)
+    return weighted_mse(pred, target, weight)
+
+
+def _denoising_loss(model_wrap, latent, noise, sigma, weight, extra_args, dtype):
+    xt, sigma = _noised(model_wrap, latent, noise, sigma)
+    return _pair_loss(model_wrap, xt, sigma, latent, weight, extra_args, dtype)
 
 
 @dataclass
@@ -188,6 +213,7 @@ class RoundRecord:
     phase1_seconds: float = 0.0
     held_out: list = field(default_factory=list)  # (step in the round, held-out loss)
     best_step: Optional[int] = None
+    teacher_seconds: float = 0.0  # the untuned model's fine solves (trajectory target)
 
 
 @dataclass
@@ -204,6 +230,7 @@ class LoraTrainer:
     _steps_done: int = 0
     validation: list = field(default_factory=list)  # the last round's held-out checks (step, loss)
     best_step: Optional[int] = None  # the check whose weights were kept (holdout > 0)
+    teacher: Optional[object] = None  # the last round's TeacherPairs (trajectory target)
 
     def __post_init__(self):
         check_unet(self.model)
@@ -237,6 +264,7 @@ class LoraTrainer:
                     self.model.add_weight_wrapper(f"{name}.bias", adapter)
                     self._adapters.append(adapter)
             self._trainable = [p for p in self.lora.values() if p.requires_grad]  # not the fixed alphas
+            self._initial = [p.detach().clone() for p in self._trainable]
             self._optimizer = OPTIMIZERS[s.optimizer](self._trainable, lr=float(s.learning_rate))
             for p in self._trainable:
                 p.requires_grad_(False)  # on only while training
@@ -267,88 +295,150 @@ class LoraTrainer:
             for m in checkpointed:
                 core_train.unpatch(m)
 
+    @contextmanager
+    def _untuned(self):
+        """The adapters at their starting values (ComfyUI's adapters start as the identity: the base
+        model) for the duration, the trained values restored after."""
+        trained = [p.detach().clone() for p in self._trainable]
+        try:
+            with torch.no_grad():
+                for p, v in zip(self._trainable, self._initial):
+                    p.copy_(v)
+            yield
+        finally:
+            with torch.no_grad():
+                for p, v in zip(self._trainable, trained):
+                    p.copy_(v)
+
     # -- public
     def train(self, latents: torch.Tensor, positive, sigmas, steps: Optional[int] = None,
               progress: Optional[Callable[[int, int], None]] = None, sigma_sampler=None, batch_fn=None) -> list:
-        """`steps` optimiser steps of the schedule-weighted denoising loss; returns their losses.
+        """`steps` optimiser steps of the schedule-weighted loss; returns their losses. Data target:
+        the denoising loss around the schedule's steps. Trajectory target: first the untuned model's
+        fine solves on the schedule (`self.teacher`), then the loss towards their step targets.
         `sigma_sampler` (anything with draw(count, generator) -> (sigmas, weights, index)) replaces
         the schedule's sampler (the studies' uniform-noise control); `batch_fn(generator) -> (index,
-        noise, sigmas, weights)` replaces the whole batch draw (tests use a fixed batch).
+        noise, sigmas, weights)` replaces the whole batch draw (tests use a fixed batch); both are
+        for the data target.
 
-        With settings.holdout > 0 that share of the latents is never trained on: the same loss on a
-        fixed draw of them is checked before the first step and HOLDOUT_CHECKS times in the round,
-        and the adapter weights of the best check are restored at the end (`self.validation`)."""
+        With settings.holdout > 0 that share of the latents (trajectory target: of the teacher's
+        solves) is never trained on: the same loss on a fixed draw of them is checked before the
+        first step and HOLDOUT_CHECKS times in the round, and the adapter weights of the best check
+        are restored at the end (`self.validation`). Anchor rows do not enter the check."""
         s = self.settings
         steps = int(s.steps if steps is None else steps)
+        trajectory = s.target == "trajectory"
+        if trajectory and (sigma_sampler is not None or batch_fn is not None):
+            raise FinetuneError("the trajectory target trains on the schedule's own steps; sigma_sampler and batch_fn "
+                                "apply to the data target")
         lo, hi = model_sigma_range(self.model)
-        sampler = sigma_sampler or SigmaSampler(tuple(float(v) for v in torch.as_tensor(sigmas).flatten().tolist()),
-                                                float(s.spread), s.estimator, lo, hi)
+        schedule = torch.as_tensor(sigmas, dtype=torch.float64).flatten() if sigmas is not None else None
+        sampler = sigma_sampler or SigmaSampler(tuple(schedule.tolist()), float(s.spread), s.estimator, lo, hi)
         gen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + self._steps_done)
-        count = latents.shape[0]
+        count = int(s.trajectories) if trajectory else latents.shape[0]
         pool, held = torch.arange(count), None
+        latent_pool = torch.arange(latents.shape[0])
         if s.holdout > 0:
             try:
                 pool, held = holdout_split(count, float(s.holdout), int(s.seed))
             except ValueError as e:
-                raise FinetuneError(str(e)) from None
+                raise FinetuneError(str(e).replace("latents", "teacher solves (trajectories)") if trajectory else str(e)) from None
+            if not trajectory:
+                latent_pool = pool
         losses = []
         self.validation = []  # (optimiser steps done in this round, held-out loss)
         check = comfy.model_management.throw_exception_if_processing_interrupted
         trainable = self._trainable
         table = self.model.get_model_object("model_sampling").sigmas.double().cpu()
         base_lr = float(s.learning_rate)
+        rows = int(s.batch_size)
+        keep = int(round(float(s.anchor) * rows))  # anchor rows per batch
 
-        def draw(rows, generator):
-            sigma, weight, _ = sampler.draw(rows, generator)
-            keep = int(round(float(s.anchor) * rows))
-            if keep:
-                # anchor: part of the batch at TrainLoraNode's noise levels (timestep uniform over the
-                # model's levels), so the model away from the steps is held in place
-                t = torch.randint(0, table.numel(), (keep,), generator=generator)
+        def data_draw(generator, count_rows, index_pool, anchored, index=None):
+            """(latent index, noise, sigmas, weights): the first `anchored` rows at TrainLoraNode's noise
+            levels (timestep uniform over the model's levels), so the model away from the steps is held
+            in place; the others around the schedule's steps (data target only)."""
+            if index is None:
+                index = index_pool[torch.randint(0, index_pool.numel(), (count_rows,), generator=generator)]
+            noise = torch.randn((count_rows,) + tuple(latents.shape[1:]), generator=generator)
+            if trajectory:
+                sigma = weight = torch.zeros(count_rows, dtype=torch.float64)
+            else:
+                sigma, weight, _ = sampler.draw(count_rows, generator)
+            if anchored:
+                t = torch.randint(0, table.numel(), (anchored,), generator=generator)
                 sigma, weight = sigma.clone(), weight.clone()
-                sigma[:keep] = table[t]
-                weight[:keep] = anchor_weights(table[t], table, s.anchor_weighting)
-            return sigma, weight
+                sigma[:anchored] = table[t]
+                weight[:anchored] = anchor_weights(table[t], table, s.anchor_weighting)
+            return index, noise, sigma, weight
 
-        if held is not None:
-            # the same draw in every round on the same schedule, whatever the steps done before
-            vgen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + 0x7E57)
-            rows = min(max(held.numel(), 8 * int(s.batch_size)), HOLDOUT_MAX_DRAWS)
-            v_index = held[torch.arange(rows) % held.numel()]
-            v_noise = torch.randn((rows,) + tuple(latents.shape[1:]), generator=vgen)
-            v_sigma, v_weight = draw(rows, vgen)
+        def data_rows(model_wrap, data, drawn):
+            index, noise, sigma, weight = drawn
+            latent = data[index.to(data.device)]
+            xt, sig = _noised(model_wrap, latent, noise, sigma)
+            return xt, sig, latent, weight
+
+        def pair_rows(data, drawn):
+            xs, sig, target, weight = drawn
+            return xs.to(data), sig.to(data.device, torch.float32), target.to(data), weight
+
+        def batch(model_wrap, data, pairs):
+            if batch_fn is not None:
+                return data_rows(model_wrap, data, batch_fn(gen))
+            if not trajectory:
+                return data_rows(model_wrap, data, data_draw(gen, rows, latent_pool, keep))
+            xs, sig, target, weight = pair_rows(data, pairs.draw(rows - keep, pool, s.estimator, gen))
+            if keep:
+                ax, asig, atarget, aweight = data_rows(model_wrap, data, data_draw(gen, keep, latent_pool, keep))
+                xs, sig, target = torch.cat([ax, xs]), torch.cat([asig, sig]), torch.cat([atarget, target])
+                weight = torch.cat([aweight, weight])
+            return xs, sig, target, weight
+
         every = max(1, steps // HOLDOUT_CHECKS)
         best = {}
+        held_parts = []  # the held-out draw in chunks of the batch size
+
+        def make_held_draw(pairs):
+            # the same draw in every round on the same schedule, whatever the steps done before
+            vgen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + 0x7E57)
+            total = min(max(held.numel(), 8 * rows), HOLDOUT_MAX_DRAWS)
+            if trajectory:
+                drawn = pairs.draw(total, held, s.estimator, vgen)
+            else:
+                drawn = data_draw(vgen, total, held, int(round(float(s.anchor) * total)),
+                                  index=held[torch.arange(total) % held.numel()])
+            for a in range(0, total, rows):
+                held_parts.append(tuple(t[a:a + rows] for t in drawn))
 
         def held_out_check(model_wrap, data, extra_args, done):
             total = 0.0
             with torch.no_grad():
-                for a in range(0, v_index.numel(), int(s.batch_size)):
-                    b = slice(a, a + int(s.batch_size))
-                    part = _denoising_loss(model_wrap, data[v_index[b].to(data.device)], v_noise[b], v_sigma[b],
-                                           v_weight[b], extra_args, self.dtype)
-                    total += float(part) * v_index[b].numel()
-            value = total / v_index.numel()
+                for part in held_parts:
+                    xt, sig, target, weight = pair_rows(data, part) if trajectory else data_rows(model_wrap, data, part)
+                    total += float(_pair_loss(model_wrap, xt, sig, target, weight, extra_args, self.dtype)) * xt.shape[0]
+            value = total / sum(part[0].shape[0] for part in held_parts)
             self.validation.append((done, value))
             if not best or value < best["loss"]:
                 best.update(loss=value, step=done, weights=[p.detach().clone() for p in trainable])
 
         def step_fn(model_wrap, data, extra_args):
+            pairs = None
+            if trajectory:
+                tgen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + 0x7EAC + self._steps_done)
+                with self._untuned():
+                    pairs = make_teacher_pairs(model_wrap, schedule, data, s, extra_args, self.dtype, tgen, check)
+                self.teacher = pairs
             if held is not None:
+                make_held_draw(pairs)
                 held_out_check(model_wrap, data, extra_args, 0)
             for p in trainable:
                 p.requires_grad_(True)
             for i in range(steps):
                 check()
-                if batch_fn is not None:
-                    index, noise, sigma, weight = batch_fn(gen)
-                else:
-                    index = pool[torch.randint(0, pool.numel(), (int(s.batch_size),), generator=gen)]
-                    noise = torch.randn((int(s.batch_size),) + tuple(data.shape[1:]), generator=gen)
-                    sigma, weight = draw(int(s.batch_size), gen)
+                xt, sig, target, weight = batch(model_wrap, data, pairs)
                 for group in self._optimizer.param_groups:
                     group["lr"] = base_lr * lr_factor(i, steps, s.lr_schedule)
-                loss = _denoising_loss(model_wrap, data[index.to(data.device)], noise, sigma, weight, extra_args, self.dtype)
+                loss = _pair_loss(model_wrap, xt, sig, target, weight, extra_args, self.dtype)
                 if not torch.isfinite(loss):
                     raise FinetuneError(f"the loss became {float(loss)} at step {self._steps_done + i + 1}; lower "
                                         f"learning_rate or train in fp32")
@@ -440,71 +530,9 @@ def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, ro
         losses = trainer.train(data, positive, sig,
                                progress=None if progress is None else (lambda i, n, d=done: progress(d + i, total)))
         records.append(RoundRecord(r + 1, [float(v) for v in sig.tolist()], losses, time.perf_counter() - t0, p1,
-                                   list(trainer.validation), trainer.best_step))
+                                   list(trainer.validation), trainer.best_step,
+                                   trainer.teacher.seconds if trainer.teacher is not None else 0.0))
     return FinetuneResult(trainer.model, trainer.lora_state(), records, settings)
-
-
-def report(result: FinetuneResult) -> str:
-    s = result.settings
-    lines = [f"Few-step fine-tune: {s.algorithm} rank {s.rank}, {s.optimizer} lr {s.learning_rate:g}, "
-             f"({s.lr_schedule}), batch {s.batch_size}, {s.steps} steps x {len(result.rounds)} round(s), spread {s.spread:g}, "
-             f"anchor {s.anchor:g}, weighting {s.estimator} (schedule-derived, docs/finetune.md)"
-             + (f", {s.holdout:g} of the latents held out" if s.holdout > 0 else "")]
-    for r in result.rounds:
-        head = sum(r.losses[: max(1, len(r.losses) // 10)]) / max(1, len(r.losses[: max(1, len(r.losses) // 10)]))
-        tail = r.losses[-max(1, len(r.losses) // 10):]
-        lines.append(f"round {r.round}: sigmas [{', '.join(f'{v:.4g}' for v in r.sigmas)}]; loss {head:.4g} -> "
-                     f"{sum(tail) / len(tail):.4g} (first/last 10%); {r.seconds:.1f} s"
-                     + (f", Phase 1 {r.phase1_seconds:.1f} s" if r.round > 1 else ""))
-        if r.held_out:
-            best = dict(r.held_out)[r.best_step]
-            lines.append(f"  held-out loss {r.held_out[0][1]:.4g} before the round, best {best:.4g} after step "
-                         f"{r.best_step} of {len(r.losses)}" + (" (kept)" if r.best_step else " (the round's start kept: "
-                                                                   "training did not lower it)"))
-    lines.append(f"LoRA tensors: {len(result.lora)}")
-    return "\n".join(lines)
-
-
-def loss_curve_image(result: FinetuneResult, width: int = 640, height: int = 320) -> torch.Tensor:
-    """IMAGE [1, H, W, 3]: the per-step loss (log scale, moving average in blue), rounds separated,
-    held-out checks as orange dots (the kept one ringed)."""
-    from PIL import Image, ImageDraw
-    values = [v for v in result.losses if math.isfinite(v) and v > 0]
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    margin = 36
-    draw.rectangle([margin, 8, width - 8, height - margin], outline="black")
-    if len(values) >= 2:
-        logs = [math.log10(v) for v in values]
-        win = max(1, len(logs) // 50)
-        smooth = [sum(logs[max(0, i - win + 1): i + 1]) / len(logs[max(0, i - win + 1): i + 1]) for i in range(len(logs))]
-        checks, at = [], 0  # (global step, log loss, kept)
-        for r in result.rounds:
-            checks += [(at + k, math.log10(v), k == r.best_step) for k, v in r.held_out if math.isfinite(v) and v > 0]
-            at += len(r.losses)
-        lo, hi = min(logs + [c[1] for c in checks]), max(logs + [c[1] for c in checks])
-        hi = hi if hi > lo else lo + 1e-6
-        px = lambda i: margin + (width - 8 - margin) * i / (len(logs) - 1)
-        py = lambda v: height - margin - (height - margin - 8) * (v - lo) / (hi - lo)
-        draw.line([(px(i), py(v)) for i, v in enumerate(logs)], fill=(190, 190, 190), width=1)
-        draw.line([(px(i), py(v)) for i, v in enumerate(smooth)], fill=(30, 70, 200), width=2)
-        at = 0
-        for r in result.rounds[:-1]:
-            at += len(r.losses)
-            draw.line([(px(at), 8), (px(at), height - margin)], fill=(200, 60, 60), width=1)
-        for step, v, kept in checks:
-            x, y = px(min(step, len(logs) - 1)), py(v)
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(235, 140, 20))
-            if kept:
-                draw.ellipse([x - 6, y - 6, x + 6, y + 6], outline=(0, 0, 0), width=2)
-        draw.text((2, 8), f"{10 ** hi:.3g}", fill="black")
-        draw.text((2, height - margin - 10), f"{10 ** lo:.3g}", fill="black")
-    draw.text((margin, height - margin + 8), "step (log loss; red: new round's schedule; orange: held-out, ringed: kept)", fill="black")
-    buf = _io.BytesIO()  # keeps PIL -> tensor conversion free of numpy dtype quirks
-    img.save(buf, format="PNG")
-    import numpy as np
-    arr = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr)[None]
 
 
 def schedule_for(model, sigmas, steps):

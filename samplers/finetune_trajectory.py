@@ -1,0 +1,120 @@
+"""Phase 2's trajectory target: the denoiser outputs that make a few-step solve land where the
+model's own fine solve lands (pure torch; derivation in docs/finetune.md, "Trajectory target").
+
+The paper's data target (samplers/finetune_loss.py) pulls D_theta(x; s_i) towards E[x0 | x] at the
+selected levels, which a well-trained model already is: it cannot remove the few-step solver's
+own error. The trajectory target asks instead for the value that removes it. A teacher (the model
+before fine-tuning) solves the ODE on a fine grid that contains every step of the schedule
+(`teacher_sigmas`, `run_teacher`); its states x_0 .. x_N at the schedule's levels s_0 .. s_N fix,
+step by step, the denoiser output D*_i the few-step solver needs to go from x_i to x_{i+1}
+(`step_targets`). A student trained on (x_i, s_i) -> D*_i then reproduces the fine solve with N calls
+of its solver. Only the solvers whose update is linear in the model's outputs have such a target;
+those are listed in TARGET_SOLVERS, with their update written exactly as ComfyUI's sampler does it.
+
+  euler, and every first step or final jump to 0 of dpmpp_2m:
+      x_{i+1} = r_i x_i + (1 - r_i) D_i,   r_i = s_{i+1} / s_i
+      =>  D*_i = (x_{i+1} - r_i x_i) / (1 - r_i)                                   (E_i)
+  dpmpp_2m otherwise (c_i = h_i / (2 h_{i-1}), h_i = log(s_i / s_{i+1})):
+      x_{i+1} = r_i x_i + (1 - r_i) ((1 + c_i) D_i - c_i D_{i-1})
+      =>  D*_i = (E_i + c_i D*_{i-1}) / (1 + c_i)     (D_{i-1} = D*_{i-1}: the student's previous output)
+
+An error d in D_i moves x_{i+1} by (1 - r_i) g_i d (g_i = 1 + c_i, or 1): the step weights
+((1 - r_i) g_i)^2, normalised to mean 1, make the loss the squared error of the states."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+TARGET_SOLVERS = ("dpmpp_2m", "euler")
+
+
+def _schedule(sigmas) -> torch.Tensor:
+    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    if s.numel() < 2:
+        raise ValueError(f"sigmas: a schedule needs at least 2 values (1 step), got {s.numel()}")
+    if not torch.isfinite(s).all() or float(s[:-1].min()) <= 0 or float(s[-1]) < 0:
+        raise ValueError("sigmas: values must be finite, the called ones > 0")
+    if not (s[1:] < s[:-1]).all():
+        raise ValueError(f"sigmas: the schedule must be strictly decreasing, got {s.tolist()}")
+    return s
+
+
+def _check_solver(solver):
+    if solver not in TARGET_SOLVERS:
+        raise ValueError(f"solver: the trajectory target exists for {TARGET_SOLVERS} (updates linear in the model's "
+                         f"outputs), got {solver!r}")
+
+
+def teacher_sigmas(sigmas, sub_steps: int, sigma_min: float) -> tuple:
+    """(fine schedule, index of each of `sigmas`' values in it): every interval of the schedule cut
+    into `sub_steps` steps even in log sigma. A final jump to 0 is refined down to `sigma_min` (the
+    model's lowest level) first, then jumps; its index is the fine schedule's last."""
+    s = _schedule(sigmas)
+    sub_steps = int(sub_steps)
+    if sub_steps < 1:
+        raise ValueError(f"teacher_steps must be >= 1, got {sub_steps}")
+    if not (math.isfinite(sigma_min) and sigma_min > 0):
+        raise ValueError(f"sigma_min must be a finite number > 0, got {sigma_min}")
+    fine, keep = [float(s[0])], [0]
+    for a, b in zip(s[:-1].tolist(), s[1:].tolist()):
+        end = b if b > 0 else min(sigma_min, a)
+        if end < a:
+            fine += torch.logspace(math.log10(a), math.log10(end), sub_steps + 1, dtype=torch.float64)[1:].tolist()
+        if b == 0:
+            fine.append(0.0)
+        keep.append(len(fine) - 1)
+    return torch.tensor(fine, dtype=torch.float64), keep
+
+
+@torch.no_grad()
+def run_teacher(denoise, x: torch.Tensor, fine: torch.Tensor, keep) -> torch.Tensor:
+    """States at the fine schedule's `keep` indices, stacked (len(keep), *x.shape): DPM-Solver++(2M)
+    on `fine` (ComfyUI's update), `denoise(x, sigma_tensor) -> D` called len(fine) - 1 times."""
+    fine = torch.as_tensor(fine, dtype=torch.float64)
+    want = {int(k): n for n, k in enumerate(keep)}
+    out = [None] * len(want)
+    old, s_in = None, x.new_ones([x.shape[0]])
+    for i in range(fine.numel() - 1):
+        if i in want:
+            out[want[i]] = x
+        s, s_next = float(fine[i]), float(fine[i + 1])
+        d = denoise(x, s * s_in)
+        if old is None or s_next == 0:
+            x = (s_next / s) * x + (1 - s_next / s) * d
+        else:
+            c = math.log(s / s_next) / (2 * math.log(float(fine[i - 1]) / s))
+            x = (s_next / s) * x + (1 - s_next / s) * ((1 + c) * d - c * old)
+        old = d
+    last = fine.numel() - 1
+    if last in want:
+        out[want[last]] = x
+    return torch.stack(out)
+
+
+def step_gains(sigmas, solver: str) -> tuple:
+    """(r_i, c_i) per model call of `sigmas` for `solver` (c_i = 0 where the update is first order)."""
+    _check_solver(solver)
+    s = _schedule(sigmas)
+    r = s[1:] / s[:-1]
+    c = torch.zeros_like(r)
+    if solver == "dpmpp_2m":
+        for i in range(1, r.numel()):
+            if float(s[i + 1]) > 0:
+                c[i] = math.log(s[i] / s[i + 1]) / (2 * math.log(s[i - 1] / s[i]))
+    return r, c
+
+
+def step_targets(states: torch.Tensor, sigmas, solver: str) -> tuple:
+    """(D* (N, *batch), weights (N,) float64 with mean 1) from teacher states (N + 1, *batch) at the
+    levels of `sigmas` (see the module docstring)."""
+    r, c = step_gains(sigmas, solver)
+    n = r.numel()
+    if states.shape[0] != n + 1:
+        raise ValueError(f"states: expected {n + 1} states (one per level of the schedule), got {states.shape[0]}")
+    targets = []
+    for i in range(n):
+        e = (states[i + 1] - float(r[i]) * states[i]) / (1 - float(r[i]))
+        targets.append(e if float(c[i]) == 0 else (e + float(c[i]) * targets[-1]) / (1 + float(c[i])))
+    weights = ((1 - r) * (1 + c)).pow(2)
+    return torch.stack(targets), weights / weights.mean()
