@@ -11,6 +11,7 @@ batch), training can continue over several rounds with the same adapters and opt
 cancellable between steps."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -105,7 +106,8 @@ class TrainSettings:
         if self.target not in TARGETS:
             raise FinetuneError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.target == "trajectory" and self.solver not in TARGET_SOLVERS:
-            raise FinetuneError(f"sampler: the trajectory target is made for one of {TARGET_SOLVERS} (samplers whose "
+            raise FinetuneError(f"phase1_sampler (or the optimiser record's sampler): the trajectory target is made "
+                                f"for one of {TARGET_SOLVERS} (samplers whose "
                                 f"step is linear in the model's outputs), got {self.solver!r}; pick one of them or "
                                 f"target 'data'")
         if self.estimator not in ESTIMATORS:
@@ -570,6 +572,8 @@ def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_s
     from . import schedule_opt
     schedule, record_sampler, source = schedule_for(model, sigmas, steps)
     sampler = record_sampler or phase1_sampler
+    if settings.target == "trajectory":
+        settings = dataclasses.replace(settings, solver=sampler)  # refuses a sampler with no target, by name
 
     def phase1(tuned, n):
         sig, _, _ = schedule_opt.optimise(tuned, positive, positive, 1.0, 64, 64, int(n), sampler, phase1_mc_samples,

@@ -28,7 +28,9 @@ class FewStepFinetune(io.ComfyNode):
                 "untuned one before keeping the LoRA. The denoising loss is taken at "
                 "noise levels around the schedule's sigmas, each step weighted by how much it contributes to the "
                 "final sample (derived from the schedule, see docs/finetune.md). With rounds > 1 the schedule is "
-                "re-optimised on the tuned model between rounds (Phase 1 + Phase 2 alternated). Outputs the model "
+                "re-optimised on the tuned model between rounds (Phase 1 + Phase 2 alternated). target 'trajectory' "
+                "trains instead towards the untuned model's own many-step solve (the sampler's N steps land where its "
+                "fine solve lands). Outputs the model "
                 "with the LoRA, the LoRA for 'Save LoRA Weights' / 'Load LoRA Model', a loss curve and a report."),
             inputs=[
                 io.Model.Input("model", tooltip="The UNet model (SD1.x / SDXL) to fine-tune."),
@@ -56,13 +58,22 @@ class FewStepFinetune(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=True, tooltip="Recompute activations in the backward pass (less memory, about a third slower)."),
                 io.Sigmas.Input("sigmas", optional=True, tooltip="The schedule to fine-tune for. Not connected: the optimiser's schedule for this model (Optimise Schedule's MODEL output or its cache)."),
                 io.Combo.Input("phase1_sampler", options=ode_samplers(), default="dpmpp_2m", optional=True,
-                               tooltip="Sampler Phase 1 optimises for between rounds (the record's own sampler when the schedule came from the optimiser)."),
+                               tooltip="Sampler Phase 1 optimises for between rounds, and the one the trajectory target is made for (the record's own sampler when the schedule came from the optimiser)."),
                 io.Int.Input("phase1_mc_samples", default=8, min=1, max=256, optional=True, tooltip="Phase 1 Monte-Carlo noises between rounds."),
                 io.Int.Input("phase1_grid", default=120, min=8, max=400, optional=True, tooltip="Phase 1 candidate sigmas between rounds."),
                 io.Combo.Input("lr_schedule", options=list(LR_SCHEDULES), default="constant", optional=True,
                                tooltip="constant: Train LoRA's fixed learning rate; cosine: short warm-up, then decayed to 0 by each round's end, so the LoRA ends at a settled point rather than wherever the last noisy steps left it."),
                 io.Float.Input("holdout", default=0.0, min=0.0, max=0.5, step=0.01, optional=True,
-                               tooltip="Share of the latents never trained on. The same loss on them is checked 11 times a round and the weights of the best check are kept (early stopping); 0 = off."),
+                               tooltip="Share of the latents (trajectory target: of the teacher's solves) never trained on. The same loss on them is checked 11 times a round and the weights of the best check are kept (early stopping); 0 = off."),
+                io.Combo.Input("target", options=list(ft.TARGETS), default="data", optional=True,
+                               tooltip="data: the paper's denoising loss towards your latents. trajectory: the outputs that make "
+                                       "the sampler (phase1_sampler, or the optimiser record's; euler or dpmpp_2m) land on the "
+                                       "untuned model's own fine solve of the schedule, so N steps follow many (distillation; "
+                                       "latents are then used only by the anchor rows). Conditional only (CFG 1)."),
+                io.Int.Input("teacher_steps", default=8, min=1, max=64, optional=True,
+                             tooltip="Trajectory target: teacher solver steps per step of the schedule."),
+                io.Int.Input("trajectories", default=64, min=1, max=65536, optional=True,
+                             tooltip="Trajectory target: untuned solves from noise per round (each costs N x teacher_steps model calls)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied."),
@@ -76,14 +87,15 @@ class FewStepFinetune(io.ComfyNode):
     def execute(cls, model, latents, positive, steps, train_steps, batch_size, learning_rate, rank, spread, weighting,
                 anchor, rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
                 phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120, lr_schedule="constant",
-                holdout=0.0) -> io.NodeOutput:
+                holdout=0.0, target="data", teacher_steps=8, trajectories=64) -> io.NodeOutput:
         ft.check_unet(model)
         ft.check_latents(latents)
         settings = ft.TrainSettings(steps=int(train_steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
                                     rank=int(rank), algorithm=algorithm, optimizer=optimizer, spread=float(spread),
                                     estimator=weighting, anchor=float(anchor), training_dtype=training_dtype,
                                     lora_dtype=lora_dtype, gradient_checkpointing=bool(gradient_checkpointing),
-                                    seed=int(seed), lr_schedule=lr_schedule, holdout=float(holdout))
+                                    seed=int(seed), lr_schedule=lr_schedule, holdout=float(holdout),
+                                    target=target, teacher_steps=int(teacher_steps), trajectories=int(trajectories))
         result, text = ft.run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
                                    int(phase1_mc_samples), int(phase1_grid))
         return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text)

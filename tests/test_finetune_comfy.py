@@ -127,6 +127,49 @@ def test_holdout_never_trains_on_held_latents_and_keeps_the_best_check(env, one_
     assert torch.equal(_denoised(wrecked.model, x, 0.7, env.cond), _denoised(env.model, x, 0.7, env.cond))
 
 
+def _teacher_reference(env, seed, rows, fine):
+    """The untuned model's sample from the trainer's teacher noise for `seed`, through ComfyUI's own
+    dpmpp_2m on the fine grid, in the model's internal latent space."""
+    import comfy.sample
+    import comfy.samplers
+    eps = torch.randn((rows, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+    out = comfy.sample.sample_custom(env.model, eps, 1.0, comfy.samplers.sampler_object("dpmpp_2m"), fine.float(),
+                                     env.cond, env.cond, torch.zeros_like(eps), disable_pbar=True, seed=0)
+    return env.model.model.process_latent_in(out)
+
+
+def test_trajectory_teacher_is_comfyui_dpmpp_2m_of_the_untuned_model_in_every_round(env, one_thread):
+    from importlib import import_module
+    teacher_sigmas = import_module(env.pack.__name__ + ".samplers.finetune_trajectory").teacher_sigmas
+    trainer = env.fin.LoraTrainer(env.model, env.settings(target="trajectory", trajectories=3, teacher_steps=2,
+                                                          batch_size=3, learning_rate=5e-3))
+    fine, keep = teacher_sigmas(SCHED.double(), 2, float(env.model.get_model_object("model_sampling").sigma_min))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5)) * 3.0
+    for done in (0, 1):  # the second call starts from a tuned LoRA: the teacher must still be the base
+        with torch.inference_mode():
+            trainer.train(env.latents["samples"], env.cond, SCHED, steps=1)
+        ref = _teacher_reference(env, 0x7EAC + done, 3, fine)
+        assert torch.allclose(trainer.teacher.targets[-1], ref, atol=1e-4), done  # the last target is the sample
+        assert trainer.teacher.states.shape == (SCHED.numel() - 1, 3, 4, 8, 8)
+    assert not torch.equal(_denoised(trainer.model, x, 3.0, env.cond), _denoised(env.model, x, 3.0, env.cond))
+
+
+def test_trajectory_target_lowers_the_held_out_solves_loss(env, one_thread):
+    trainer = env.fin.LoraTrainer(env.model, env.settings(target="trajectory", trajectories=8, teacher_steps=2,
+                                                          batch_size=4, holdout=0.25, learning_rate=3e-3, anchor=0.25))
+    trainer.train(env.latents["samples"], env.cond, SCHED, steps=6)
+    start, best = trainer.validation[0][1], min(v for _, v in trainer.validation)
+    assert best < 0.98 * start, trainer.validation
+    assert trainer.best_step > 0
+    # the training draw reaches only the solves outside the held-out share
+    from importlib import import_module
+    pool, held = import_module(env.pack.__name__ + ".samplers.finetune_loss").holdout_split(8, 0.25, 0)
+    xs, _, _, _ = trainer.teacher.draw(64, pool, "explicit", torch.Generator().manual_seed(1))
+    flat = trainer.teacher.states.flatten(2)
+    match = (xs.flatten(1)[:, None, None] == flat[None]).all(-1)  # (row, step, solve)
+    assert match.any(-1).any(-1).all() and not match[:, :, held].any()
+
+
 def test_lora_round_trips_through_core_save_and_load_nodes(env, one_thread):
     import folder_paths
     M = env.nodes.NODE_CLASS_MAPPINGS
@@ -183,6 +226,10 @@ def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):
     assert "Phase 1" in report
     assert "(cosine)" in report and "0.34 of the latents held out" in report
     assert report.count("held-out loss") == 2  # one line per round
+    *_, report = _run_node(env, **_node_inputs(env, target="trajectory", trajectories=4, teacher_steps=2,
+                                               phase1_sampler="euler"))
+    assert "target: trajectory for euler (4 solves of the untuned model, 2 teacher steps per step" in report
+    assert "of which teacher" in report
     orange = (curve[0] - torch.tensor([235, 140, 20]) / 255).abs().max(-1).values < 0.02
     assert int(orange.sum()) > 20  # the held-out checks are drawn
     assert model.model_options[env.fin.LORA_DIGEST_KEY] == env.fin.lora_digest(lora)
@@ -202,6 +249,9 @@ def test_node_refuses_bad_input_before_any_model_call(env):
         (dict(spread=2.0), "spread"),
         (dict(lr_schedule="linear"), "lr_schedule"),
         (dict(holdout=0.05), "holdout"),  # 6 latents: none would be held out
+        (dict(target="trajectory", phase1_sampler="heun"), "phase1_sampler"),  # no linear target for heun
+        (dict(target="trajectory", trajectories=4, holdout=0.1), "teacher solves"),
+        (dict(target="score"), "target"),
     ]
     for over, match in cases:
         with pytest.raises(Exception, match=match):
