@@ -10,8 +10,10 @@ out=$1 pretrain_s=$2 study_s=$3; shift 3
 families=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do families+=("$1"); shift; done; shift || true
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl
 export PYTHONPATH=/tmp/site:$PWD COMFYUI_PATH=$PWD/.gpu/ComfyUI PYTHONUNBUFFERED=1
-timeout 150 python3 -m bench.study_pretrain --probe --batches 1024 4096 --count 20 --out "$out" 2>&1 | grep '^{'
-choice=$(python3 - "$out/pretrain_probe.json" <<'PY' 2>/dev/null || echo "eager fp32 4096"
+# FEWSTEP_PRETRAIN_STEP="graph fp32 4096" (mode amp batch, as an earlier probe chose) skips the probe
+choice=${FEWSTEP_PRETRAIN_STEP:-}
+[ -n "$choice" ] || timeout 150 python3 -m bench.study_pretrain --probe --batches 1024 4096 --count 20 --out "$out" 2>&1 | grep '^{'
+[ -n "$choice" ] || choice=$(python3 - "$out/pretrain_probe.json" <<'PY' 2>/dev/null || echo "eager fp32 4096"
 import json, sys
 rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r.get("taken") == r["mode"]]
 fp32 = max((r for r in rows if r["amp"] == "fp32"), key=lambda r: r["samples_s"])

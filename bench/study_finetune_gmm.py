@@ -59,17 +59,18 @@ def unet_config(width: int, res_blocks: int) -> dict:
 EXACT = None  # the pack's samplers/exact.py, set once the pack is loaded (ComfyUI owns the name 'samplers')
 
 
-CANDIDATE_FIELDS = "spread:learning_rate[:anchor[:anchor_weighting[:lr_schedule[:holdout]]]]"
+CANDIDATE_FIELDS = "spread:learning_rate[:anchor[:anchor_weighting[:lr_schedule[:holdout[:target]]]]]"
 
 
 def parse_candidate(text):
-    """CANDIDATE_FIELDS -> TrainSettings overrides (anchor 0, x0, constant, no holdout when left out)."""
+    """CANDIDATE_FIELDS -> TrainSettings overrides (anchor 0, x0, constant, no holdout, data target when
+    left out)."""
     spread, lr, *rest = text.split(":")
-    if len(rest) > 4:
+    if len(rest) > 5:
         raise SystemExit(f"candidate {text!r}: expected {CANDIDATE_FIELDS}")
-    anchor, weighting, schedule, holdout = rest + ["0", "x0", "constant", "0"][len(rest):]
+    anchor, weighting, schedule, holdout, target = rest + ["0", "x0", "constant", "0", "data"][len(rest):]
     return {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor), "anchor_weighting": weighting,
-            "lr_schedule": schedule, "holdout": float(holdout)}
+            "lr_schedule": schedule, "holdout": float(holdout), "target": target}
 
 
 def mixture_sample(spec, shape, count, gen):
@@ -220,7 +221,8 @@ class Study:
         a = self.args
         base = dict(steps=a.lora_steps, batch_size=a.lora_batch, learning_rate=a.lora_lr, rank=a.rank,
                     spread=a.spread, estimator=a.estimator, training_dtype="fp32", lora_dtype="fp32",
-                    gradient_checkpointing=False, seed=a.replicate)
+                    gradient_checkpointing=False, seed=a.replicate, solver=a.sampler, teacher_steps=a.teacher_steps,
+                    trajectories=a.trajectories)
         base.update(over)
         return self.fin.TrainSettings(**base)
 
@@ -290,6 +292,8 @@ class Study:
                 res = self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=1)
                 key = "P1+2" if not (dev or a.no_pick) else f"P1+2[{label}]"
                 row[key + "_s"] = time.perf_counter() - t0
+                if res.rounds[0].teacher_seconds:
+                    row[key + "_teacher_s"] = res.rounds[0].teacher_seconds
                 row[key] = scores(self.sample(res.model, sig1, a.samples), spec, self.shape)
                 row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)
                 head, tail = res.losses[:max(1, len(res.losses) // 10)], res.losses[-max(1, len(res.losses) // 10):]
@@ -481,6 +485,8 @@ def main():
     p.add_argument("--lora-batch", type=int, default=256)
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--teacher-steps", type=int, default=8, help="trajectory target: teacher steps per step")
+    p.add_argument("--trajectories", type=int, default=16384, help="trajectory target: teacher solves per fine-tune")
     p.add_argument("--spread", type=float, default=0.5)
     p.add_argument("--estimator", default="importance")
     p.add_argument("--rounds", type=int, default=2)
@@ -514,7 +520,7 @@ def main():
         for k, v in dict(families=args.families[:2], steps=[5], choose_steps=[5], width=32, res_blocks=1,
                          pretrain_steps=20, pretrain_batch=32, train_images=64, lora_steps=4, lora_batch=16, mc=4,
                          grid=12, samples=128, sample_batch=128, ref_steps=12, rounds=2, size=4,
-                         sweep=["0.5:1e-3", "0:1e-3"]).items():
+                         trajectories=64, teacher_steps=2, sweep=["0.5:1e-3", "0:1e-3:0.5:eps:cosine:0:trajectory"]).items():
             if getattr(args, k) == p.get_default(k):
                 setattr(args, k, v)
     log = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)
