@@ -59,18 +59,18 @@ def unet_config(width: int, res_blocks: int) -> dict:
 EXACT = None  # the pack's samplers/exact.py, set once the pack is loaded (ComfyUI owns the name 'samplers')
 
 
-CANDIDATE_FIELDS = "spread:learning_rate[:anchor[:anchor_weighting[:lr_schedule[:holdout[:target]]]]]"
+CANDIDATE_FIELDS = "spread:learning_rate[:anchor[:anchor_weighting[:lr_schedule[:holdout[:target[:anchor_target]]]]]]"
 
 
 def parse_candidate(text):
     """CANDIDATE_FIELDS -> TrainSettings overrides (anchor 0, x0, constant, no holdout, data target when
     left out)."""
     spread, lr, *rest = text.split(":")
-    if len(rest) > 5:
+    if len(rest) > 6:
         raise SystemExit(f"candidate {text!r}: expected {CANDIDATE_FIELDS}")
-    anchor, weighting, schedule, holdout, target = rest + ["0", "x0", "constant", "0", "data"][len(rest):]
+    anchor, weighting, schedule, holdout, target, anchor_target = rest + ["0", "x0", "constant", "0", "data", "data"][len(rest):]
     return {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor), "anchor_weighting": weighting,
-            "lr_schedule": schedule, "holdout": float(holdout), "target": target}
+            "lr_schedule": schedule, "holdout": float(holdout), "target": target, "anchor_target": anchor_target}
 
 
 def mixture_sample(spec, shape, count, gen):
@@ -120,7 +120,7 @@ def pick(fam, labels, choose_steps):
 def adopt(fam, label):
     """Makes candidate `label`'s rows the family's P1+2 rows."""
     for row in fam["rows"].values():
-        for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step"):
+        for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step", "_gated", "_ref_gated", "_teacher_s"):
             if f"P1+2[{label}]" + suffix in row:
                 row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
 
@@ -170,6 +170,7 @@ class Study:
         self.args = args
         self.nodes, self.pack = load(cpu=args.cpu)
         self.fin = importlib.import_module(self.pack.__name__ + ".bridge.finetune")
+        self.gate = importlib.import_module(self.pack.__name__ + ".bridge.finetune_gate")
         import comfy.model_management
         import comfy.samplers
         self.samplers = comfy.samplers
@@ -252,20 +253,9 @@ class Study:
         fam["base_ref"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)
         self.log(f"{name}: floor {fam['floor']}, base @{a.ref_steps} {fam['base_ref']}")
 
-        t0 = time.perf_counter()
-        control = dict(lr_schedule=a.control_lr_schedule)
-        uni = self.fin.LoraTrainer(model, self.settings(**control))
-        lo, hi = self.fin.model_sigma_range(model)
-        uni_losses = self._uniform_train(uni, data, lo, hi)
-        fam["uniform_lora_s"] = time.perf_counter() - t0
-        fam["uniform_ref"] = scores(self.sample(uni.model, ref_sig, a.samples), spec, self.shape)
-        # The same draw with the pretraining's own (eps) weighting: separates "Train LoRA's x0 loss moves
-        # the model" from "any further training moves it".
-        uni_eps = self.fin.LoraTrainer(model, self.settings(**control))
-        fam["uniform_eps_loss"] = self._uniform_train(uni_eps, data, lo, hi, weighting="eps")[-1]
-        fam["uniform_eps_ref"] = scores(self.sample(uni_eps.model, ref_sig, a.samples), spec, self.shape)
-        self.log(f"{name}: @{a.ref_steps} base {fam['base_ref']['fd']:.4f}, uniform x0 LoRA {fam['uniform_ref']['fd']:.4f}, "
-                 f"uniform eps LoRA {fam['uniform_eps_ref']['fd']:.4f}")
+        uni = None
+        if not a.no_controls:
+            uni = self.controls(name, model, data, ref_sig, spec, fam)
         if a.controls_only:
             self.save()
             return
@@ -286,7 +276,8 @@ class Study:
             row["P1_s"] = time.perf_counter() - t0
             row["P1_sigmas"] = sig1.tolist()
             row["P1"] = scores(self.sample(model, sig1, a.samples), spec, self.shape)
-            row["P1+uniform"] = scores(self.sample(uni.model, sig1, a.samples), spec, self.shape)
+            if uni is not None:
+                row["P1+uniform"] = scores(self.sample(uni.model, sig1, a.samples), spec, self.shape)
             for label, over in candidates.items():
                 t0 = time.perf_counter()
                 res = self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=1)
@@ -296,6 +287,10 @@ class Study:
                     row[key + "_teacher_s"] = res.rounds[0].teacher_seconds
                 row[key] = scores(self.sample(res.model, sig1, a.samples), spec, self.shape)
                 row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)
+                if a.gated:  # the LoRA acting only on its own schedule (the node's only_on_schedule)
+                    gated = self.gate.gate_to_schedule(res.model, res.adapters, sig1)
+                    row[key + "_gated"] = scores(self.sample(gated, sig1, a.samples), spec, self.shape)
+                    row[key + "_ref_gated"] = scores(self.sample(gated, ref_sig, a.samples), spec, self.shape)
                 head, tail = res.losses[:max(1, len(res.losses) // 10)], res.losses[-max(1, len(res.losses) // 10):]
                 row[key + "_loss"] = [sum(head) / len(head), sum(tail) / len(tail)]
                 if res.rounds[0].held_out:
@@ -314,11 +309,30 @@ class Study:
                     self.alternate(model, data, torch.tensor(row["P1_sigmas"], dtype=torch.float64), int(n), ref_sig,
                                    spec, row, self.chosen)
                 self.save()
-        fam["uniform_loss"] = [uni_losses[0], uni_losses[-1]]
         # The LoRA clones share the base network: sampling the base again must give the same numbers.
         fam["base_ref_after"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)
         self.log(f"{name}: base @{a.ref_steps} before/after the LoRAs: {fam['base_ref']['fd']:.6g} / {fam['base_ref_after']['fd']:.6g}")
         self.save()
+
+    def controls(self, name, model, data, ref_sig, spec, fam):
+        """The uniform-sigma LoRAs (TrainLoraNode's draw): x0 loss, and the pretraining's eps loss;
+        returns the x0 one (its P1 rows are P1+uniform)."""
+        a = self.args
+        t0 = time.perf_counter()
+        control = dict(lr_schedule=a.control_lr_schedule)
+        uni = self.fin.LoraTrainer(model, self.settings(**control))
+        uni_losses = self._uniform_train(uni, data)
+        fam["uniform_loss"] = [uni_losses[0], uni_losses[-1]]
+        fam["uniform_lora_s"] = time.perf_counter() - t0
+        fam["uniform_ref"] = scores(self.sample(uni.model, ref_sig, a.samples), spec, self.shape)
+        # The same draw with the pretraining's own (eps) weighting: separates "Train LoRA's x0 loss moves
+        # the model" from "any further training moves it".
+        uni_eps = self.fin.LoraTrainer(model, self.settings(**control))
+        fam["uniform_eps_loss"] = self._uniform_train(uni_eps, data, weighting="eps")[-1]
+        fam["uniform_eps_ref"] = scores(self.sample(uni_eps.model, ref_sig, a.samples), spec, self.shape)
+        self.log(f"{name}: @{a.ref_steps} base {fam['base_ref']['fd']:.4f}, uniform x0 LoRA {fam['uniform_ref']['fd']:.4f}, "
+                 f"uniform eps LoRA {fam['uniform_eps_ref']['fd']:.4f}")
+        return uni
 
     def base_model(self, name, model, spec, seed, fam, evaluate):
         """Pretrains the family's UNet, or with --base-dir loads it when an earlier run (another
@@ -381,7 +395,7 @@ class Study:
         row[f"alt{a.rounds}"] = scores(self.sample(alt.model, final, a.samples), spec, self.shape)
         row[f"alt{a.rounds}_ref"] = scores(self.sample(alt.model, ref_sig, a.samples), spec, self.shape)
 
-    def _uniform_train(self, trainer, data, lo, hi, weighting="x0"):
+    def _uniform_train(self, trainer, data, weighting="x0"):
         return trainer.train(data["samples"], self.cond, None, sigma_sampler=uniform_draw(self.fin, trainer.model, weighting))
 
 
@@ -493,6 +507,10 @@ def main():
     p.add_argument("--sweep", nargs="+", default=["0.5:1e-3:0", "0.5:1e-3:0.5", "0.5:3e-4:0.5"],
                    help=CANDIDATE_FIELDS + " candidates tried on the first family only")
     p.add_argument("--controls-only", action="store_true", help="pretrain, then only the two uniform-σ LoRA controls")
+    p.add_argument("--gated", action="store_true",
+                   help="also score each Phase 2 model gated to its schedule (at N and at --ref-steps)")
+    p.add_argument("--no-controls", action="store_true",
+                   help="skip the uniform-σ LoRA controls (e.g. already measured on the same saved base)")
     p.add_argument("--fixed", default=None,
                    help=CANDIDATE_FIELDS + " picked in an earlier run; no family picks, all validate")
     p.add_argument("--base-dir", default=None,
@@ -520,7 +538,7 @@ def main():
         for k, v in dict(families=args.families[:2], steps=[5], choose_steps=[5], width=32, res_blocks=1,
                          pretrain_steps=20, pretrain_batch=32, train_images=64, lora_steps=4, lora_batch=16, mc=4,
                          grid=12, samples=128, sample_batch=128, ref_steps=12, rounds=2, size=4,
-                         trajectories=64, teacher_steps=2, sweep=["0.5:1e-3", "0:1e-3:0.5:eps:cosine:0:trajectory"]).items():
+                         trajectories=64, teacher_steps=2, sweep=["0.5:1e-3", "0:1e-3:0.5:eps:cosine:0:trajectory:model"]).items():
             if getattr(args, k) == p.get_default(k):
                 setattr(args, k, v)
     log = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)

@@ -110,9 +110,12 @@ def table(path: str) -> str:
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {r12} | {ralt} | {near} | {cov} |")
         base = fam["base_ref"]["fd"]
         refs = {f"P1+2 (N={n})": row["P1+2_ref"]["fd"] for n, row in fam["rows"].items() if "P1+2_ref" in row}
+        refs.update({f"P1+2 gated to its schedule (N={n})": row["P1+2_ref_gated"]["fd"] for n, row in fam["rows"].items()
+                     if "P1+2_ref_gated" in row})
         refs.update({f"alt (N={n})": row[k]["fd"] for n, row in fam["rows"].items() for k in row
                      if k.startswith("alt") and k.endswith("_ref")})
-        refs["uniform LoRA"] = fam["uniform_ref"]["fd"]
+        if "uniform_ref" in fam:
+            refs["uniform LoRA"] = fam["uniform_ref"]["fd"]
         if "uniform_eps_ref" in fam:
             refs["uniform eps-weighted LoRA"] = fam["uniform_eps_ref"]["fd"]
         lines.append(f"\n{res['args']['ref_steps']} Karras steps, FD relative to the untuned model ({base:.4f}): "

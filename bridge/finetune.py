@@ -36,6 +36,7 @@ from ..samplers.finetune_loss import (ANCHOR_WEIGHTINGS, ESTIMATORS, LR_SCHEDULE
                                       holdout_split, lr_factor, weighted_mse)
 from ..samplers.finetune_trajectory import TARGET_SOLVERS
 from . import schedule_cache
+from .finetune_gate import gate_to_schedule
 from .finetune_report import report
 from .finetune_teacher import make_teacher_pairs
 
@@ -45,6 +46,8 @@ DTYPES = ("bf16", "fp32")
 # data: the paper's denoising loss towards the training latents; trajectory: the denoiser outputs
 # that make the few-step solve land on the untuned model's fine solve (samplers/finetune_trajectory.py)
 TARGETS = ("data", "trajectory")
+# the anchor rows' target: the latents (Train LoRA's loss) or the untuned model's own output
+ANCHOR_TARGETS = ("data", "model")
 # model_options key whose value changes with the trained weights: the schedule cache's model
 # fingerprint covers model_options, so Phase 1 on the tuned model cannot hit the untuned entry.
 LORA_DIGEST_KEY = "fewstep_lora_digest"
@@ -79,6 +82,7 @@ class TrainSettings:
     lr_schedule: str = "constant"
     holdout: float = 0.0
     target: str = "data"
+    anchor_target: str = "data"
     solver: str = "dpmpp_2m"  # the sampler the trajectory target is made for
     teacher_steps: int = 8  # teacher solver steps per step of the schedule
     trajectories: int = 256  # teacher solves per round
@@ -103,6 +107,8 @@ class TrainSettings:
             raise FinetuneError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not (0.0 <= self.holdout < 1.0):
             raise FinetuneError(f"holdout must be in [0, 1), got {self.holdout}")
+        if self.anchor_target not in ANCHOR_TARGETS:
+            raise FinetuneError(f"anchor_target must be one of {ANCHOR_TARGETS}, got {self.anchor_target!r}")
         if self.target not in TARGETS:
             raise FinetuneError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.target == "trajectory" and self.solver not in TARGET_SOLVERS:
@@ -384,16 +390,23 @@ class LoraTrainer:
             xs, sig, target, weight = drawn
             return xs.to(data), sig.to(data.device, torch.float32), target.to(data), weight
 
-        def batch(model_wrap, data, pairs):
+        def batch(model_wrap, data, pairs, extra_args):
             if batch_fn is not None:
                 return data_rows(model_wrap, data, batch_fn(gen))
             if not trajectory:
-                return data_rows(model_wrap, data, data_draw(gen, rows, latent_pool, keep))
-            xs, sig, target, weight = pair_rows(data, pairs.draw(rows - keep, pool, s.estimator, gen))
-            if keep:
-                ax, asig, atarget, aweight = data_rows(model_wrap, data, data_draw(gen, keep, latent_pool, keep))
-                xs, sig, target = torch.cat([ax, xs]), torch.cat([asig, sig]), torch.cat([atarget, target])
-                weight = torch.cat([aweight, weight])
+                xs, sig, target, weight = data_rows(model_wrap, data, data_draw(gen, rows, latent_pool, keep))
+            else:
+                xs, sig, target, weight = pair_rows(data, pairs.draw(rows - keep, pool, s.estimator, gen))
+                if keep:
+                    ax, asig, atarget, aweight = data_rows(model_wrap, data, data_draw(gen, keep, latent_pool, keep))
+                    xs, sig, target = torch.cat([ax, xs]), torch.cat([asig, sig]), torch.cat([atarget, target])
+                    weight = torch.cat([aweight, weight])
+            if keep and s.anchor_target == "model":
+                # the untuned model's own output as the anchor rows' target: zero gradient where the
+                # adapters have not moved the model, so they hold it without the data loss's noise
+                with self._untuned(), torch.no_grad(), \
+                        torch.autocast(xs.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                    target = torch.cat([model_wrap(xs[:keep], sig[:keep], **extra_args).float(), target[keep:]])
             return xs, sig, target, weight
 
         every = max(1, steps // HOLDOUT_CHECKS)
@@ -407,7 +420,9 @@ class LoraTrainer:
             if trajectory:
                 drawn = pairs.draw(total, held, s.estimator, vgen)
             else:
-                drawn = data_draw(vgen, total, held, int(round(float(s.anchor) * total)),
+                # model-target anchor rows have no data loss to check: the check is then on the steps alone
+                anchored = 0 if s.anchor_target == "model" else int(round(float(s.anchor) * total))
+                drawn = data_draw(vgen, total, held, anchored,
                                   index=held[torch.arange(total) % held.numel()])
             for a in range(0, total, rows):
                 held_parts.append(tuple(t[a:a + rows] for t in drawn))
@@ -437,7 +452,7 @@ class LoraTrainer:
                 p.requires_grad_(True)
             for i in range(steps):
                 check()
-                xt, sig, target, weight = batch(model_wrap, data, pairs)
+                xt, sig, target, weight = batch(model_wrap, data, pairs, extra_args)
                 for group in self._optimizer.param_groups:
                     group["lr"] = base_lr * lr_factor(i, steps, s.lr_schedule)
                 loss = _pair_loss(model_wrap, xt, sig, target, weight, extra_args, self.dtype)
@@ -497,6 +512,7 @@ class FinetuneResult:
     lora: dict
     rounds: list
     settings: TrainSettings
+    adapters: list = field(default_factory=list)  # the weight wrappers the LoRA acts through
 
     @property
     def losses(self) -> list:
@@ -534,7 +550,7 @@ def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, ro
         records.append(RoundRecord(r + 1, [float(v) for v in sig.tolist()], losses, time.perf_counter() - t0, p1,
                                    list(trainer.validation), trainer.best_step,
                                    trainer.teacher.seconds if trainer.teacher is not None else 0.0))
-    return FinetuneResult(trainer.model, trainer.lora_state(), records, settings)
+    return FinetuneResult(trainer.model, trainer.lora_state(), records, settings, list(trainer._adapters))
 
 
 def schedule_for(model, sigmas, steps):
@@ -565,10 +581,12 @@ def schedule_for(model, sigmas, steps):
     return values, record.get("key", {}).get("sampler"), f"optimiser record {path} ({how})"
 
 
-def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_sampler, phase1_mc_samples, phase1_grid):
+def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_sampler, phase1_mc_samples, phase1_grid,
+             only_on_schedule=False):
     """What 'Few-Step Fine-tune (FewStep)' does once its inputs are checked: the schedule (SIGMAS or
     this model's optimiser record), K rounds of Phase 2 with Phase 1 re-run between them through the
-    optimiser (and its cache), a progress bar over every training step. Returns (result, report)."""
+    optimiser (and its cache), a progress bar over every training step; with `only_on_schedule` the
+    returned model applies the LoRA only when sampled on the last round's schedule. Returns (result, report)."""
     from . import schedule_opt
     schedule, record_sampler, source = schedule_for(model, sigmas, steps)
     sampler = record_sampler or phase1_sampler
@@ -584,4 +602,10 @@ def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_s
     pbar = comfy.utils.ProgressBar(settings.steps * rounds)
     result = finetune(model, latents, positive, schedule, settings, rounds=rounds, phase1=phase1,
                       progress=lambda done, total: pbar.update_absolute(done, total))
-    return result, f"schedule: {source}\n" + report(result)
+    text = f"schedule: {source}\n" + report(result)
+    if only_on_schedule:
+        last = result.rounds[-1].sigmas
+        result.model = gate_to_schedule(result.model, result.adapters, last)
+        text += (f"\nthe MODEL output applies the LoRA only when sampled on [{', '.join(f'{v:.4g}' for v in last)}]; "
+                 f"any other sampling runs the untuned weights (the LoRA output itself is not gated)")
+    return result, text

@@ -12,7 +12,7 @@ def report(result: FinetuneResult) -> str:
     s = result.settings
     lines = [f"Few-step fine-tune: {s.algorithm} rank {s.rank}, {s.optimizer} lr {s.learning_rate:g}, "
              f"({s.lr_schedule}), batch {s.batch_size}, {s.steps} steps x {len(result.rounds)} round(s), spread {s.spread:g}, "
-             f"anchor {s.anchor:g}, weighting {s.estimator} (schedule-derived, docs/finetune.md)"
+             f"anchor {s.anchor:g}" + (f" ({s.anchor_target} target)" if s.anchor else "") + f", weighting {s.estimator} (schedule-derived, docs/finetune.md)"
              + (f", {s.holdout:g} of the " + ("teacher solves" if s.target == "trajectory" else "latents") + " held out"
                 if s.holdout > 0 else "")]
     if s.target == "trajectory":

@@ -70,6 +70,14 @@ class FewStepFinetune(io.ComfyNode):
                                        "the sampler (phase1_sampler, or the optimiser record's; euler or dpmpp_2m) land on the "
                                        "untuned model's own fine solve of the schedule, so N steps follow many (distillation; "
                                        "latents are then used only by the anchor rows). Conditional only (CFG 1)."),
+                io.Combo.Input("anchor_target", options=list(ft.ANCHOR_TARGETS), default="data", optional=True,
+                               tooltip="What the anchor rows are trained towards: data (your latents, Train LoRA's loss) or "
+                                       "model (the untuned model's own output: holds the model in place without the data "
+                                       "loss's noise)."),
+                io.Boolean.Input("only_on_schedule", default=False, optional=True,
+                                 tooltip="The MODEL output applies the LoRA only when sampled on the schedule it was trained "
+                                         "for (the last round's); every other sampling runs the untuned weights. Keeps a "
+                                         "trajectory-target LoRA from acting at other step counts. The LORA output is not gated."),
                 io.Int.Input("teacher_steps", default=8, min=1, max=64, optional=True,
                              tooltip="Trajectory target: teacher solver steps per step of the schedule."),
                 io.Int.Input("trajectories", default=64, min=1, max=65536, optional=True,
@@ -87,7 +95,7 @@ class FewStepFinetune(io.ComfyNode):
     def execute(cls, model, latents, positive, steps, train_steps, batch_size, learning_rate, rank, spread, weighting,
                 anchor, rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
                 phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120, lr_schedule="constant",
-                holdout=0.0, target="data", teacher_steps=8, trajectories=64) -> io.NodeOutput:
+                holdout=0.0, target="data", teacher_steps=8, trajectories=64, anchor_target="data", only_on_schedule=False) -> io.NodeOutput:
         ft.check_unet(model)
         ft.check_latents(latents)
         settings = ft.TrainSettings(steps=int(train_steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
@@ -95,9 +103,10 @@ class FewStepFinetune(io.ComfyNode):
                                     estimator=weighting, anchor=float(anchor), training_dtype=training_dtype,
                                     lora_dtype=lora_dtype, gradient_checkpointing=bool(gradient_checkpointing),
                                     seed=int(seed), lr_schedule=lr_schedule, holdout=float(holdout),
-                                    target=target, teacher_steps=int(teacher_steps), trajectories=int(trajectories))
+                                    target=target, teacher_steps=int(teacher_steps), trajectories=int(trajectories),
+                                    anchor_target=anchor_target)
         result, text = ft.run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
-                                   int(phase1_mc_samples), int(phase1_grid))
+                                   int(phase1_mc_samples), int(phase1_grid), bool(only_on_schedule))
         return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text)
 
 

@@ -170,6 +170,31 @@ def test_trajectory_target_lowers_the_held_out_solves_loss(env, one_thread):
     assert match.any(-1).any(-1).all() and not match[:, :, held].any()
 
 
+def _sample(model, sigmas, cond, seed=4):
+    import comfy.sample
+    import comfy.samplers
+    noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample_custom(model, noise, 1.0, comfy.samplers.sampler_object("dpmpp_2m"), sigmas.float(), cond,
+                                      cond, torch.zeros_like(noise), disable_pbar=True, seed=seed)
+
+
+def test_gated_model_applies_the_lora_only_on_its_schedule(env, one_thread):
+    from importlib import import_module
+    gate = import_module(env.pack.__name__ + ".bridge.finetune_gate")
+    res = env.fin.finetune(env.model, env.latents, env.cond, SCHED, env.settings(steps=3, learning_rate=2e-2))
+    gated = gate.gate_to_schedule(res.model, res.adapters, SCHED)
+    other = torch.tensor([14.6146, 6.0, 3.0, 1.5, 0.7, 0.3, 0.0])  # shares levels with SCHED, not the schedule
+    tuned_on, base_on = _sample(res.model, SCHED, env.cond), _sample(env.model, SCHED, env.cond)
+    assert float((tuned_on - base_on).abs().max()) > 1e-4
+    assert torch.equal(_sample(gated, SCHED, env.cond), tuned_on)  # its schedule: the LoRA acts on every call
+    assert torch.equal(_sample(gated, other, env.cond), _sample(env.model, other, env.cond))  # elsewhere: untuned
+    assert torch.equal(_sample(gated, SCHED[1:], env.cond), _sample(env.model, SCHED[1:], env.cond))
+    assert not torch.equal(_sample(res.model, other, env.cond), _sample(env.model, other, env.cond))
+    assert torch.equal(_sample(gated, SCHED, env.cond), tuned_on)  # and again after the other samplings
+    assert gated.model_options[gate.GATE_OPTION] == [round(float(v), 6) for v in SCHED.tolist()]
+    assert gate.GATE_OPTION not in res.model.model_options  # the ungated model is left as it was
+
+
 def test_lora_round_trips_through_core_save_and_load_nodes(env, one_thread):
     import folder_paths
     M = env.nodes.NODE_CLASS_MAPPINGS
@@ -230,6 +255,9 @@ def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):
                                                phase1_sampler="euler"))
     assert "target: trajectory for euler (4 solves of the untuned model, 2 teacher steps per step" in report
     assert "of which teacher" in report
+    gated, *_, report = _run_node(env, **_node_inputs(env, only_on_schedule=True))
+    assert "applies the LoRA only when sampled on [14.61, 3, 0.7, 0]" in report
+    assert torch.equal(_sample(gated, SCHED[1:], env.cond), _sample(env.model, SCHED[1:], env.cond))
     orange = (curve[0] - torch.tensor([235, 140, 20]) / 255).abs().max(-1).values < 0.02
     assert int(orange.sum()) > 20  # the held-out checks are drawn
     assert model.model_options[env.fin.LORA_DIGEST_KEY] == env.fin.lora_digest(lora)
