@@ -101,6 +101,10 @@ class TrainSettings:
             raise FinetuneError(f"spread must be in [0, 1], got {self.spread}")
         if not (0.0 <= self.anchor < 1.0):
             raise FinetuneError(f"anchor must be in [0, 1), got {self.anchor}")
+        anchored = int(round(float(self.anchor) * int(self.batch_size)))
+        if anchored >= int(self.batch_size):
+            raise FinetuneError(f"anchor: {self.anchor:g} of a batch of {self.batch_size} makes all {anchored} rows anchor "
+                                f"rows and leaves none on the schedule's steps; lower anchor or raise batch_size")
         if self.anchor_weighting not in ANCHOR_WEIGHTINGS:
             raise FinetuneError(f"anchor_weighting must be one of {ANCHOR_WEIGHTINGS}, got {self.anchor_weighting!r}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -88,6 +88,24 @@ def test_anchor_weighting_reaches_the_step_and_bad_names_are_refused(env, one_th
     assert all(torch.equal(states["x0"][k], v) for k, v in again.lora_state().items())
 
 
+def test_model_anchor_rows_learn_the_untuned_models_own_output(env, one_thread):
+    # 3 of 4 rows anchored, the same draws either way: towards the untuned model's own output the
+    # anchor rows start at zero error, so the first loss is the schedule row's alone; towards the
+    # data they add their denoising error
+    data = env.latents["samples"]
+    for target in ("data", "trajectory"):
+        first = {}
+        for anchor_target in ("model", "data"):
+            trainer = env.fin.LoraTrainer(env.model, env.settings(batch_size=4, anchor=0.75, anchor_target=anchor_target,
+                                                                  target=target, trajectories=2, teacher_steps=1))
+            first[anchor_target] = trainer.train(data, env.cond, SCHED, steps=1)[0]
+        assert 0 < first["model"] < 0.75 * first["data"], (target, first)
+    with pytest.raises(env.fin.FinetuneError, match="anchor_target"):
+        env.settings(anchor_target="teacher")
+    with pytest.raises(env.fin.FinetuneError, match="anchor: 0.9 of a batch of 4 makes all 4 rows anchor rows"):
+        env.settings(batch_size=4, anchor=0.9)
+
+
 def test_lr_schedule_sets_each_steps_rate(env, one_thread):
     from importlib import import_module
     lr_factor = import_module(env.pack.__name__ + ".samplers.finetune_loss").lr_factor
