@@ -1,5 +1,7 @@
-"""Phase 2 of the few-step optimiser: a LoRA trained on the selected steps of a schedule (maths:
-samplers/finetune_loss.py, derivation: docs/finetune.md), and the Phase 1 / Phase 2 alternation.
+"""Phase 2 of the few-step optimiser: a LoRA trained on the selected steps of a schedule, towards
+the data (maths: samplers/finetune_loss.py) or towards the untuned model's own fine solve
+(samplers/finetune_trajectory.py, bridge/finetune_teacher.py), and the Phase 1 / Phase 2
+alternation; derivations in docs/finetune.md. The node's call is bridge/finetune_node.py.
 
 Built on ComfyUI's own training pieces (comfy_extras/nodes_train.py, comfy/weight_adapter): its
 adapters (LoRA, LoHa, LoKr, OFT) attached as weight wrappers, its bias-difference module, its
@@ -11,7 +13,6 @@ batch), training can continue over several rounds with the same adapters and opt
 cancellable between steps."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import math
@@ -24,10 +25,8 @@ import torch
 
 import comfy.model_management
 import comfy.samplers
-import comfy.utils
 import comfy_extras.nodes_custom_sampler as custom_sampler
 import comfy_extras.nodes_train as core_train
-import folder_paths
 import node_helpers
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy.weight_adapter import adapter_maps
@@ -35,9 +34,6 @@ from comfy.weight_adapter import adapter_maps
 from ..samplers.finetune_loss import (ANCHOR_WEIGHTINGS, ESTIMATORS, LR_SCHEDULES, SigmaSampler, anchor_weights,
                                       holdout_split, lr_factor, weighted_mse)
 from ..samplers.finetune_trajectory import TARGET_SOLVERS
-from . import schedule_cache
-from .finetune_gate import gate_to_schedule
-from .finetune_report import report
 from .finetune_teacher import make_teacher_pairs
 
 OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD,
@@ -555,61 +551,3 @@ def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, ro
                                    list(trainer.validation), trainer.best_step,
                                    trainer.teacher.seconds if trainer.teacher is not None else 0.0))
     return FinetuneResult(trainer.model, trainer.lora_state(), records, settings, list(trainer._adapters))
-
-
-def schedule_for(model, sigmas, steps):
-    """(sigmas, sampler the schedule was optimised for or None, where it came from): SIGMAS when
-    connected, else the optimiser's record for THIS model (attached by 'Optimise Schedule (FewStep)'
-    to its MODEL output, or the newest cached one for this model)."""
-    if sigmas is not None:
-        return sigmas, None, "SIGMAS input"
-    found = schedule_cache.lookup(model.get_model_object("model_sampling"))
-    if found is None:
-        path, record = schedule_cache.latest_for_model(folder_paths.get_user_directory(), schedule_cache.model_fingerprint(model))
-        if record is None:
-            raise FinetuneError("sigmas: not connected and no optimised schedule is cached for this model; connect "
-                                   "SIGMAS, or run 'Optimise Schedule (FewStep)' on this model (a schedule made for "
-                                   "another model is not used)")
-        found = (record, path)
-    record, path = found
-    made_for = record.get("key", {}).get("model")
-    if made_for != schedule_cache.model_fingerprint(model):
-        # e.g. a record registered for another clone sharing this model's model_sampling object
-        raise FinetuneError(f"sigmas: the optimised schedule found for this MODEL ({path}) was made for another "
-                               f"model (weights, LoRAs or patches differ); connect SIGMAS or re-run 'Optimise "
-                               f"Schedule (FewStep)' on this model")
-    try:
-        values, how = schedule_cache.schedule_from(record, int(steps))
-    except ValueError as e:
-        raise FinetuneError(f"steps: {e}") from None
-    return values, record.get("key", {}).get("sampler"), f"optimiser record {path} ({how})"
-
-
-def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_sampler, phase1_mc_samples, phase1_grid,
-             only_on_schedule=False):
-    """What 'Few-Step Fine-tune (FewStep)' does once its inputs are checked: the schedule (SIGMAS or
-    this model's optimiser record), K rounds of Phase 2 with Phase 1 re-run between them through the
-    optimiser (and its cache), a progress bar over every training step; with `only_on_schedule` the
-    returned model applies the LoRA only when sampled on the last round's schedule. Returns (result, report)."""
-    from . import schedule_opt
-    schedule, record_sampler, source = schedule_for(model, sigmas, steps)
-    sampler = record_sampler or phase1_sampler
-    if settings.target == "trajectory":
-        settings = dataclasses.replace(settings, solver=sampler)  # refuses a sampler with no target, by name
-
-    def phase1(tuned, n):
-        sig, _, _ = schedule_opt.optimise(tuned, positive, positive, 1.0, 64, 64, int(n), sampler, phase1_mc_samples,
-                                          settings.seed, latents, phase1_grid, 0, 0, 8, 1, 0.0, 0.0, True, True,
-                                          "golden", "mean", 3)
-        return sig
-
-    pbar = comfy.utils.ProgressBar(settings.steps * rounds)
-    result = finetune(model, latents, positive, schedule, settings, rounds=rounds, phase1=phase1,
-                      progress=lambda done, total: pbar.update_absolute(done, total))
-    text = f"schedule: {source}\n" + report(result)
-    if only_on_schedule:
-        last = result.rounds[-1].sigmas
-        result.model = gate_to_schedule(result.model, result.adapters, last)
-        text += (f"\nthe MODEL output applies the LoRA only when sampled on [{', '.join(f'{v:.4g}' for v in last)}]; "
-                 f"any other sampling runs the untuned weights (the LoRA output itself is not gated)")
-    return result, text

@@ -7,6 +7,7 @@ from comfy.weight_adapter import adapter_maps
 from comfy_api.latest import io
 
 from ..bridge import finetune as ft
+from ..bridge.finetune_node import run_node
 from ..bridge.finetune_report import loss_curve_image
 from ..bridge.schedule_opt import ode_samplers
 from ..samplers.finetune_loss import ESTIMATORS, LR_SCHEDULES
@@ -107,7 +108,7 @@ class FewStepFinetune(io.ComfyNode):
                                     seed=int(seed), lr_schedule=lr_schedule, holdout=float(holdout),
                                     target=target, teacher_steps=int(teacher_steps), trajectories=int(trajectories),
                                     anchor_target=anchor_target)
-        result, text = ft.run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
+        result, text = run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
                                    int(phase1_mc_samples), int(phase1_grid), bool(only_on_schedule))
         return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text)
 
