@@ -269,10 +269,14 @@ def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):
     assert "Phase 1" in report
     assert "(cosine)" in report and "0.34 of the latents held out" in report
     assert report.count("held-out loss") == 2  # one line per round
-    *_, report = _run_node(env, **_node_inputs(env, target="trajectory", trajectories=4, teacher_steps=2,
-                                               phase1_sampler="euler"))
+    folder_paths.set_user_directory(str(tmp_path))
+    try:
+        *_, report = _run_node(env, **_node_inputs(env, target="trajectory", trajectories=4, teacher_steps=2,
+                                                   phase1_sampler="euler", rounds=2, phase1_grid=8, phase1_mc_samples=2))
+    finally:
+        folder_paths.set_user_directory(old)
     assert "target: trajectory for euler (4 solves of the untuned model, 2 teacher steps per step" in report
-    assert "of which teacher" in report
+    assert report.count("of which teacher") == 2  # each round solves its own schedule
     gated, *_, report = _run_node(env, **_node_inputs(env, only_on_schedule=True))
     assert "applies the LoRA only when sampled on [14.61, 3, 0.7, 0]" in report
     assert torch.equal(_sample(gated, SCHED[1:], env.cond), _sample(env.model, SCHED[1:], env.cond))
