@@ -332,7 +332,8 @@ class LoraTrainer:
         With settings.holdout > 0 that share of the latents (trajectory target: of the teacher's
         solves) is never trained on: the same loss on a fixed draw of them is checked before the
         first step and HOLDOUT_CHECKS times in the round, and the adapter weights of the best check
-        are restored at the end (`self.validation`). Anchor rows do not enter the check."""
+        are restored at the end (`self.validation`). The check holds the anchor's share of rows only for
+        the data target with the data anchor; otherwise it covers the schedule's steps alone."""
         s = self.settings
         steps = int(s.steps if steps is None else steps)
         trajectory = s.target == "trajectory"
