@@ -403,16 +403,7 @@ def uniform_draw(fin, model, weighting="x0"):
     """The control's noise levels: TrainLoraNode's (timestep uniform over the model's levels), weight 1
     (its x0 loss) or, with weighting="eps", the pretraining's eps loss ‖D − x0‖²/σ² scaled to mean
     weight 1 over the levels. A sigma_sampler for LoraTrainer.train."""
-    import torch
-    table = model.get_model_object("model_sampling").sigmas.double().cpu()
-
-    class Uniform:
-        @staticmethod
-        def draw(count, generator=None):
-            t = torch.randint(0, table.numel(), (count,), generator=generator)
-            return table[t], fin.anchor_weights(table[t], table, weighting), t
-
-    return Uniform()
+    return fin.UniformLevels(model.get_model_object("model_sampling").sigmas.double().cpu(), weighting)
 
 
 def sdxl_cost(args, log):

@@ -31,7 +31,7 @@ import node_helpers
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 from comfy.weight_adapter import adapter_maps
 
-from ..samplers.finetune_loss import (ANCHOR_WEIGHTINGS, ESTIMATORS, LR_SCHEDULES, SigmaSampler, anchor_weights,
+from ..samplers.finetune_loss import (ANCHOR_WEIGHTINGS, ESTIMATORS, LR_SCHEDULES, SigmaSampler, UniformLevels,
                                       holdout_split, lr_factor, weighted_mse)
 from ..samplers.finetune_trajectory import TARGET_SOLVERS
 from .finetune_teacher import make_teacher_pairs
@@ -358,7 +358,8 @@ class LoraTrainer:
         self.validation = []  # (optimiser steps done in this round, held-out loss)
         check = comfy.model_management.throw_exception_if_processing_interrupted
         trainable = self._trainable
-        table = self.model.get_model_object("model_sampling").sigmas.double().cpu()
+        anchor_levels = UniformLevels(self.model.get_model_object("model_sampling").sigmas.double().cpu(),
+                                      s.anchor_weighting)
         base_lr = float(s.learning_rate)
         rows = int(s.batch_size)
         keep = int(round(float(s.anchor) * rows))  # anchor rows per batch
@@ -370,15 +371,13 @@ class LoraTrainer:
             if index is None:
                 index = index_pool[torch.randint(0, index_pool.numel(), (count_rows,), generator=generator)]
             noise = torch.randn((count_rows,) + tuple(latents.shape[1:]), generator=generator)
-            if trajectory:
-                sigma = weight = torch.zeros(count_rows, dtype=torch.float64)
-            else:
-                sigma, weight, _ = sampler.draw(count_rows, generator)
+            if trajectory:  # data rows are all anchor rows there
+                sigma, weight, _ = anchor_levels.draw(count_rows, generator)
+                return index, noise, sigma, weight
+            sigma, weight, _ = sampler.draw(count_rows, generator)
             if anchored:
-                t = torch.randint(0, table.numel(), (anchored,), generator=generator)
-                sigma, weight = sigma.clone(), weight.clone()
-                sigma[:anchored] = table[t]
-                weight[:anchored] = anchor_weights(table[t], table, s.anchor_weighting)
+                a_sigma, a_weight, _ = anchor_levels.draw(anchored, generator)
+                sigma, weight = torch.cat([a_sigma, sigma[anchored:]]), torch.cat([a_weight, weight[anchored:]])
             return index, noise, sigma, weight
 
         def data_rows(model_wrap, data, drawn):
@@ -444,7 +443,8 @@ class LoraTrainer:
             if trajectory:
                 tgen = torch.Generator().manual_seed(int(s.seed) * 1_000_003 + 0x7EAC + self._steps_done)
                 with self._untuned():
-                    pairs = make_teacher_pairs(model_wrap, schedule, data, s, extra_args, self.dtype, tgen, check)
+                    pairs = make_teacher_pairs(self.model, model_wrap, schedule, data, s, extra_args, self.dtype, tgen,
+                                               check)
                 self.teacher = pairs
             if held is not None:
                 make_held_draw(pairs)

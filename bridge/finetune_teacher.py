@@ -3,13 +3,13 @@ untuned model's fine solves on a schedule, through the training sampler's model 
 (state, level, target) pairs a fine-tune draws its batches from."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 
 from ..samplers.finetune_trajectory import run_teacher, step_targets, teacher_sigmas
+from .lab_runner import start_latent
 
 
 @dataclass(frozen=True)
@@ -35,27 +35,25 @@ class TeacherPairs:
         return self.states[i, j], self.sigmas[i], self.targets[i, j], w
 
 
-def make_teacher_pairs(model_wrap, sigmas, like, settings, extra_args, dtype, generator, check) -> TeacherPairs:
+def make_teacher_pairs(model, model_wrap, sigmas, like, settings, extra_args, dtype, generator, check) -> TeacherPairs:
     """`settings.trajectories` solves of the current model (the caller makes it the untuned one) from
-    noise on the schedule's fine grid, in chunks of settings.batch_size, started as ComfyUI starts a
-    sample (noise_scaling, with its full-denoise rule) from an empty latent."""
+    noise on the schedule's fine grid, in chunks of settings.batch_size, each started where a ComfyUI
+    sampler starts (lab_runner.start_latent). `model` is the patcher `model_wrap` wraps."""
     t0 = time.perf_counter()
-    ms = model_wrap.inner_model.model_sampling
     sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
-    fine, keep = teacher_sigmas(sig, settings.teacher_steps, float(ms.sigma_min))
-    full = math.isclose(float(ms.sigma_max), float(sig[0]), rel_tol=1e-05) or float(sig[0]) > float(ms.sigma_max)
+    fine, keep = teacher_sigmas(sig, settings.teacher_steps, float(model_wrap.inner_model.model_sampling.sigma_min))
+
+    def denoise(xt, sigma):
+        with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return model_wrap(xt, sigma.to(xt.device, torch.float32), **extra_args).float()
+
     states = []
     for a in range(0, int(settings.trajectories), int(settings.batch_size)):
         check()
         rows = min(int(settings.batch_size), int(settings.trajectories) - a)
-        eps = torch.randn((rows,) + tuple(like.shape[1:]), generator=generator).to(like.device)
-        x = ms.noise_scaling(torch.full((rows,), float(sig[0]), device=eps.device), eps, torch.zeros_like(eps), full)
-
-        def denoise(xt, sigma):
-            with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
-                return model_wrap(xt, sigma.to(xt.device, torch.float32), **extra_args).float()
-
-        states.append(run_teacher(denoise, x.float(), fine, keep).cpu())
+        eps = torch.randn((rows,) + tuple(like.shape[1:]), generator=generator)
+        x = start_latent(model, sig, eps).to(like.device, torch.float32)
+        states.append(run_teacher(denoise, x, fine, keep).cpu())
     states = torch.cat(states, 1)
     targets, weights = step_targets(states, sig, settings.solver)
     return TeacherPairs(sig[:-1].clone(), states[:-1].contiguous(), targets, weights, time.perf_counter() - t0)

@@ -160,6 +160,19 @@ def anchor_weights(sigma: torch.Tensor, levels: torch.Tensor, weighting: str) ->
     return sigma.pow(-2) / levels.pow(-2).mean()
 
 
+@dataclass(frozen=True)
+class UniformLevels:
+    """Train LoRA's noise levels: a timestep drawn uniformly over the model's `levels`, with the loss
+    weights of `anchor_weights` (the anchor rows, and the studies' uniform-sigma control)."""
+    levels: torch.Tensor
+    weighting: str = "x0"
+
+    def draw(self, count: int, generator: torch.Generator | None = None):
+        """(sigmas, loss weights, timestep index), each of length `count`."""
+        t = torch.randint(0, self.levels.numel(), (int(count),), generator=generator)
+        return self.levels[t], anchor_weights(self.levels[t], self.levels, self.weighting), t
+
+
 def lr_factor(step: int, steps: int, schedule: str) -> float:
     """Multiplier of the learning rate at optimiser step `step` (0-based) of a round of `steps`.
 

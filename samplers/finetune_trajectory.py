@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from .dpmpp import sample_dpmpp_2m
+
 TARGET_SOLVERS = ("dpmpp_2m", "euler")
 
 
@@ -67,28 +69,20 @@ def teacher_sigmas(sigmas, sub_steps: int, sigma_min: float) -> tuple:
     return torch.tensor(fine, dtype=torch.float64), keep
 
 
-@torch.no_grad()
 def run_teacher(denoise, x: torch.Tensor, fine: torch.Tensor, keep) -> torch.Tensor:
-    """States at the fine schedule's `keep` indices, stacked (len(keep), *x.shape): DPM-Solver++(2M)
-    on `fine` (ComfyUI's update), `denoise(x, sigma_tensor) -> D` called len(fine) - 1 times."""
+    """States at the fine schedule's `keep` indices, stacked (len(keep), *x.shape): the pack's
+    DPM-Solver++(2M) (ComfyUI's update) on `fine`, `denoise(x, sigma_tensor) -> D` called len(fine) - 1 times."""
     fine = torch.as_tensor(fine, dtype=torch.float64)
     want = {int(k): n for n, k in enumerate(keep)}
     out = [None] * len(want)
-    old, s_in = None, x.new_ones([x.shape[0]])
-    for i in range(fine.numel() - 1):
-        if i in want:
-            out[want[i]] = x
-        s, s_next = float(fine[i]), float(fine[i + 1])
-        d = denoise(x, s * s_in)
-        if old is None or s_next == 0:
-            x = (s_next / s) * x + (1 - s_next / s) * d
-        else:
-            c = math.log(s / s_next) / (2 * math.log(float(fine[i - 1]) / s))
-            x = (s_next / s) * x + (1 - s_next / s) * ((1 + c) * d - c * old)
-        old = d
-    last = fine.numel() - 1
-    if last in want:
-        out[want[last]] = x
+
+    def record(info):  # the state before step i
+        if info["i"] in want:
+            out[want[info["i"]]] = info["x"]
+
+    last = sample_dpmpp_2m(denoise, x, fine, callback=record, disable=True, allow_short_schedule=True)
+    if fine.numel() - 1 in want:
+        out[want[fine.numel() - 1]] = last
     return torch.stack(out)
 
 

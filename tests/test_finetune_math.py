@@ -146,3 +146,12 @@ def test_holdout_split_is_disjoint_complete_seeded_and_refuses_an_empty_side():
             fl.holdout_split(count, share, 0)
     with pytest.raises(ValueError, match="holdout"):
         fl.holdout_split(10, 0.0, 0)
+
+
+def test_uniform_levels_draw_timesteps_uniformly_with_the_anchor_weights():
+    levels = torch.linspace(0.03, 14.6, 1000, dtype=torch.float64)
+    for weighting in ("x0", "eps"):
+        sig, w, t = fl.UniformLevels(levels, weighting).draw(20000, torch.Generator().manual_seed(0))
+        assert torch.equal(sig, levels[t]) and torch.equal(w, anchor_weights(levels[t], levels, weighting))
+        counts = torch.bincount(t // 100, minlength=10).double()
+        assert float((counts / 2000 - 1).abs().max()) < 0.08  # every tenth of the levels about as often
