@@ -3,7 +3,8 @@
 # the pretraining speed probe, then the study with the fastest pretraining step the probe saw working
 # (bf16 only where it is 1.3x the best float32 one), one process per family.
 #   bash bench/run_finetune_round.sh OUT_DIR PRETRAIN_BUDGET_S STUDY_BUDGET_S FAMILY... -- [study options]
-# Needs the .gpu bundle (scripts/gpu_bundle.sh). Results: OUT_DIR/pretrain_probe.json, OUT_DIR/results.tgz
+# Needs the .gpu bundle (scripts/gpu_bundle.sh); bases saved by an earlier run and carried in .gpu/bases
+# are loaded instead of pretrained (the study's --base-dir rule: same family and pretraining settings). Results: OUT_DIR/pretrain_probe.json, OUT_DIR/results.tgz
 # (merged study_finetune_gmm.json + one folder per family with its log), the pretrained UNets.
 set -uo pipefail
 out=$1 pretrain_s=$2 study_s=$3; shift 3
@@ -24,6 +25,7 @@ PY
 )
 set -- $choice "$@"; echo "pretraining step chosen from the probe: $choice"
 mode=$1 amp=$2 batch=$3; shift 3
+mkdir -p /tmp/round/bases && cp .gpu/bases/*.pt /tmp/round/bases/ 2>/dev/null
 python3 -m bench.study_finetune_parallel --out /tmp/round --timeout-s "$study_s" --families "${families[@]}" -- \
   --pretrain-mode "$mode" --pretrain-amp "$amp" --pretrain-batch "$batch" --pretrain-budget-s "$pretrain_s" \
   --base-dir /tmp/round/bases "$@" 2>&1 | tail -c 7000

@@ -11,7 +11,8 @@ then few-step samples scored against the true mixture for:
                 once at the end)
 
 Scores (float64): Fréchet distance between the samples' Gaussian fit and the mixture's own mean and
-covariance (mu_bar, s^2 I + Cov_k mu_k); share of samples within the 99 % radius of some component;
+covariance (mu_bar, s^2 I + Cov_k mu_k), as measured on the samples ('fd') and extrapolated to infinitely
+many ('fd_inf', bench/frechet.py: without the finite-sample offset every method shares); share of samples within the 99 % radius of some component;
 coverage = share of components that receive at least half their expected count. At N = 4, 5, 6, 8
 (the N-step schedule of each method) and at 32 Karras steps (the LoRA must not damage the model).
 'floor' is the Fréchet distance of exact mixture samples of the same count.
@@ -82,20 +83,16 @@ def mixture_sample(spec, shape, count, gen):
 
 
 def scores(x, spec, shape, radius_q=0.99):
-    """(frechet, near share, coverage) of samples x (n, C, H, W) against the mixture."""
+    """(frechet, frechet extrapolated to infinitely many samples, near share, coverage) of samples
+    x (n, C, H, W) against the mixture."""
     import torch
+    from bench.frechet import GaussianTarget, frechet, frechet_infinite
     mu = EXACT.mixture_means(spec, shape).flatten(1)  # float64
     k, d = mu.shape
     xf = x.detach().double().cpu().flatten(1)
-    m = xf.mean(0)
-    c = torch.cov(xf.T)
-    mbar = mu.mean(0)
-    dev = mu - mbar
-    sigma = spec.spread ** 2 * torch.eye(d, dtype=torch.float64) + dev.T @ dev / k
-    ev, evec = torch.linalg.eigh(sigma)
-    root = evec @ torch.diag(ev.clamp(min=0).sqrt()) @ evec.T
-    inner = torch.linalg.eigvalsh(root @ c @ root).clamp(min=0).sqrt().sum()
-    fd = float((m - mbar).pow(2).sum() + torch.trace(c) + torch.trace(sigma) - 2 * inner)
+    dev = mu - mu.mean(0)
+    target = GaussianTarget.of(mu.mean(0), spec.spread ** 2 * torch.eye(d, dtype=torch.float64) + dev.T @ dev / k)
+    fd, fd_inf = frechet(xf, target), frechet_infinite(xf, target)
     z = 2.3263478740408408 if radius_q == 0.99 else 1.6448536269514722
     chi2 = d * (1 - 2 / (9 * d) + z * math.sqrt(2 / (9 * d))) ** 3  # Wilson-Hilferty quantile
     dist2 = torch.cdist(xf, mu).pow(2)
@@ -103,7 +100,7 @@ def scores(x, spec, shape, radius_q=0.99):
     near = best <= spec.spread ** 2 * chi2
     counts = torch.bincount(which[near], minlength=k).double()
     coverage = float((counts >= 0.5 * xf.shape[0] / k).double().mean())
-    return {"fd": fd, "near": float(near.double().mean()), "coverage": coverage}
+    return {"fd": fd, "fd_inf": fd_inf, "near": float(near.double().mean()), "coverage": coverage}
 
 
 def pick(fam, labels, choose_steps):
@@ -426,11 +423,17 @@ def sdxl_cost(args, log):
     out["unet_params_m"] = sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6
     cond = random_unet.random_conditioning(config)
     sig = torch.tensor([14.61, 4.0, 1.5, 0.6, 0.2, 0.0], dtype=torch.float64)
-    for ckpt in (True, False):
-        key = f"batch1_ckpt{int(ckpt)}"
+    # the data target with and without checkpointing; the trajectory target (its teacher's solves are
+    # timed apart: TeacherPairs.seconds), alone and with half of a batch of 2 anchored to the untuned
+    # model's own output (one more forward pass without gradients per anchor row)
+    configs = {"batch1_ckpt1": dict(gradient_checkpointing=True), "batch1_ckpt0": dict(gradient_checkpointing=False),
+               "trajectory_batch1_ckpt1": dict(target="trajectory", trajectories=2),
+               "trajectory_model_anchor_batch2_ckpt1": dict(target="trajectory", trajectories=2, batch_size=2, anchor=0.5,
+                                                            anchor_target="model")}
+    for key, over in configs.items():
         try:
-            st = fin.TrainSettings(steps=1, batch_size=1, learning_rate=1e-4, rank=16, training_dtype=dtype,
-                                   lora_dtype=dtype, gradient_checkpointing=ckpt, seed=0)
+            st = fin.TrainSettings(**{**dict(steps=1, batch_size=1, learning_rate=1e-4, rank=16, training_dtype=dtype,
+                                             lora_dtype=dtype, gradient_checkpointing=True, seed=0, teacher_steps=8), **over})
             trainer = fin.LoraTrainer(model, st)
             lat = torch.randn(2, 4, side, side)
             trainer.train(lat, cond, sig, steps=1)  # warm-up (loads the model)
@@ -441,14 +444,18 @@ def sdxl_cost(args, log):
             trainer.train(lat, cond, sig, steps=1)
             sync()
             one = time.perf_counter() - t1
+            teacher = trainer.teacher.seconds if trainer.teacher is not None else 0.0
             t1 = time.perf_counter()
             trainer.train(lat, cond, sig, steps=args.sdxl_steps + 1)
             sync()
             many = time.perf_counter() - t1
-            step = (many - one) / args.sdxl_steps
-            out[key] = {"step_s": step, "call_overhead_s": one - step,
+            step = (many - one) / args.sdxl_steps  # the teacher's solves (once per train call) cancel
+            out[key] = {"step_s": step, "call_overhead_s": one - step - teacher,
                         "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
                         "lora_params_m": sum(p.numel() for p in trainer.lora.values()) / 1e6}
+            if trainer.teacher is not None:
+                calls = trainer.teacher.sigmas.numel() * st.teacher_steps + 1  # + the final jump from sigma_min
+                out[key].update(teacher_s_per_solve=teacher / st.trajectories, teacher_calls_per_solve_about=calls)
             log(f"SDXL {key}: {out[key]}")
             del trainer
             if cuda:

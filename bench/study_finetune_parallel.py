@@ -91,24 +91,32 @@ def table(path: str) -> str:
         steps = f"{fam['pretrain_steps']} steps in " if "pretrain_steps" in fam else ""
         lines.append(f"**{name}** ({role}; UNet {fam.get('params', 0) / 1e6:.2f} M, pretrain {steps}{fam.get('pretrain_s', 0):.0f} s"
                      + (f", replicate {fam['replicate']}" if fam.get("replicate") else "")
-                     + f"; FD floor of exact samples {fam['floor']['fd']:.4f})\n")
+                     + f"; FD floor of exact samples {fam['floor']['fd']:.4f}"
+                     + (f", extrapolated {fam['floor']['fd_inf']:.4f}" if "fd_inf" in fam["floor"] else "") + ")\n")
         if fam.get("pretrain_curve"):
             lines.append(f"FD at {res['args']['ref_steps']} Karras steps during pretraining (step: FD): "
                          + ", ".join(f"{i}: {c['fd']:.4f}" for i, c in fam["pretrain_curve"]) + "\n")
         methods = ["base+karras", "P1", "P1+uniform", "P1+2"] + sorted({k for r in fam["rows"].values() for k in r
                                                                        if k.startswith("alt") and k[3:].isdigit()})
-        lines.append("| N | " + " | ".join(methods) + " | P1+2 / P1 | alt / P1 | near (P1 → P1+2) | coverage (P1 → P1+2) |")
-        lines.append("|---" * (len(methods) + 5) + "|")
+        lines.append("| N | " + " | ".join(methods) + " | P1+2 / P1 | FD_inf P1 → P1+2 (ratio) | alt / P1 | near (P1 → P1+2) "
+                     "| coverage (P1 → P1+2) |")
+        lines.append("|---" * (len(methods) + 6) + "|")
         for n, row in fam["rows"].items():
             cells = [f"{row[m]['fd']:.4f}" if m in row else "–" for m in methods]
             p1 = row["P1"]["fd"]
             r12 = f"{row['P1+2']['fd'] / p1:.3f}" if "P1+2" in row else "–"
+            inf = (f"{row['P1']['fd_inf']:.4f} → {row['P1+2']['fd_inf']:.4f} ({row['P1+2']['fd_inf'] / row['P1']['fd_inf']:.3f})"
+                   if "fd_inf" in row.get("P1+2", {}) else "–")
             alt = [m for m in methods if m.startswith("alt") and m in row]
             ralt = f"{row[alt[0]]['fd'] / p1:.3f}" if alt else "–"
             near = f"{row['P1']['near']:.3f} → {row['P1+2']['near']:.3f}" if "P1+2" in row else "–"
             cov = f"{row['P1']['coverage']:.2f} → {row['P1+2']['coverage']:.2f}" if "P1+2" in row else "–"
-            lines.append(f"| {n} | " + " | ".join(cells) + f" | {r12} | {ralt} | {near} | {cov} |")
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {r12} | {inf} | {ralt} | {near} | {cov} |")
         base = fam["base_ref"]["fd"]
+        if "fd_inf" in fam["base_ref"]:
+            lines.append(f"\nUntuned model at {res['args']['ref_steps']} Karras steps, FD_inf {fam['base_ref']['fd_inf']:.4f}; "
+                         + ", ".join(f"P1+2 (N={n}) {row['P1+2_ref']['fd_inf']:.4f}" for n, row in fam["rows"].items()
+                                     if "fd_inf" in row.get("P1+2_ref", {})))
         refs = {f"P1+2 (N={n})": row["P1+2_ref"]["fd"] for n, row in fam["rows"].items() if "P1+2_ref" in row}
         refs.update({f"P1+2 gated to its schedule (N={n})": row["P1+2_ref_gated"]["fd"] for n, row in fam["rows"].items()
                      if "P1+2_ref_gated" in row})
