@@ -25,7 +25,7 @@ PY
 )
 set -- $choice "$@"; echo "pretraining step chosen from the probe: $choice"
 mode=$1 amp=$2 batch=$3; shift 3
-mkdir -p /tmp/round/bases && cp .gpu/bases/*.pt /tmp/round/bases/ 2>/dev/null
+rm -rf /tmp/round && mkdir -p /tmp/round/bases && cp .gpu/bases/*.pt /tmp/round/bases/ 2>/dev/null
 python3 -m bench.study_finetune_parallel --out /tmp/round --timeout-s "$study_s" --families "${families[@]}" -- \
   --pretrain-mode "$mode" --pretrain-amp "$amp" --pretrain-batch "$batch" --pretrain-budget-s "$pretrain_s" \
   --base-dir /tmp/round/bases "$@" 2>&1 | tail -c 7000
