@@ -420,6 +420,7 @@ def sdxl_cost(args, log):
         config, side, dtype = random_unet.TINY_SDXL_UNET, 16, "fp32"
         model = random_unet.build(config, dtype=torch.float32, device=torch.device("cpu"), family="sdxl")
     out["build_s"] = time.perf_counter() - t0
+    log(f"SDXL UNet built in {out['build_s']:.1f} s")
     out["unet_params_m"] = sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6
     cond = random_unet.random_conditioning(config)
     sig = torch.tensor([14.61, 4.0, 1.5, 0.6, 0.2, 0.0], dtype=torch.float64)
@@ -430,6 +431,7 @@ def sdxl_cost(args, log):
                "trajectory_batch1_ckpt1": dict(target="trajectory", trajectories=2),
                "trajectory_model_anchor_batch2_ckpt1": dict(target="trajectory", trajectories=2, batch_size=2, anchor=0.5,
                                                             anchor_target="model")}
+    configs = {k: v for k, v in configs.items() if not args.sdxl_configs or k in args.sdxl_configs}
     for key, over in configs.items():
         try:
             st = fin.TrainSettings(**{**dict(steps=1, batch_size=1, learning_rate=1e-4, rank=16, training_dtype=dtype,
@@ -457,6 +459,9 @@ def sdxl_cost(args, log):
                 calls = trainer.teacher.sigmas.numel() * st.teacher_steps + 1  # + the final jump from sigma_min
                 out[key].update(teacher_s_per_solve=teacher / st.trajectories, teacher_calls_per_solve_about=calls)
             log(f"SDXL {key}: {out[key]}")
+            if args.out:  # kept row by row: a run cut short still reports what it measured
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / "sdxl_cost.json").write_text(json.dumps(out, indent=1))
             del trainer
             if cuda:
                 torch.cuda.empty_cache()
@@ -525,6 +530,7 @@ def main():
     p.add_argument("--sdxl-cost", action="store_true", help="also measure SDXL 1024² Phase 2 cost (GPU)")
     p.add_argument("--sdxl-only", action="store_true")
     p.add_argument("--sdxl-steps", type=int, default=4)
+    p.add_argument("--sdxl-configs", nargs="+", default=None, help="only these SDXL cost rows (default: all)")
     p.add_argument("--table", default=None, help="print markdown tables from a results JSON and exit")
     args = p.parse_args()
     if args.table:
