@@ -154,6 +154,9 @@ def test_parallel_run_picks_on_the_first_family_and_reports_that_candidate_on_th
         # the step count fitted in the time budget names the saved base
         assert fam["base_saved"].split("-p")[1].startswith(f"{fam['pretrain_steps']}-")
     assert "(picked)" in proc.stdout and "**gmm8-s0.1** (validation" in proc.stdout
+    # every score carries the distance without its finite-sample offset, and the table shows its ratio
+    assert all("fd_inf" in row["P1"] and "fd_inf" in row["P1+2"] for fam in (dev, val) for row in fam["rows"].values())
+    assert "FD_inf P1 → P1+2 (ratio)" in proc.stdout and "extrapolated" in proc.stdout
     # a later merge of the same parts picks the same; without the development family's part it refuses
     from bench.study_finetune_parallel import merge
     assert merge(tmp_path / "p")["chosen"]["label"] == label
