@@ -4,7 +4,7 @@ and the same distance extrapolated to infinitely many samples.
 The distance from n samples is biased upwards by about b / n: the sample covariance is noisy and the
 matrix square root turns its noise into a positive offset (the "floor" that exact samples of the
 target itself score). The offset is nearly the same for every method scored on the same n, so it
-pulls every ratio between methods towards 1. `frechet_infinite` removes it: it scores nested
+pulls every ratio between methods towards 1. `frechet_infinite` removes it: it scores random
 subsets of m = n/4 … n samples, fits FD(m) = FD_inf + b / m by least squares and returns FD_inf,
 the estimate of the distance itself (Chong & Forsyth, "Effectively unbiased FID and Inception Score
 and where to find them", CVPR 2020, do the same for FID)."""
