@@ -12,8 +12,8 @@ then few-step samples scored against the true mixture for:
 
 Scores (float64): Fréchet distance between the samples' Gaussian fit and the mixture's own mean and
 covariance (mu_bar, s^2 I + Cov_k mu_k), as measured on the samples ('fd') and extrapolated to infinitely
-many ('fd_inf', bench/frechet.py: without the finite-sample offset every method shares); share of samples within the 99 % radius of some component;
-coverage = share of components that receive at least half their expected count. At N = 4, 5, 6, 8
+many ('fd_inf', bench/frechet.py: without the finite-sample offset every method shares); share of samples
+within the 99 % radius of some component; coverage = share of components that receive at least half their expected count. At N = 4, 5, 6, 8
 (the N-step schedule of each method) and at 32 Karras steps (the LoRA must not damage the model).
 'floor' is the Fréchet distance of exact mixture samples of the same count.
 
