@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.finetune_diagnostics import summary, trajectory_diagnostics
+
 REPO = Path(__file__).resolve().parents[1]
 
 FAMILIES = {
@@ -117,7 +119,8 @@ def pick(fam, labels, choose_steps):
 def adopt(fam, label):
     """Makes candidate `label`'s rows the family's P1+2 rows."""
     for row in fam["rows"].values():
-        for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step", "_gated", "_ref_gated", "_teacher_s"):
+        for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step", "_gated", "_ref_gated", "_teacher_s",
+                       "_diag"):
             if f"P1+2[{label}]" + suffix in row:
                 row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
 
@@ -293,10 +296,15 @@ class Study:
                 if res.rounds[0].held_out:
                     row[key + "_held_out"] = res.rounds[0].held_out
                     row[key + "_best_step"] = res.rounds[0].best_step
+                if a.diagnose and res.settings.target == "trajectory":
+                    row[key + "_diag"] = trajectory_diagnostics(
+                        self.pack.__name__, model, res.model, sig1, self.cond, self.shape, a.diagnose, a.teacher_steps,
+                        a.sampler, 4321 + a.replicate, lambda x: scores(x, spec, self.shape))
+                    self.log(f"{name} N={n} {label}: {summary(row[key + '_diag'])}")
             if not dev and not a.no_pick:
                 self.alternate(model, data, sig1, n, ref_sig, spec, row, self.chosen)
             fam["rows"][str(n)] = row
-            self.log(f"{name} N={n}: " + ", ".join(f"{k} {v['fd']:.4f}" for k, v in row.items() if isinstance(v, dict)))
+            self.log(f"{name} N={n}: " + ", ".join(f"{k} {v['fd']:.4f}" for k, v in row.items() if isinstance(v, dict) and "fd" in v))
             self.save()
         if dev:
             self.choose(fam)
@@ -507,6 +515,9 @@ def main():
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--teacher-steps", type=int, default=8, help="trajectory target: teacher steps per step")
     p.add_argument("--trajectories", type=int, default=16384, help="trajectory target: teacher solves per fine-tune")
+    p.add_argument("--diagnose", type=int, default=0, metavar="COUNT",
+                   help="trajectory target: on COUNT fresh teacher solves, the teacher's own score, the per-step loss "
+                        "and the free-running gap to the teacher, untuned and tuned (bench/finetune_diagnostics.py)")
     p.add_argument("--spread", type=float, default=0.5)
     p.add_argument("--estimator", default="importance")
     p.add_argument("--rounds", type=int, default=2)
@@ -545,7 +556,7 @@ def main():
         for k, v in dict(families=args.families[:2], steps=[5], choose_steps=[5], width=32, res_blocks=1,
                          pretrain_steps=20, pretrain_batch=32, train_images=64, lora_steps=4, lora_batch=16, mc=4,
                          grid=12, samples=128, sample_batch=128, ref_steps=12, rounds=2, size=4,
-                         trajectories=64, teacher_steps=2, sweep=["0.5:1e-3", "0:1e-3:0.5:eps:cosine:0:trajectory:model"]).items():
+                         trajectories=64, teacher_steps=2, diagnose=32, sweep=["0.5:1e-3", "0:1e-3:0.5:eps:cosine:0:trajectory:model"]).items():
             if getattr(args, k) == p.get_default(k):
                 setattr(args, k, v)
     log = lambda m: print(f"[{time.strftime('%H:%M:%S')}] {m}", flush=True)

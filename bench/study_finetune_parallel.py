@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench.finetune_diagnostics import summary
 from bench.study_finetune_gmm import FAMILIES, adopt, parse_candidate, pick
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,9 +110,15 @@ def table(path: str) -> str:
                    if "fd_inf" in row.get("P1+2", {}) else "–")
             alt = [m for m in methods if m.startswith("alt") and m in row]
             ralt = f"{row[alt[0]]['fd'] / p1:.3f}" if alt else "–"
+            if alt and "fd_inf" in row[alt[0]]:
+                ralt += f" (FD_inf {row[alt[0]]['fd_inf'] / row['P1']['fd_inf']:.3f})"
             near = f"{row['P1']['near']:.3f} → {row['P1+2']['near']:.3f}" if "P1+2" in row else "–"
             cov = f"{row['P1']['coverage']:.2f} → {row['P1+2']['coverage']:.2f}" if "P1+2" in row else "–"
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {r12} | {inf} | {ralt} | {near} | {cov} |")
+        diags = [(n, row["P1+2_diag"]) for n, row in fam["rows"].items() if "P1+2_diag" in row]
+        if diags:
+            lines.append(f"\nP1+2 against its teacher ({diags[0][1]['count']} fresh teacher solves; "
+                         "bench/finetune_diagnostics.py): " + "; ".join(f"N={n}: {summary(d)}" for n, d in diags))
         base = fam["base_ref"]["fd"]
         if "fd_inf" in fam["base_ref"]:
             lines.append(f"\nUntuned model at {res['args']['ref_steps']} Karras steps, FD_inf {fam['base_ref']['fd_inf']:.4f}; "

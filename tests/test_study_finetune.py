@@ -157,6 +157,13 @@ def test_parallel_run_picks_on_the_first_family_and_reports_that_candidate_on_th
     # every score carries the distance without its finite-sample offset, and the table shows its ratio
     assert all("fd_inf" in row["P1"] and "fd_inf" in row["P1+2"] for fam in (dev, val) for row in fam["rows"].values())
     assert "FD_inf P1 → P1+2 (ratio)" in proc.stdout and "extrapolated" in proc.stdout
+    # the trajectory candidate is measured against its teacher at every N (--tiny sets --diagnose)
+    traj = next(c for c in res["args"]["sweep"] if ":trajectory" in c)
+    for fam in (dev, val):
+        for row in fam["rows"].values():
+            diag = row[f"P1+2[{traj}]_diag"]
+            assert len(diag["step_loss"]["tuned"]) == len(row["P1_sigmas"]) - 1 == len(diag["weights"])
+            assert "fd_inf" in diag["teacher"] and diag["gap_rms"]["tuned"] >= 0
     # a later merge of the same parts picks the same; without the development family's part it refuses
     from bench.study_finetune_parallel import merge
     assert merge(tmp_path / "p")["chosen"]["label"] == label
