@@ -3,15 +3,17 @@
 # the pretraining speed probe, then the study with the fastest pretraining step the probe saw working
 # (bf16 only where it is 1.3x the best float32 one), one process per family.
 #   bash bench/run_finetune_round.sh OUT_DIR PRETRAIN_BUDGET_S STUDY_BUDGET_S FAMILY... -- [study options]
-# Needs the .gpu bundle (scripts/gpu_bundle.sh: ComfyUI or ComfyUI.tgz, wheels); bases saved by an earlier run and carried in .gpu/bases
+# Needs the .gpu bundle (scripts/gpu_bundle.sh), whole or packed; bases saved by an earlier run and carried in .gpu/bases
 # are loaded instead of pretrained (the study's --base-dir rule: same family and pretraining settings).
 # Results: OUT_DIR/pretrain_probe.json, OUT_DIR/results.tgz (merged study_finetune_gmm.json + one folder
 # per family with its log), the pretrained UNets.
 set -uo pipefail
 out=$1 pretrain_s=$2 study_s=$3; shift 3
 families=(); while [ $# -gt 0 ] && [ "$1" != "--" ]; do families+=("$1"); shift; done; shift || true
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl
-[ -d .gpu/ComfyUI ] || tar xzf .gpu/ComfyUI.tgz -C .gpu  # carried packed: leaves room for two bases
+# the bundle may be carried packed (site.tar.xz, ComfyUI.tgz): it then leaves room for two bases
+if [ -f .gpu/site.tar.xz ]; then mkdir -p /tmp/site && tar xJf .gpu/site.tar.xz -C /tmp/site
+else python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl; fi
+[ -d .gpu/ComfyUI ] || tar xzf .gpu/ComfyUI.tgz -C .gpu
 export PYTHONPATH=/tmp/site:$PWD COMFYUI_PATH=$PWD/.gpu/ComfyUI PYTHONUNBUFFERED=1
 # FEWSTEP_PRETRAIN_STEP="graph fp32 4096" (mode amp batch, as an earlier probe chose) skips the probe
 choice=${FEWSTEP_PRETRAIN_STEP:-}

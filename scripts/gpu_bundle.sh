@@ -21,7 +21,10 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$OUT/wheels" torchsde==0.2.6 trampoline==0.1.2 av==19.0.2 pydantic-settings==2.7.1 python-dotenv==1.0.1 \
   2> >(grep -v "^WARNING: Location" >&2)
-# the tree packed as well (0.8 MB instead of 5 MB): carrying ComfyUI.tgz, the wheels and two pretrained
-# bases stays under the device tool's 64 MiB carry limit (bench/run_finetune_round.sh unpacks it)
+# Both packed as well: ComfyUI.tgz (0.8 MB, not 5) and site.tar.xz, the wheels unpacked as pip --target
+# would lay them out (25 MB, not 35). Carried instead of ComfyUI/ and wheels/, they leave room for two
+# pretrained bases under the device tool's 64 MiB; bench/run_finetune_round.sh unpacks them.
 tar czf "$OUT/ComfyUI.tgz" -C "$OUT" ComfyUI
+site=$(mktemp -d) && for w in "$OUT"/wheels/*.whl; do python3 -m zipfile -e "$w" "$site"; done
+tar cf - -C "$site" . | xz -6 > "$OUT/site.tar.xz" && rm -rf "$site"
 du -sh "$OUT"/* >&2
