@@ -29,6 +29,7 @@ import torch
 from .dpmpp import sample_dpmpp_2m
 
 TARGET_SOLVERS = ("dpmpp_2m", "euler")
+FLOAT32_EPS = 2.0 ** -20  # a few float32 roundings, relative
 
 
 def _schedule(sigmas) -> torch.Tensor:
@@ -51,7 +52,8 @@ def _check_solver(solver):
 def teacher_sigmas(sigmas, sub_steps: int, sigma_min: float) -> tuple:
     """(fine schedule, index of each of `sigmas`' values in it): every interval of the schedule cut
     into `sub_steps` steps even in log sigma. A final jump to 0 is refined down to `sigma_min` (the
-    model's lowest level) first, then jumps; its index is the fine schedule's last."""
+    model's lowest level) first, then jumps; its index is the fine schedule's last. A last level
+    within float32 rounding of sigma_min counts as sigma_min."""
     s = _schedule(sigmas)
     sub_steps = int(sub_steps)
     if sub_steps < 1:
@@ -61,7 +63,9 @@ def teacher_sigmas(sigmas, sub_steps: int, sigma_min: float) -> tuple:
     fine, keep = [float(s[0])], [0]
     for a, b in zip(s[:-1].tolist(), s[1:].tolist()):
         end = b if b > 0 else min(sigma_min, a)
-        if end < a:
+        # a last level that is sigma_min stored in float32 (every ComfyUI schedule's) is not refined
+        # to the float64 sigma_min a few 1e-8 below it: steps of log-size 1e-7 are calls wasted
+        if end < a * (1 - FLOAT32_EPS):
             fine += torch.logspace(math.log10(a), math.log10(end), sub_steps + 1, dtype=torch.float64)[1:].tolist()
         if b == 0:
             fine.append(0.0)

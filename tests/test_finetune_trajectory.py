@@ -46,6 +46,10 @@ def test_fine_grid_holds_every_step_of_the_schedule_and_refines_the_final_jump()
     assert fine.numel() == 4 and keep == [0, 3]
     fine, keep = teacher_sigmas(torch.tensor([5.0, 0.03, 0.0]), 2, 0.03)
     assert fine.tolist()[-2:] == [pytest.approx(0.03), 0.0] and keep == [0, 2, 3]
+    # ... nor one that is sigma_min rounded to float32 (Karras' last level is, a few 1e-8 above the
+    # model's float64 sigma_min): no steps of log-size 1e-7
+    fine, keep = teacher_sigmas(torch.tensor([5.0, 0.029167177155613892, 0.0], dtype=torch.float64), 2, 0.029167158529162407)
+    assert fine.numel() == 4 and keep == [0, 2, 3]
 
 
 @pytest.mark.parametrize("bad, match", [(dict(sigmas=[1.0]), "at least 2"), (dict(sigmas=[1.0, 2.0, 0.0]), "decreasing"),
