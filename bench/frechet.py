@@ -35,10 +35,14 @@ class GaussianTarget:
 def frechet(x: torch.Tensor, target: GaussianTarget) -> float:
     """Fréchet distance between the Gaussian fit of samples x (n, d) and the target."""
     x = x.double()
-    m = x.mean(0)
-    c = torch.cov(x.T)
-    inner = torch.linalg.eigvalsh(target.cov_root @ c @ target.cov_root).clamp(min=0).sqrt().sum()
-    return float((m - target.mean).pow(2).sum() + torch.trace(c) + target.cov_trace - 2 * inner)
+    return frechet_of_moments(x.mean(0), torch.cov(x.T), target)
+
+
+def frechet_of_moments(mean: torch.Tensor, cov: torch.Tensor, target: GaussianTarget) -> float:
+    """Fréchet distance between the Gaussian with this mean and covariance and the target."""
+    mean, cov = mean.double(), cov.double()
+    inner = torch.linalg.eigvalsh(target.cov_root @ cov @ target.cov_root).clamp(min=0).sqrt().sum()
+    return float((mean - target.mean).pow(2).sum() + torch.trace(cov) + target.cov_trace - 2 * inner)
 
 
 FRACTIONS = (1 / 4, 1 / 3, 1 / 2, 2 / 3, 1.0)
