@@ -70,3 +70,26 @@ def test_bad_input_is_refused_by_name():
     mu, target = _mixture(0.3)
     with pytest.raises(ValueError, match="fractions"):
         frechet_infinite(_draw(mu, 0.3, 100, 0), target, fractions=(1.0,))
+
+
+def test_the_spread_checks_known_distance_is_the_moments_of_what_it_draws():
+    # bench/check_frechet_spread.py: its "exact" FD must be that of the samples it draws (weighted,
+    # rescaled mixture), and its paired samples must share the component and the Gaussian draw
+    from bench.check_frechet_spread import mixture_moments, perturbed
+    from samplers.exact import MixtureSpec, mixture_means
+    target, draw, exact, exact_paired = perturbed("gmm8-s0.1", 1.06, 0.2, 0.98)
+    x, y = draw(100_000, torch.Generator().manual_seed(0))
+    assert frechet(x, target) == pytest.approx(exact, rel=0.2)
+    assert exact > 0.1 and exact_paired < exact  # the tilt and the spread both move it
+    # y = mu_k + 0.98 s z and x = mu_k + s z: (y - 0.98 x) / 0.02 is the component's mean, the same k
+    mu = mixture_means(MixtureSpec("gmm", 8, 0.1, 1), (4, 8, 8)).flatten(1).double()
+    means = (y[:2000] - 0.98 * x[:2000]) / 0.02
+    assert float(torch.cdist(means, mu).min(1).values.max()) < 1e-6
+    # the moments of an explicit weighted mixture, against a large sample of it
+    mu = torch.tensor([[0.0, 0.0], [4.0, 1.0], [-2.0, 3.0]], dtype=torch.float64)
+    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    pts = mu[torch.multinomial(w, 400_000, replacement=True, generator=g)] + 0.5 * torch.randn(400_000, 2, generator=g,
+                                                                                               dtype=torch.float64)
+    mean, cov = mixture_moments(mu, w, 0.5)
+    assert torch.allclose(pts.mean(0), mean, atol=0.02) and torch.allclose(torch.cov(pts.T), cov, atol=0.05)
