@@ -66,3 +66,17 @@ def frechet_infinite(x: torch.Tensor, target: GaussianTarget, fractions=FRACTION
     a = torch.tensor([[1.0, v] for v in inv], dtype=torch.float64)
     coef = torch.linalg.lstsq(a, torch.tensor(fd, dtype=torch.float64).unsqueeze(1)).solution
     return float(coef[0, 0])
+
+
+def fold_ratios(reference: torch.Tensor, x: torch.Tensor, target: GaussianTarget, folds: int = 4) -> list:
+    """FD_inf(x) / FD_inf(reference) on each of `folds` disjoint blocks of rows, the same rows of both:
+    row i of x and of reference must come from the same noise (two samplers, one seed). The blocks are
+    independent sample sets of n / folds, so their spread is the paired ratio's own, from one run;
+    the whole set's ratio has a standard error of about their standard deviation / sqrt(folds)."""
+    if reference.shape != x.shape:
+        raise ValueError(f"x: expected the reference's shape {tuple(reference.shape)} (paired rows), got {tuple(x.shape)}")
+    size = x.shape[0] // int(folds)
+    if folds < 2 or size < 8:
+        raise ValueError(f"folds: need at least 2 blocks of 8 rows from {x.shape[0]} rows, got {folds}")
+    blocks = [slice(i * size, (i + 1) * size) for i in range(int(folds))]
+    return [frechet_infinite(x[b], target) / frechet_infinite(reference[b], target) for b in blocks]

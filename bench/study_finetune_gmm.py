@@ -84,16 +84,31 @@ def mixture_sample(spec, shape, count, gen):
     return mu[k] + spec.spread * torch.randn((count,) + tuple(shape), generator=gen)
 
 
+def mixture_target(spec, shape):
+    """(component means (K, d) float64, the mixture's Gaussian target: its own mean and covariance)."""
+    import torch
+    from bench.frechet import GaussianTarget
+    mu = EXACT.mixture_means(spec, shape).flatten(1)  # float64
+    k, d = mu.shape
+    dev = mu - mu.mean(0)
+    return mu, GaussianTarget.of(mu.mean(0), spec.spread ** 2 * torch.eye(d, dtype=torch.float64) + dev.T @ dev / k)
+
+
+def paired_folds(reference, x, spec, shape):
+    """bench/frechet.py's fold_ratios of samples x against `reference` drawn from the same noises."""
+    from bench.frechet import fold_ratios
+    flat = lambda t: t.detach().double().cpu().flatten(1)
+    return fold_ratios(flat(reference), flat(x), mixture_target(spec, shape)[1])
+
+
 def scores(x, spec, shape, radius_q=0.99):
     """(frechet, frechet extrapolated to infinitely many samples, near share, coverage) of samples
     x (n, C, H, W) against the mixture."""
     import torch
-    from bench.frechet import GaussianTarget, frechet, frechet_infinite
-    mu = EXACT.mixture_means(spec, shape).flatten(1)  # float64
+    from bench.frechet import frechet, frechet_infinite
+    mu, target = mixture_target(spec, shape)
     k, d = mu.shape
     xf = x.detach().double().cpu().flatten(1)
-    dev = mu - mu.mean(0)
-    target = GaussianTarget.of(mu.mean(0), spec.spread ** 2 * torch.eye(d, dtype=torch.float64) + dev.T @ dev / k)
     fd, fd_inf = frechet(xf, target), frechet_infinite(xf, target)
     z = 2.3263478740408408 if radius_q == 0.99 else 1.6448536269514722
     chi2 = d * (1 - 2 / (9 * d) + z * math.sqrt(2 / (9 * d))) ** 3  # Wilson-Hilferty quantile
@@ -120,7 +135,7 @@ def adopt(fam, label):
     """Makes candidate `label`'s rows the family's P1+2 rows."""
     for row in fam["rows"].values():
         for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step", "_gated", "_ref_gated", "_teacher_s",
-                       "_diag"):
+                       "_diag", "_folds"):
             if f"P1+2[{label}]" + suffix in row:
                 row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
 
@@ -275,7 +290,8 @@ class Study:
             sig1 = self.phase1(model, n)
             row["P1_s"] = time.perf_counter() - t0
             row["P1_sigmas"] = sig1.tolist()
-            row["P1"] = scores(self.sample(model, sig1, a.samples), spec, self.shape)
+            x1 = self.sample(model, sig1, a.samples)  # every method below samples the same noises: paired
+            row["P1"] = scores(x1, spec, self.shape)
             if uni is not None:
                 row["P1+uniform"] = scores(self.sample(uni.model, sig1, a.samples), spec, self.shape)
             for label, over in candidates.items():
@@ -285,7 +301,8 @@ class Study:
                 row[key + "_s"] = time.perf_counter() - t0
                 if res.rounds[0].teacher_seconds:
                     row[key + "_teacher_s"] = res.rounds[0].teacher_seconds
-                row[key] = scores(self.sample(res.model, sig1, a.samples), spec, self.shape)
+                x2 = self.sample(res.model, sig1, a.samples)
+                row[key], row[key + "_folds"] = scores(x2, spec, self.shape), paired_folds(x1, x2, spec, self.shape)
                 row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)
                 if a.gated:  # the LoRA acting only on its own schedule (the node's only_on_schedule)
                     gated = self.gate.gate_to_schedule(res.model, res.adapters, sig1)
@@ -302,7 +319,7 @@ class Study:
                         a.sampler, 4321 + a.replicate, lambda x: scores(x, spec, self.shape))
                     self.log(f"{name} N={n} {label}: {summary(row[key + '_diag'])}")
             if not dev and not a.no_pick:
-                self.alternate(model, data, sig1, n, ref_sig, spec, row, self.chosen)
+                self.alternate(model, data, sig1, n, ref_sig, spec, row, self.chosen, x1)
             fam["rows"][str(n)] = row
             self.log(f"{name} N={n}: " + ", ".join(f"{k} {v['fd']:.4f}" for k, v in row.items() if isinstance(v, dict) and "fd" in v))
             self.save()
@@ -311,8 +328,8 @@ class Study:
             adopt(fam, fam["chosen"])
             for n, row in fam["rows"].items():
                 if self.left() > a.reserve_s:
-                    self.alternate(model, data, torch.tensor(row["P1_sigmas"], dtype=torch.float64), int(n), ref_sig,
-                                   spec, row, self.chosen)
+                    sig = torch.tensor(row["P1_sigmas"], dtype=torch.float64)
+                    self.alternate(model, data, sig, int(n), ref_sig, spec, row, self.chosen, self.sample(model, sig, a.samples))
                 self.save()
         # The LoRA clones share the base network: sampling the base again must give the same numbers.
         fam["base_ref_after"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)
@@ -386,7 +403,8 @@ class Study:
         self.results["chosen"] = {"label": fam["chosen"], **self.chosen}
         self.log(f"settings picked on this family: {fam['chosen']} (median FD ratio to P1: {fam['sweep_ratios']})")
 
-    def alternate(self, model, data, sig1, n, ref_sig, spec, row, over):
+    def alternate(self, model, data, sig1, n, ref_sig, spec, row, over, x1):
+        """Phase 1 + 2 alternated (--rounds); x1: Phase 1's samples, for the paired fold ratios."""
         a = self.args
         if a.rounds < 2 or self.left() < a.reserve_s:
             return
@@ -397,7 +415,8 @@ class Study:
         row["alt_rounds"] = [{"sigmas": r.sigmas, "loss_first": r.losses[0], "loss_last": r.losses[-1],
                               "best_step": r.best_step} for r in alt.rounds]
         row["alt_sigmas"] = final.tolist()
-        row[f"alt{a.rounds}"] = scores(self.sample(alt.model, final, a.samples), spec, self.shape)
+        xa = self.sample(alt.model, final, a.samples)
+        row[f"alt{a.rounds}"], row[f"alt{a.rounds}_folds"] = scores(xa, spec, self.shape), paired_folds(x1, xa, spec, self.shape)
         row[f"alt{a.rounds}_ref"] = scores(self.sample(alt.model, ref_sig, a.samples), spec, self.shape)
 
     def _uniform_train(self, trainer, data, weighting="x0"):

@@ -83,6 +83,11 @@ def merge(out: Path, families=None) -> dict:
     return merged
 
 
+def folds(ratios) -> str:
+    """'; folds a-b': the paired ratio on disjoint quarters of the samples (bench/frechet.py fold_ratios)."""
+    return f"; folds {min(ratios):.2f}-{max(ratios):.2f}" if ratios else ""
+
+
 def table(path: str) -> str:
     """Markdown tables from a results JSON: FD per method and N (ratio to P1), then the 30+-step check."""
     res = json.loads(Path(path).read_text())
@@ -106,12 +111,12 @@ def table(path: str) -> str:
             cells = [f"{row[m]['fd']:.4f}" if m in row else "–" for m in methods]
             p1 = row["P1"]["fd"]
             r12 = f"{row['P1+2']['fd'] / p1:.3f}" if "P1+2" in row else "–"
-            inf = (f"{row['P1']['fd_inf']:.4f} → {row['P1+2']['fd_inf']:.4f} ({row['P1+2']['fd_inf'] / row['P1']['fd_inf']:.3f})"
-                   if "fd_inf" in row.get("P1+2", {}) else "–")
+            inf = (f"{row['P1']['fd_inf']:.4f} → {row['P1+2']['fd_inf']:.4f} ({row['P1+2']['fd_inf'] / row['P1']['fd_inf']:.3f}"
+                   + folds(row.get("P1+2_folds")) + ")" if "fd_inf" in row.get("P1+2", {}) else "–")
             alt = [m for m in methods if m.startswith("alt") and m in row]
             ralt = f"{row[alt[0]]['fd'] / p1:.3f}" if alt else "–"
             if alt and "fd_inf" in row[alt[0]]:
-                ralt += f" (FD_inf {row[alt[0]]['fd_inf'] / row['P1']['fd_inf']:.3f})"
+                ralt += f" (FD_inf {row[alt[0]]['fd_inf'] / row['P1']['fd_inf']:.3f}" + folds(row.get(alt[0] + "_folds")) + ")"
             near = f"{row['P1']['near']:.3f} → {row['P1+2']['near']:.3f}" if "P1+2" in row else "–"
             cov = f"{row['P1']['coverage']:.2f} → {row['P1+2']['coverage']:.2f}" if "P1+2" in row else "–"
             lines.append(f"| {n} | " + " | ".join(cells) + f" | {r12} | {inf} | {ralt} | {near} | {cov} |")

@@ -93,3 +93,21 @@ def test_the_spread_checks_known_distance_is_the_moments_of_what_it_draws():
                                                                                                dtype=torch.float64)
     mean, cov = mixture_moments(mu, w, 0.5)
     assert torch.allclose(pts.mean(0), mean, atol=0.02) and torch.allclose(torch.cov(pts.T), cov, atol=0.05)
+
+
+def test_fold_ratios_pair_the_rows_and_bracket_a_known_paired_ratio():
+    from bench.check_frechet_spread import perturbed
+    from bench.frechet import fold_ratios
+    target, draw, exact, exact_paired = perturbed("gmm16-s0.5", 1.06, 0.2, 0.98)
+    x, y = draw(32768, torch.Generator().manual_seed(3))
+    assert fold_ratios(x, x, target) == [1.0] * 4  # the same rows: every block's ratio is exactly 1
+    ratios = fold_ratios(x, y, target)
+    assert len(ratios) == 4 and min(ratios) < exact_paired / exact < max(ratios)
+    assert abs(sum(ratios) / 4 - exact_paired / exact) < 0.1
+    # unpaired (y's rows shuffled) the blocks no longer compare the same noises, and spread wider
+    shuffled = fold_ratios(x, y[torch.randperm(32768, generator=torch.Generator().manual_seed(0))], target)
+    assert max(shuffled) - min(shuffled) > max(ratios) - min(ratios)
+    with pytest.raises(ValueError, match="x: expected"):
+        fold_ratios(x, y[:-1], target)
+    with pytest.raises(ValueError, match="folds"):
+        fold_ratios(x[:20], y[:20], target)

@@ -164,6 +164,8 @@ def test_parallel_run_picks_on_the_first_family_and_reports_that_candidate_on_th
             diag = row[f"P1+2[{traj}]_diag"]
             assert len(diag["step_loss"]["tuned"]) == len(row["P1_sigmas"]) - 1 == len(diag["weights"])
             assert "fd_inf" in diag["teacher"] and diag["gap_rms"]["tuned"] >= 0
+            # every method is paired with Phase 1 on disjoint quarters of the same noises
+            assert len(row[f"P1+2[{traj}]_folds"]) == 4 and all(v > 0 for v in row[f"P1+2[{traj}]_folds"])
     # a later merge of the same parts picks the same; without the development family's part it refuses
     from bench.study_finetune_parallel import merge
     assert merge(tmp_path / "p")["chosen"]["label"] == label
