@@ -45,6 +45,14 @@ def frechet_of_moments(mean: torch.Tensor, cov: torch.Tensor, target: GaussianTa
     return float((mean - target.mean).pow(2).sum() + torch.trace(cov) + target.cov_trace - 2 * inner)
 
 
+def mixture_moments(means: torch.Tensor, weights: torch.Tensor, spread: float) -> tuple:
+    """(mean, covariance) of the mixture sum_k w_k N(mu_k, spread^2 I), float64."""
+    means, weights = means.double(), weights.double()
+    mean = weights @ means
+    dev = means - mean
+    return mean, spread ** 2 * torch.eye(means.shape[1], dtype=torch.float64) + dev.T @ (weights[:, None] * dev)
+
+
 FRACTIONS = (1 / 4, 1 / 3, 1 / 2, 2 / 3, 1.0)
 
 

@@ -87,11 +87,10 @@ def mixture_sample(spec, shape, count, gen):
 def mixture_target(spec, shape):
     """(component means (K, d) float64, the mixture's Gaussian target: its own mean and covariance)."""
     import torch
-    from bench.frechet import GaussianTarget
+    from bench.frechet import GaussianTarget, mixture_moments
     mu = EXACT.mixture_means(spec, shape).flatten(1)  # float64
-    k, d = mu.shape
-    dev = mu - mu.mean(0)
-    return mu, GaussianTarget.of(mu.mean(0), spec.spread ** 2 * torch.eye(d, dtype=torch.float64) + dev.T @ dev / k)
+    uniform = torch.full((mu.shape[0],), 1.0 / mu.shape[0], dtype=torch.float64)
+    return mu, GaussianTarget.of(*mixture_moments(mu, uniform, spec.spread))
 
 
 def paired_folds(reference, x, spec, shape):
@@ -279,6 +278,7 @@ class Study:
         candidates = self.candidates if dev else {"chosen": self.chosen}
         if a.no_pick:  # a parallel worker: every family runs the sweep, the merge picks on the first family
             dev = False
+        p1_samples = {}
         for n in a.steps:
             if self.left() < a.reserve_s:
                 self.log(f"{name}: time budget reached before N={n}")
@@ -290,7 +290,7 @@ class Study:
             sig1 = self.phase1(model, n)
             row["P1_s"] = time.perf_counter() - t0
             row["P1_sigmas"] = sig1.tolist()
-            x1 = self.sample(model, sig1, a.samples)  # every method below samples the same noises: paired
+            x1 = p1_samples[n] = self.sample(model, sig1, a.samples)  # every method samples these noises: paired
             row["P1"] = scores(x1, spec, self.shape)
             if uni is not None:
                 row["P1+uniform"] = scores(self.sample(uni.model, sig1, a.samples), spec, self.shape)
@@ -328,8 +328,8 @@ class Study:
             adopt(fam, fam["chosen"])
             for n, row in fam["rows"].items():
                 if self.left() > a.reserve_s:
-                    sig = torch.tensor(row["P1_sigmas"], dtype=torch.float64)
-                    self.alternate(model, data, sig, int(n), ref_sig, spec, row, self.chosen, self.sample(model, sig, a.samples))
+                    self.alternate(model, data, torch.tensor(row["P1_sigmas"], dtype=torch.float64), int(n), ref_sig,
+                                   spec, row, self.chosen, p1_samples[int(n)])
                 self.save()
         # The LoRA clones share the base network: sampling the base again must give the same numbers.
         fam["base_ref_after"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)

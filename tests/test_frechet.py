@@ -75,7 +75,8 @@ def test_bad_input_is_refused_by_name():
 def test_the_spread_checks_known_distance_is_the_moments_of_what_it_draws():
     # bench/check_frechet_spread.py: its "exact" FD must be that of the samples it draws (weighted,
     # rescaled mixture), and its paired samples must share the component and the Gaussian draw
-    from bench.check_frechet_spread import mixture_moments, perturbed
+    from bench.check_frechet_spread import perturbed
+    from bench.frechet import mixture_moments
     from samplers.exact import MixtureSpec, mixture_means
     target, draw, exact, exact_paired = perturbed("gmm8-s0.1", 1.06, 0.2, 0.98)
     x, y = draw(100_000, torch.Generator().manual_seed(0))
