@@ -294,31 +294,24 @@ class Study:
             row["P1"] = scores(x1, spec, self.shape)
             if uni is not None:
                 row["P1+uniform"] = scores(self.sample(uni.model, sig1, a.samples), spec, self.shape)
+            # the validated setting with alternation: one run, its round 1 scored as P1+2 on the way
+            together = not (dev or a.no_pick) and a.rounds >= 2 and self.left() >= a.reserve_s
             for label, over in candidates.items():
-                t0 = time.perf_counter()
-                res = self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=1)
                 key = "P1+2" if not (dev or a.no_pick) else f"P1+2[{label}]"
-                row[key + "_s"] = time.perf_counter() - t0
-                if res.rounds[0].teacher_seconds:
-                    row[key + "_teacher_s"] = res.rounds[0].teacher_seconds
-                x2 = self.sample(res.model, sig1, a.samples)
-                row[key], row[key + "_folds"] = scores(x2, spec, self.shape), paired_folds(x1, x2, spec, self.shape)
-                row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)
-                if a.gated:  # the LoRA acting only on its own schedule (the node's only_on_schedule)
-                    gated = self.gate.gate_to_schedule(res.model, res.adapters, sig1)
-                    row[key + "_gated"] = scores(self.sample(gated, sig1, a.samples), spec, self.shape)
-                    row[key + "_ref_gated"] = scores(self.sample(gated, ref_sig, a.samples), spec, self.shape)
-                head, tail = res.losses[:max(1, len(res.losses) // 10)], res.losses[-max(1, len(res.losses) // 10):]
-                row[key + "_loss"] = [sum(head) / len(head), sum(tail) / len(tail)]
-                if res.rounds[0].held_out:
-                    row[key + "_held_out"] = res.rounds[0].held_out
-                    row[key + "_best_step"] = res.rounds[0].best_step
-                if a.diagnose and res.settings.target == "trajectory":
-                    row[key + "_diag"] = trajectory_diagnostics(
-                        self.pack.__name__, model, res.model, sig1, self.cond, self.shape, a.diagnose, a.teacher_steps,
-                        a.sampler, 4321 + a.replicate, lambda x: scores(x, spec, self.shape))
-                    self.log(f"{name} N={n} {label}: {summary(row[key + '_diag'])}")
-            if not dev and not a.no_pick:
+                clock = {"t0": time.perf_counter(), "scoring": 0.0}  # training time excludes round 1's scoring
+
+                def after_round(res, key=key, label=label, clock=clock):
+                    t1 = time.perf_counter()
+                    if len(res.rounds) == 1:
+                        self.score_round_one(res, key, t1 - clock["t0"], model, sig1, ref_sig, spec, row, x1,
+                                             f"{name} N={n} {label}")
+                        clock["scoring"] = time.perf_counter() - t1
+                    elif len(res.rounds) == a.rounds:
+                        self.score_alternation(res, n, t1 - clock["t0"] - clock["scoring"], ref_sig, spec, row, x1)
+
+                self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=a.rounds if together else 1,
+                                  phase1=self.phase1, after_round=after_round)
+            if not dev and not a.no_pick and not together:
                 self.alternate(model, data, sig1, n, ref_sig, spec, row, self.chosen, x1)
             fam["rows"][str(n)] = row
             self.log(f"{name} N={n}: " + ", ".join(f"{k} {v['fd']:.4f}" for k, v in row.items() if isinstance(v, dict) and "fd" in v))
@@ -410,14 +403,44 @@ class Study:
             return
         t0 = time.perf_counter()
         alt = self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=a.rounds, phase1=self.phase1)
+        self.score_alternation(alt, n, time.perf_counter() - t0, ref_sig, spec, row, x1)
+
+    def score_alternation(self, alt, n, seconds, ref_sig, spec, row, x1):
+        """Scores K rounds of Phase 1 + 2 into row["altK..."] after a last Phase 1 on the tuned model."""
+        a = self.args
+        t0 = time.perf_counter()
         final = self.phase1(alt.model, n)
-        row["alt_s"] = time.perf_counter() - t0
+        row["alt_s"] = seconds + time.perf_counter() - t0
         row["alt_rounds"] = [{"sigmas": r.sigmas, "loss_first": r.losses[0], "loss_last": r.losses[-1],
                               "best_step": r.best_step} for r in alt.rounds]
         row["alt_sigmas"] = final.tolist()
         xa = self.sample(alt.model, final, a.samples)
         row[f"alt{a.rounds}"], row[f"alt{a.rounds}_folds"] = scores(xa, spec, self.shape), paired_folds(x1, xa, spec, self.shape)
         row[f"alt{a.rounds}_ref"] = scores(self.sample(alt.model, ref_sig, a.samples), spec, self.shape)
+
+    def score_round_one(self, res, key, seconds, model, sig1, ref_sig, spec, row, x1, tag):
+        """Scores one round of Phase 2 on P1's schedule into row[key...]; x1: Phase 1's samples (paired)."""
+        a = self.args
+        row[key + "_s"] = seconds
+        if res.rounds[0].teacher_seconds:
+            row[key + "_teacher_s"] = res.rounds[0].teacher_seconds
+        x2 = self.sample(res.model, sig1, a.samples)
+        row[key], row[key + "_folds"] = scores(x2, spec, self.shape), paired_folds(x1, x2, spec, self.shape)
+        row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)
+        if a.gated:  # the LoRA acting only on its own schedule (the node's only_on_schedule)
+            gated = self.gate.gate_to_schedule(res.model, res.adapters, sig1)
+            row[key + "_gated"] = scores(self.sample(gated, sig1, a.samples), spec, self.shape)
+            row[key + "_ref_gated"] = scores(self.sample(gated, ref_sig, a.samples), spec, self.shape)
+        head, tail = res.losses[:max(1, len(res.losses) // 10)], res.losses[-max(1, len(res.losses) // 10):]
+        row[key + "_loss"] = [sum(head) / len(head), sum(tail) / len(tail)]
+        if res.rounds[0].held_out:
+            row[key + "_held_out"] = res.rounds[0].held_out
+            row[key + "_best_step"] = res.rounds[0].best_step
+        if a.diagnose and res.settings.target == "trajectory":
+            row[key + "_diag"] = trajectory_diagnostics(
+                self.pack.__name__, model, res.model, sig1, self.cond, self.shape, a.diagnose, a.teacher_steps,
+                a.sampler, 4321 + a.replicate, lambda x: scores(x, spec, self.shape))
+            self.log(f"{tag}: {summary(row[key + '_diag'])}")
 
     def _uniform_train(self, trainer, data, weighting="x0"):
         return trainer.train(data["samples"], self.cond, None, sigma_sampler=uniform_draw(self.fin, trainer.model, weighting))

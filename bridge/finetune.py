@@ -522,9 +522,12 @@ class FinetuneResult:
 
 def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, rounds: int = 1,
              phase1: Optional[Callable[[object, int], torch.Tensor]] = None,
-             progress: Optional[Callable[[int, int], None]] = None) -> FinetuneResult:
+             progress: Optional[Callable[[int, int], None]] = None,
+             after_round: Optional[Callable[[FinetuneResult], None]] = None) -> FinetuneResult:
     """Phase 2 on `sigmas`, then (rounds > 1) `rounds - 1` times: Phase 1 on the tuned model
-    (`phase1(model, steps) -> sigmas`), Phase 2 on its schedule. Inputs are checked before any model call."""
+    (`phase1(model, steps) -> sigmas`), Phase 2 on its schedule. Inputs are checked before any model call.
+    `after_round(result so far)` is called after each round's Phase 2; its model and adapters are the
+    live ones, trained further by the next round (a study scores round 1 without training it twice)."""
     check_unet(model)
     data = check_latents(latents)
     if not positive:
@@ -551,4 +554,7 @@ def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, ro
         records.append(RoundRecord(r + 1, [float(v) for v in sig.tolist()], losses, time.perf_counter() - t0, p1,
                                    list(trainer.validation), trainer.best_step,
                                    trainer.teacher.seconds if trainer.teacher is not None else 0.0))
+        if after_round is not None:
+            after_round(FinetuneResult(trainer.model, trainer.lora_state(), list(records), settings,
+                                       list(trainer._adapters)))
     return FinetuneResult(trainer.model, trainer.lora_state(), records, settings, list(trainer._adapters))

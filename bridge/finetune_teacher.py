@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..samplers.finetune_trajectory import run_teacher, step_targets, teacher_sigmas
+from ..samplers.finetune_trajectory import run_student, run_teacher, step_targets, student_targets, teacher_sigmas
 from .lab_runner import start_latent
 
 
@@ -35,6 +35,13 @@ class TeacherPairs:
         return self.states[i, j], self.sigmas[i], self.targets[i, j], w
 
 
+def _denoiser(model_wrap, extra_args, dtype):
+    def denoise(xt, sigma):
+        with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return model_wrap(xt, sigma.to(xt.device, torch.float32), **extra_args).float()
+    return denoise
+
+
 def make_teacher_pairs(model, model_wrap, sigmas, like, settings, extra_args, dtype, generator, check) -> TeacherPairs:
     """`settings.trajectories` solves of the current model (the caller makes it the untuned one) from
     noise on the schedule's fine grid, in chunks of settings.batch_size, each started where a ComfyUI
@@ -42,11 +49,7 @@ def make_teacher_pairs(model, model_wrap, sigmas, like, settings, extra_args, dt
     t0 = time.perf_counter()
     sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
     fine, keep = teacher_sigmas(sig, settings.teacher_steps, float(model_wrap.inner_model.model_sampling.sigma_min))
-
-    def denoise(xt, sigma):
-        with torch.autocast(xt.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return model_wrap(xt, sigma.to(xt.device, torch.float32), **extra_args).float()
-
+    denoise = _denoiser(model_wrap, extra_args, dtype)
     states = []
     for a in range(0, int(settings.trajectories), int(settings.batch_size)):
         check()
@@ -56,4 +59,26 @@ def make_teacher_pairs(model, model_wrap, sigmas, like, settings, extra_args, dt
         states.append(run_teacher(denoise, x, fine, keep).cpu())
     states = torch.cat(states, 1)
     targets, weights = step_targets(states, sig, settings.solver)
-    return TeacherPairs(sig[:-1].clone(), states[:-1].contiguous(), targets, weights, time.perf_counter() - t0)
+    return TeacherPairs(sig[:-1].clone(), states[:-1].contiguous(), targets, weights, time.perf_counter() - t0,
+                        states[-1].clone())
+
+
+def make_student_pairs(teacher: TeacherPairs, schedule, model_wrap, settings, extra_args, dtype, device,
+                       check) -> TeacherPairs:
+    """The trajectory target at the current model's own states (samplers/finetune_trajectory.py,
+    student_targets): its few-step solve (no gradients) from each teacher solve's first state, in
+    chunks of settings.batch_size."""
+    t0 = time.perf_counter()
+    sig = torch.as_tensor(schedule, dtype=torch.float64).flatten().cpu()
+    denoise = _denoiser(model_wrap, extra_args, dtype)
+    states, targets = [], []
+    for a in range(0, teacher.samples.shape[0], int(settings.batch_size)):
+        check()
+        part = slice(a, a + int(settings.batch_size))
+        with torch.no_grad():
+            own, outputs = run_student(denoise, teacher.states[0, part].to(device), sig, settings.solver)
+        full = torch.cat([teacher.states[:, part], teacher.samples[None, part]])
+        states.append(own.cpu())
+        targets.append(student_targets(own.cpu(), outputs.cpu(), full, sig, settings.solver))
+    return TeacherPairs(teacher.sigmas, torch.cat(states, 1), torch.cat(targets, 1), teacher.weights,
+                        time.perf_counter() - t0, teacher.samples)

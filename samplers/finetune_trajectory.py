@@ -19,7 +19,14 @@ those are listed in TARGET_SOLVERS, with their update written exactly as ComfyUI
       =>  D*_i = (E_i + c_i D*_{i-1}) / (1 + c_i)     (D_{i-1} = D*_{i-1}: the student's previous output)
 
 An error d in D_i moves x_{i+1} by (1 - r_i) g_i d (g_i = 1 + c_i, or 1): the step weights
-((1 - r_i) g_i)^2, normalised to mean 1, make the loss the squared error of the states."""
+((1 - r_i) g_i)^2, normalised to mean 1, make the loss the squared error of the states.
+
+Trained only at the teacher's states, the student meets at sampling time states its own earlier
+steps moved (exposure bias). `student_targets` gives the targets at the student's own states y_i
+(its solve from the same noise, `run_student`, outputs B_i): the output that takes y_i to the
+teacher's next state, with the student's own previous output in the 2M update,
+      D^_i = (E'_i + c_i B_{i-1}) / (1 + c_i),   E'_i = (x_{i+1} - r_i y_i) / (1 - r_i),
+which equals D*_i where the student follows the teacher (y = x, B = D*)."""
 from __future__ import annotations
 
 import math
@@ -116,3 +123,35 @@ def step_targets(states: torch.Tensor, sigmas, solver: str) -> tuple:
         targets.append(e if float(c[i]) == 0 else (e + float(c[i]) * targets[-1]) / (1 + float(c[i])))
     weights = ((1 - r) * (1 + c)).pow(2)
     return torch.stack(targets), weights / weights.mean()
+
+
+def run_student(denoise, x: torch.Tensor, sigmas, solver: str) -> tuple:
+    """(states (N, *x.shape) before each step, outputs (N, *x.shape)): the N-step solve of `solver`
+    on `sigmas` from x, with the update written as in the module docstring (ComfyUI's);
+    `denoise(x, sigma (batch,) float64) -> D` as for run_teacher."""
+    r, c = step_gains(sigmas, solver)
+    s = _schedule(sigmas)
+    states, outputs = [], []
+    for i in range(r.numel()):
+        d = denoise(x, s[i].expand(x.shape[0]))
+        states.append(x)
+        outputs.append(d)
+        mixed = d if float(c[i]) == 0 else (1 + float(c[i])) * d - float(c[i]) * outputs[-2]
+        x = float(r[i]) * x + (1 - float(r[i])) * mixed
+    return torch.stack(states), torch.stack(outputs)
+
+
+def student_targets(states: torch.Tensor, outputs: torch.Tensor, teacher_states: torch.Tensor, sigmas,
+                    solver: str) -> torch.Tensor:
+    """D^ (N, *batch): at the student's states (N, *batch) with its outputs there, the outputs that
+    land each step on the teacher's next state (teacher_states (N + 1, *batch), same noises)."""
+    r, c = step_gains(sigmas, solver)
+    n = r.numel()
+    if teacher_states.shape[0] != n + 1 or states.shape[0] != n or outputs.shape != states.shape:
+        raise ValueError(f"states, outputs: expected {n} of each and {n + 1} teacher states, got {states.shape[0]}, "
+                         f"{outputs.shape[0]} and {teacher_states.shape[0]}")
+    targets = []
+    for i in range(n):
+        e = (teacher_states[i + 1] - float(r[i]) * states[i]) / (1 - float(r[i]))
+        targets.append(e if float(c[i]) == 0 else (e + float(c[i]) * outputs[i - 1]) / (1 + float(c[i])))
+    return torch.stack(targets)

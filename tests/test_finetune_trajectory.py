@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from samplers.exact import ExactDenoiser, MixtureSpec
-from samplers.finetune_trajectory import TARGET_SOLVERS, run_teacher, step_gains, step_targets, teacher_sigmas
+from samplers.finetune_trajectory import (TARGET_SOLVERS, run_student, run_teacher, step_gains, step_targets,
+                                         student_targets, teacher_sigmas)
 
 pytestmark = pytest.mark.host_independent
 
@@ -122,3 +123,40 @@ def test_bad_solver_and_state_count_are_named():
         step_targets(torch.zeros(6, 1, 1), SCHED, "heun")
     with pytest.raises(ValueError, match="states: expected 6"):
         step_targets(torch.zeros(5, 1, 1), SCHED, "euler")
+
+
+
+@pytest.mark.parametrize("solver", TARGET_SOLVERS)
+def test_student_solve_is_comfyuis_update_and_keeps_its_states_and_outputs(solver):
+    gen = torch.Generator().manual_seed(3)
+    x = 14.6146 * torch.randn(4, 2, 3, 3, generator=gen, dtype=torch.float64)
+    states, outputs = run_student(lambda xx, s: DENOISER(xx, s), x, SCHED, solver)
+    assert states.shape == outputs.shape == (SCHED.numel() - 1,) + tuple(x.shape) and torch.equal(states[0], x)
+    for i in range(1, SCHED.numel() - 1):  # each state is the independent solve stopped there
+        assert torch.allclose(states[i], _solve(SCHED[:i + 1].tolist(), x, lambda k, xx: DENOISER(xx, SCHED[k]), solver),
+                              atol=1e-10)
+        assert torch.allclose(outputs[i], DENOISER(states[i], SCHED[i]), atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", TARGET_SOLVERS)
+def test_student_targets_land_each_step_of_the_students_own_solve_on_the_teachers_next_state(solver):
+    gen = torch.Generator().manual_seed(4)
+    x = 14.6146 * torch.randn(5, 2, 3, 3, generator=gen, dtype=torch.float64)
+    fine, keep = teacher_sigmas(SCHED, 8, 0.03)
+    teacher = run_teacher(DENOISER, x, fine, keep)
+    # a student that is the plain denoiser drifts from the teacher; at its own states the targets are
+    # the outputs that, with its own previous output in the update, put the next state on the teacher's
+    states, outputs = run_student(lambda xx, s: DENOISER(xx, s), x, SCHED, solver)
+    targets = student_targets(states, outputs, teacher, SCHED, solver)
+    assert float((states[1:] - teacher[1:-1]).abs().max()) > 1e-3  # it does drift
+    for i in range(SCHED.numel() - 1):
+        history = [outputs[k] for k in range(i)] + [targets[i]]
+        landed = _solve(SCHED[:i + 2].tolist(), x, lambda k, xx: history[k], solver)
+        # the solve above starts at x and replays the student's outputs, so it passes through its states
+        assert torch.allclose(landed, teacher[i + 1], atol=1e-9), i
+    # where the student follows the teacher (its states and outputs the teacher-forced ones), the
+    # targets are the teacher-forced targets
+    forced, _ = step_targets(teacher, SCHED, solver)
+    assert torch.allclose(student_targets(teacher[:-1], forced, teacher, SCHED, solver), forced, atol=1e-12)
+    with pytest.raises(ValueError, match="teacher states"):
+        student_targets(states, outputs, teacher[:-1], SCHED, solver)

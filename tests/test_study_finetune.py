@@ -34,6 +34,28 @@ def test_a_saved_base_model_is_loaded_by_the_next_run_and_studied_unchanged(tmp_
     assert "base_loaded" not in third and third["base_saved"].startswith("gmm8-s0.1-w32-r1-s4-p21-")
 
 
+
+def _fixed_study(tmp_path, out, rounds):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "bench.study_finetune_gmm", "--tiny", "--no-controls", "--families", "gmm8-s0.1",
+           "--fixed", "0:1e-3:0.5:eps:cosine:0:trajectory:model", "--rounds", str(rounds), "--diagnose", "0",
+           "--base-dir", str(tmp_path / "bases"), "--out", str(tmp_path / out)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / out / "study_finetune_gmm.json").read_text())["families"]["gmm8-s0.1"]["rows"]["5"]
+
+
+def test_alternation_scores_its_first_round_as_the_one_round_run_does(tmp_path):
+    """With --fixed and --rounds 2 the study trains once: round 1 is scored as P1+2 on the way, the
+    same numbers as a run of one round, and the alternation goes on from it."""
+    one, alt = _fixed_study(tmp_path, "one", 1), _fixed_study(tmp_path, "alt", 2)
+    assert "alt2" not in one and "alt2" in alt and "alt2_folds" in alt
+    for key in ("P1", "P1+2", "P1+2_ref", "P1+2_folds", "P1+2_loss"):
+        assert alt[key] == one[key], key
+    assert alt["alt_rounds"][0]["sigmas"] == alt["P1_sigmas"] and len(alt["alt_rounds"]) == 2
+    assert alt["alt_rounds"][0]["loss_last"] == one["P1+2_loss"][1]  # --tiny: 4 steps, the tail mean is the last loss
+    assert alt["alt2"] != alt["P1+2"]  # round 2 trained further
+
 # --- pretraining steps (bench/study_pretrain.py) and the parallel run (bench/study_finetune_parallel.py)
 
 def _pretrain_env(comfy):
