@@ -15,12 +15,14 @@ from .lab_runner import start_latent
 @dataclass(frozen=True)
 class TeacherPairs:
     """The trajectory target of one schedule: teacher states at its levels (N + 1, T, ...) and the
-    targets D* (N, T, ...), on the CPU; step weights (N,) with mean 1."""
+    targets D* (N, T, ...), on the CPU; step weights (N,) with mean 1; the teacher's samples (T, ...).
+    make_student_pairs gives the same at the student's own states (same noises, same samples)."""
     sigmas: torch.Tensor
     states: torch.Tensor
     targets: torch.Tensor
     weights: torch.Tensor
     seconds: float
+    samples: torch.Tensor
 
     def draw(self, rows, pool, estimator, generator):
         """(inputs, sigmas, targets, loss weights) of `rows` (trajectory in `pool`, step) pairs."""
