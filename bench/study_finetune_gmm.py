@@ -62,18 +62,21 @@ def unet_config(width: int, res_blocks: int) -> dict:
 EXACT = None  # the pack's samplers/exact.py, set once the pack is loaded (ComfyUI owns the name 'samplers')
 
 
-CANDIDATE_FIELDS = "spread:learning_rate[:anchor[:anchor_weighting[:lr_schedule[:holdout[:target[:anchor_target]]]]]]"
+CANDIDATE_FIELDS = ("spread:learning_rate[:anchor[:anchor_weighting[:lr_schedule[:holdout[:target[:anchor_target"
+                    "[:on_policy]]]]]]]")
 
 
 def parse_candidate(text):
-    """CANDIDATE_FIELDS -> TrainSettings overrides (anchor 0, x0, constant, no holdout, data target when
-    left out)."""
+    """CANDIDATE_FIELDS -> TrainSettings overrides (anchor 0, x0, constant, no holdout, data target,
+    data anchor, teacher's states only when left out)."""
     spread, lr, *rest = text.split(":")
-    if len(rest) > 6:
+    if len(rest) > 7:
         raise SystemExit(f"candidate {text!r}: expected {CANDIDATE_FIELDS}")
-    anchor, weighting, schedule, holdout, target, anchor_target = rest + ["0", "x0", "constant", "0", "data", "data"][len(rest):]
+    anchor, weighting, schedule, holdout, target, anchor_target, on_policy = (
+        rest + ["0", "x0", "constant", "0", "data", "data", "0"][len(rest):])
     return {"spread": float(spread), "learning_rate": float(lr), "anchor": float(anchor), "anchor_weighting": weighting,
-            "lr_schedule": schedule, "holdout": float(holdout), "target": target, "anchor_target": anchor_target}
+            "lr_schedule": schedule, "holdout": float(holdout), "target": target, "anchor_target": anchor_target,
+            "on_policy": float(on_policy)}
 
 
 def mixture_sample(spec, shape, count, gen):
@@ -134,7 +137,7 @@ def adopt(fam, label):
     """Makes candidate `label`'s rows the family's P1+2 rows."""
     for row in fam["rows"].values():
         for suffix in ("", "_ref", "_s", "_loss", "_held_out", "_best_step", "_gated", "_ref_gated", "_teacher_s",
-                       "_diag", "_folds"):
+                       "_student_s", "_diag", "_folds"):
             if f"P1+2[{label}]" + suffix in row:
                 row["P1+2" + suffix] = row[f"P1+2[{label}]" + suffix]
 
@@ -424,6 +427,8 @@ class Study:
         row[key + "_s"] = seconds
         if res.rounds[0].teacher_seconds:
             row[key + "_teacher_s"] = res.rounds[0].teacher_seconds
+        if res.rounds[0].student_seconds:
+            row[key + "_student_s"] = res.rounds[0].student_seconds
         x2 = self.sample(res.model, sig1, a.samples)
         row[key], row[key + "_folds"] = scores(x2, spec, self.shape), paired_folds(x1, x2, spec, self.shape)
         row[key + "_ref"] = scores(self.sample(res.model, ref_sig, a.samples), spec, self.shape)

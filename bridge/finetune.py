@@ -34,7 +34,7 @@ from comfy.weight_adapter import adapter_maps
 from ..samplers.finetune_loss import (ANCHOR_WEIGHTINGS, ESTIMATORS, LR_SCHEDULES, SigmaSampler, UniformLevels,
                                       holdout_split, lr_factor, weighted_mse)
 from ..samplers.finetune_trajectory import TARGET_SOLVERS
-from .finetune_teacher import make_teacher_pairs
+from .finetune_teacher import make_student_pairs, make_teacher_pairs
 
 OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD,
               "RMSprop": torch.optim.RMSprop}
@@ -53,6 +53,9 @@ SIGMA_TOLERANCE = 1e-3
 # has to see, few enough that 10 checks cost about 15 % of a round at the default batch.
 HOLDOUT_CHECKS = 10
 HOLDOUT_MAX_DRAWS = 4096
+# on_policy > 0: the student's own few-step solves are redone this many times a round, so the states
+# it trains at follow it as it moves (each redo costs N model calls per teacher solve, no gradients)
+STUDENT_REFRESHES = 8
 
 
 class FinetuneError(ValueError):
@@ -82,6 +85,7 @@ class TrainSettings:
     solver: str = "dpmpp_2m"  # the sampler the trajectory target is made for
     teacher_steps: int = 8  # teacher solver steps per step of the schedule
     trajectories: int = 256  # teacher solves per round
+    on_policy: float = 0.0  # trajectory target: share of rows at the student's own states (student_targets)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "rank", "teacher_steps", "trajectories"):
@@ -105,6 +109,11 @@ class TrainSettings:
             raise FinetuneError(f"anchor_weighting must be one of {ANCHOR_WEIGHTINGS}, got {self.anchor_weighting!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise FinetuneError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not (0.0 <= self.on_policy <= 1.0):
+            raise FinetuneError(f"on_policy must be in [0, 1], got {self.on_policy}")
+        if self.on_policy > 0 and self.target != "trajectory":
+            raise FinetuneError(f"on_policy: the student's own states exist for the trajectory target only; set target "
+                                f"'trajectory' or on_policy 0 (got target {self.target!r})")
         if not (0.0 <= self.holdout < 1.0):
             raise FinetuneError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.anchor_target not in ANCHOR_TARGETS:
@@ -222,6 +231,7 @@ class RoundRecord:
     held_out: list = field(default_factory=list)  # (step in the round, held-out loss)
     best_step: Optional[int] = None
     teacher_seconds: float = 0.0  # the untuned model's fine solves (trajectory target)
+    student_seconds: float = 0.0  # the tuned-so-far model's own solves (on_policy > 0)
 
 
 @dataclass
@@ -239,6 +249,8 @@ class LoraTrainer:
     validation: list = field(default_factory=list)  # the last round's held-out checks (step, loss)
     best_step: Optional[int] = None  # the check whose weights were kept (holdout > 0)
     teacher: Optional[object] = None  # the last round's TeacherPairs (trajectory target)
+    student_seconds: float = 0.0  # the last round's own solves (on_policy > 0)
+    student: Optional[object] = None  # the last refresh's pairs at the model's own states (on_policy > 0)
 
     def __post_init__(self):
         check_unet(self.model)
@@ -390,13 +402,16 @@ class LoraTrainer:
             xs, sig, target, weight = drawn
             return xs.to(data), sig.to(data.device, torch.float32), target.to(data), weight
 
-        def batch(model_wrap, data, pairs, extra_args):
+        def batch(model_wrap, data, pairs, extra_args, student):
             if batch_fn is not None:
                 return data_rows(model_wrap, data, batch_fn(gen))
             if not trajectory:
                 xs, sig, target, weight = data_rows(model_wrap, data, data_draw(gen, rows, latent_pool, keep))
             else:
-                xs, sig, target, weight = pair_rows(data, pairs.draw(rows - keep, pool, s.estimator, gen))
+                own = int(round(float(s.on_policy) * (rows - keep))) if student is not None else 0
+                parts = [pair_rows(data, source.draw(count_rows, pool, s.estimator, gen))
+                         for source, count_rows in ((pairs, rows - keep - own), (student, own)) if count_rows]
+                xs, sig, target, weight = (torch.cat(column) for column in zip(*parts))
                 if keep:
                     ax, asig, atarget, aweight = data_rows(model_wrap, data, data_draw(gen, keep, latent_pool, keep))
                     xs, sig, target = torch.cat([ax, xs]), torch.cat([asig, sig]), torch.cat([atarget, target])
@@ -451,9 +466,14 @@ class LoraTrainer:
                 held_out_check(model_wrap, data, extra_args, 0)
             for p in trainable:
                 p.requires_grad_(True)
+            student, refresh = None, max(1, steps // STUDENT_REFRESHES)
+            self.student_seconds = 0.0
             for i in range(steps):
                 check()
-                xt, sig, target, weight = batch(model_wrap, data, pairs, extra_args)
+                if trajectory and s.on_policy > 0 and i % refresh == 0:
+                    student = self.student = make_student_pairs(pairs, schedule, model_wrap, s, extra_args, self.dtype, data.device, check)
+                    self.student_seconds += student.seconds
+                xt, sig, target, weight = batch(model_wrap, data, pairs, extra_args, student)
                 for group in self._optimizer.param_groups:
                     group["lr"] = base_lr * lr_factor(i, steps, s.lr_schedule)
                 loss = _pair_loss(model_wrap, xt, sig, target, weight, extra_args, self.dtype)
@@ -553,7 +573,8 @@ def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, ro
                                progress=None if progress is None else (lambda i, n, d=done: progress(d + i, total)))
         records.append(RoundRecord(r + 1, [float(v) for v in sig.tolist()], losses, time.perf_counter() - t0, p1,
                                    list(trainer.validation), trainer.best_step,
-                                   trainer.teacher.seconds if trainer.teacher is not None else 0.0))
+                                   trainer.teacher.seconds if trainer.teacher is not None else 0.0,
+                                   trainer.student_seconds))
         if after_round is not None:
             after_round(FinetuneResult(trainer.model, trainer.lora_state(), list(records), settings,
                                        list(trainer._adapters)))

@@ -17,14 +17,17 @@ def report(result: FinetuneResult) -> str:
                 if s.holdout > 0 else "")]
     if s.target == "trajectory":
         lines.append(f"target: trajectory for {s.solver} ({s.trajectories} solves of the untuned model, {s.teacher_steps} "
-                     f"teacher steps per step; docs/finetune.md)")
+                     f"teacher steps per step"
+                     + (f"; {s.on_policy:g} of the rows at the model's own states" if s.on_policy else "")
+                     + "; docs/finetune.md)")
     for r in result.rounds:
         head = sum(r.losses[: max(1, len(r.losses) // 10)]) / max(1, len(r.losses[: max(1, len(r.losses) // 10)]))
         tail = r.losses[-max(1, len(r.losses) // 10):]
         lines.append(f"round {r.round}: sigmas [{', '.join(f'{v:.4g}' for v in r.sigmas)}]; loss {head:.4g} -> "
                      f"{sum(tail) / len(tail):.4g} (first/last 10%); {r.seconds:.1f} s"
                      + (f", Phase 1 {r.phase1_seconds:.1f} s" if r.round > 1 else "")
-                     + (f", of which teacher {r.teacher_seconds:.1f} s" if r.teacher_seconds else ""))
+                     + (f", of which teacher {r.teacher_seconds:.1f} s" if r.teacher_seconds else "")
+                     + (f", own solves {r.student_seconds:.1f} s" if r.student_seconds else ""))
         if r.held_out:
             best = dict(r.held_out)[r.best_step]
             lines.append(f"  held-out loss {r.held_out[0][1]:.4g} before the round, best {best:.4g} after step "

@@ -188,6 +188,34 @@ def test_trajectory_target_lowers_the_held_out_solves_loss(env, one_thread):
     assert match.any(-1).any(-1).all() and not match[:, :, held].any()
 
 
+def test_on_policy_rows_are_the_models_own_solves_and_reduce_to_the_teachers_when_it_is_the_teacher(env, one_thread):
+    # teacher_steps 1: the teacher's solve is the untuned model's own few-step solve (and a last step
+    # from sigma_min), so at the first refresh (untuned adapters) the student's states and targets
+    # are the teacher's, computed the other way (student_targets on its own solve)
+    settings = env.settings(target="trajectory", trajectories=3, teacher_steps=1, batch_size=3, on_policy=1.0)
+    trainer = env.fin.LoraTrainer(env.model, settings)
+    with torch.inference_mode():
+        losses = trainer.train(env.latents["samples"], env.cond, SCHED, steps=1)
+    teacher, student = trainer.teacher, trainer.student
+    assert student.states.shape == teacher.states.shape and torch.equal(student.samples, teacher.samples)
+    assert torch.allclose(student.states, teacher.states, atol=1e-4)
+    assert torch.allclose(student.targets, teacher.targets, atol=1e-4)
+    assert trainer.student_seconds > 0 and len(losses) == 1
+    # with a teacher that is not the model's own solve (teacher_steps 3) and adapters moved by
+    # earlier steps, the last refresh starts from the teacher's noises and follows the tuned model
+    settings = env.settings(target="trajectory", trajectories=3, teacher_steps=3, batch_size=3, on_policy=0.5,
+                            learning_rate=2e-2)
+    trainer = env.fin.LoraTrainer(env.model, settings)
+    with torch.inference_mode():
+        trainer.train(env.latents["samples"], env.cond, SCHED, steps=16)  # refreshed every 2 steps
+    teacher, student = trainer.teacher, trainer.student
+    assert torch.equal(student.states[0], teacher.states[0])  # the same noises
+    assert float((student.states[1:] - teacher.states[1:]).abs().max()) > 1e-3  # its own states, not the teacher's
+    from importlib import import_module
+    report = import_module(env.pack.__name__ + ".bridge.finetune_report").report
+    assert "0.5 of the rows at the model's own states" in report(env.fin.FinetuneResult(trainer.model, {}, [], settings))
+
+
 def _sample(model, sigmas, cond, seed=4):
     import comfy.sample
     import comfy.samplers
@@ -302,6 +330,8 @@ def test_node_refuses_bad_input_before_any_model_call(env):
         (dict(target="trajectory", phase1_sampler="heun"), "phase1_sampler"),  # no linear target for heun
         (dict(target="trajectory", trajectories=4, holdout=0.1), "teacher solves"),
         (dict(target="score"), "target"),
+        (dict(on_policy=0.5), "on_policy"),  # the data target has no own states to train at
+        (dict(target="trajectory", on_policy=1.5), "on_policy"),
     ]
     for over, match in cases:
         with pytest.raises(Exception, match=match):
