@@ -85,11 +85,6 @@ class FewStepFinetune(io.ComfyNode):
                              tooltip="Trajectory target: teacher solver steps per step of the schedule."),
                 io.Int.Input("trajectories", default=64, min=1, max=65536, optional=True,
                              tooltip="Trajectory target: untuned solves from noise per round (each costs N x teacher_steps model calls)."),
-                io.Float.Input("on_policy", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
-                               tooltip="Trajectory target: share of each batch trained at the model's own few-step states (its "
-                                       "solve from the teacher's noises, redone 8 times a round, N calls per solve) towards the "
-                                       "teacher's next state, so the errors of earlier steps are corrected rather than "
-                                       "compounded. 0: only the teacher's states."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied."),
@@ -103,8 +98,7 @@ class FewStepFinetune(io.ComfyNode):
     def execute(cls, model, latents, positive, steps, train_steps, batch_size, learning_rate, rank, spread, weighting,
                 anchor, rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
                 phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120, lr_schedule="constant",
-                holdout=0.0, target="data", teacher_steps=8, trajectories=64, anchor_target="data", only_on_schedule=False,
-                on_policy=0.0) -> io.NodeOutput:
+                holdout=0.0, target="data", teacher_steps=8, trajectories=64, anchor_target="data", only_on_schedule=False) -> io.NodeOutput:
         ft.check_unet(model)
         ft.check_latents(latents)
         settings = ft.TrainSettings(steps=int(train_steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
@@ -113,7 +107,7 @@ class FewStepFinetune(io.ComfyNode):
                                     lora_dtype=lora_dtype, gradient_checkpointing=bool(gradient_checkpointing),
                                     seed=int(seed), lr_schedule=lr_schedule, holdout=float(holdout),
                                     target=target, teacher_steps=int(teacher_steps), trajectories=int(trajectories),
-                                    anchor_target=anchor_target, on_policy=float(on_policy))
+                                    anchor_target=anchor_target)
         result, text = run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
                                    int(phase1_mc_samples), int(phase1_grid), bool(only_on_schedule))
         return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text)

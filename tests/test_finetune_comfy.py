@@ -214,6 +214,10 @@ def test_on_policy_rows_are_the_models_own_solves_and_reduce_to_the_teachers_whe
     from importlib import import_module
     report = import_module(env.pack.__name__ + ".bridge.finetune_report").report
     assert "0.5 of the rows at the model's own states" in report(env.fin.FinetuneResult(trainer.model, {}, [], settings))
+    with pytest.raises(env.fin.FinetuneError, match="on_policy"):
+        env.settings(on_policy=0.5)  # the data target has no own states to train at
+    with pytest.raises(env.fin.FinetuneError, match="on_policy"):
+        env.settings(target="trajectory", on_policy=1.5)
 
 
 def _sample(model, sigmas, cond, seed=4):
@@ -330,8 +334,6 @@ def test_node_refuses_bad_input_before_any_model_call(env):
         (dict(target="trajectory", phase1_sampler="heun"), "phase1_sampler"),  # no linear target for heun
         (dict(target="trajectory", trajectories=4, holdout=0.1), "teacher solves"),
         (dict(target="score"), "target"),
-        (dict(on_policy=0.5), "on_policy"),  # the data target has no own states to train at
-        (dict(target="trajectory", on_policy=1.5), "on_policy"),
     ]
     for over, match in cases:
         with pytest.raises(Exception, match=match):
