@@ -74,14 +74,18 @@ def test_teacher_is_dpmpp_2m_on_the_fine_grid_and_keeps_its_states():
         assert torch.allclose(states[n], ref, atol=1e-10)
 
 
+def _teacher_solve(seed):
+    """(5 starting latents at SCHED's first level, the teacher's states at SCHED's levels, 8 steps per step)."""
+    x = 14.6146 * torch.randn(5, 2, 3, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    fine, keep = teacher_sigmas(SCHED, 8, 0.03)
+    return x, run_teacher(DENOISER, x, fine, keep)
+
+
 @pytest.mark.parametrize("solver", TARGET_SOLVERS)
 def test_step_targets_make_the_few_step_solver_land_on_every_teacher_state(solver):
     # The student's outputs at the teacher's states are the targets: its few-step solve (teacher
     # forced or not, as they agree) reproduces the teacher's states, the final sample included.
-    gen = torch.Generator().manual_seed(1)
-    x = 14.6146 * torch.randn(5, 2, 3, 3, generator=gen, dtype=torch.float64)
-    fine, keep = teacher_sigmas(SCHED, 8, 0.03)
-    states = run_teacher(DENOISER, x, fine, keep)
+    x, states = _teacher_solve(seed=1)
     targets, weights = step_targets(states, SCHED, solver)
     assert targets.shape == (SCHED.numel() - 1,) + tuple(x.shape)
     seen = []
@@ -140,10 +144,7 @@ def test_student_solve_is_comfyuis_update_and_keeps_its_states_and_outputs(solve
 
 @pytest.mark.parametrize("solver", TARGET_SOLVERS)
 def test_student_targets_land_each_step_of_the_students_own_solve_on_the_teachers_next_state(solver):
-    gen = torch.Generator().manual_seed(4)
-    x = 14.6146 * torch.randn(5, 2, 3, 3, generator=gen, dtype=torch.float64)
-    fine, keep = teacher_sigmas(SCHED, 8, 0.03)
-    teacher = run_teacher(DENOISER, x, fine, keep)
+    x, teacher = _teacher_solve(seed=4)
     # a student that is the plain denoiser drifts from the teacher; at its own states the targets are
     # the outputs that, with its own previous output in the update, put the next state on the teacher's
     states, outputs = run_student(lambda xx, s: DENOISER(xx, s), x, SCHED, solver)
