@@ -311,10 +311,9 @@ class Study:
                     elif len(res.rounds) == a.rounds:
                         self.score_alternation(res, n, t1 - clock["t0"] - clock["scoring"], ref_sig, spec, row, x1)
 
+                # not together: --rounds 1, or too little time left for the alternation (alternate() declines alike)
                 self.fin.finetune(model, data, self.cond, sig1, self.settings(**over), rounds=a.rounds if together else 1,
                                   phase1=self.phase1, after_round=after_round)
-            if not dev and not a.no_pick and not together:
-                self.alternate(model, data, sig1, n, ref_sig, spec, row, self.chosen, x1)
             fam["rows"][str(n)] = row
             self.log(f"{name} N={n}: " + ", ".join(f"{k} {v['fd']:.4f}" for k, v in row.items() if isinstance(v, dict) and "fd" in v))
             self.save()

@@ -471,7 +471,8 @@ class LoraTrainer:
             for i in range(steps):
                 check()
                 if trajectory and s.on_policy > 0 and i % refresh == 0:
-                    student = self.student = make_student_pairs(pairs, schedule, model_wrap, s, extra_args, self.dtype, data.device, check)
+                    student = self.student = make_student_pairs(pairs, schedule, model_wrap, s, extra_args, self.dtype,
+                                                                data.device, check)
                     self.student_seconds += student.seconds
                 xt, sig, target, weight = batch(model_wrap, data, pairs, extra_args, student)
                 for group in self._optimizer.param_groups:

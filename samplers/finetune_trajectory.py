@@ -110,6 +110,13 @@ def step_gains(sigmas, solver: str) -> tuple:
     return r, c
 
 
+def _landing_output(x, x_next, r: float, c: float, previous):
+    """The output D that takes x to x_next in one step with gains (r, c), `previous` being the output
+    the 2M update mixes in (unused where c = 0): (E + c previous) / (1 + c), E = (x_next - r x) / (1 - r)."""
+    e = (x_next - r * x) / (1 - r)
+    return e if c == 0 else (e + c * previous) / (1 + c)
+
+
 def step_targets(states: torch.Tensor, sigmas, solver: str) -> tuple:
     """(D* (N, *batch), weights (N,) float64 with mean 1) from teacher states (N + 1, *batch) at the
     levels of `sigmas` (see the module docstring)."""
@@ -118,9 +125,8 @@ def step_targets(states: torch.Tensor, sigmas, solver: str) -> tuple:
     if states.shape[0] != n + 1:
         raise ValueError(f"states: expected {n + 1} states (one per level of the schedule), got {states.shape[0]}")
     targets = []
-    for i in range(n):
-        e = (states[i + 1] - float(r[i]) * states[i]) / (1 - float(r[i]))
-        targets.append(e if float(c[i]) == 0 else (e + float(c[i]) * targets[-1]) / (1 + float(c[i])))
+    for i in range(n):  # teacher-forced: the previous output is the previous target
+        targets.append(_landing_output(states[i], states[i + 1], float(r[i]), float(c[i]), targets[-1] if i else None))
     weights = ((1 - r) * (1 + c)).pow(2)
     return torch.stack(targets), weights / weights.mean()
 
@@ -150,8 +156,5 @@ def student_targets(states: torch.Tensor, outputs: torch.Tensor, teacher_states:
     if teacher_states.shape[0] != n + 1 or states.shape[0] != n or outputs.shape != states.shape:
         raise ValueError(f"states, outputs: expected {n} of each and {n + 1} teacher states, got {states.shape[0]}, "
                          f"{outputs.shape[0]} and {teacher_states.shape[0]}")
-    targets = []
-    for i in range(n):
-        e = (teacher_states[i + 1] - float(r[i]) * states[i]) / (1 - float(r[i]))
-        targets.append(e if float(c[i]) == 0 else (e + float(c[i]) * outputs[i - 1]) / (1 + float(c[i])))
-    return torch.stack(targets)
+    return torch.stack([_landing_output(states[i], teacher_states[i + 1], float(r[i]), float(c[i]),
+                                        outputs[i - 1] if i else None) for i in range(n)])

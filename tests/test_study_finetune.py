@@ -34,7 +34,6 @@ def test_a_saved_base_model_is_loaded_by_the_next_run_and_studied_unchanged(tmp_
     assert "base_loaded" not in third and third["base_saved"].startswith("gmm8-s0.1-w32-r1-s4-p21-")
 
 
-
 def _fixed_study(tmp_path, out, rounds):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "bench.study_finetune_gmm", "--tiny", "--no-controls", "--families", "gmm8-s0.1",
@@ -55,6 +54,7 @@ def test_alternation_scores_its_first_round_as_the_one_round_run_does(tmp_path):
     assert alt["alt_rounds"][0]["sigmas"] == alt["P1_sigmas"] and len(alt["alt_rounds"]) == 2
     assert alt["alt_rounds"][0]["loss_last"] == one["P1+2_loss"][1]  # --tiny: 4 steps, the tail mean is the last loss
     assert alt["alt2"] != alt["P1+2"]  # round 2 trained further
+
 
 # --- pretraining steps (bench/study_pretrain.py) and the parallel run (bench/study_finetune_parallel.py)
 
