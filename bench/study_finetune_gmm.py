@@ -201,6 +201,8 @@ class Study:
         if args.fixed:  # settings picked in an earlier run: every family here validates them unchanged
             self.chosen = parse_candidate(args.fixed)
         self.family_deadline = args.budget_s
+        # seeds of everything a method draws (Phase 1's noises, LoRA, teacher, evaluation noises), base aside
+        self.method_seed = 10_000 * args.method_seed
         self.results = {"args": vars(args), "device": str(torch.cuda.get_device_name()) if torch.cuda.is_available() else "cpu",
                         "families": {}}
         if self.chosen:
@@ -222,12 +224,12 @@ class Study:
     def phase1(self, model, steps):
         opt = self.nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]
         out = opt.execute(model, self.cond, self.cond, 1.0, 64, 64, int(steps), self.args.sampler, self.args.mc,
-                          0, latent={"samples": self.torch.zeros((1,) + self.shape)}, grid=self.args.grid,
+                          self.method_seed, latent={"samples": self.torch.zeros((1,) + self.shape)}, grid=self.args.grid,
                           use_cache=False)
         return out.result[0].double()
 
     def sample(self, model, sigmas, count, seed=None):
-        seed = 1234 + self.args.replicate if seed is None else seed
+        seed = 1234 + self.args.replicate + self.method_seed if seed is None else seed
         return draw_samples(model, sigmas, count, self.shape, self.cond, seed, self.args.sampler, self.args.sample_batch)
 
     def karras(self, model, steps):
@@ -238,7 +240,7 @@ class Study:
         a = self.args
         base = dict(steps=a.lora_steps, batch_size=a.lora_batch, learning_rate=a.lora_lr, rank=a.rank,
                     spread=a.spread, estimator=a.estimator, training_dtype="fp32", lora_dtype="fp32",
-                    gradient_checkpointing=False, seed=a.replicate, solver=a.sampler, teacher_steps=a.teacher_steps,
+                    gradient_checkpointing=False, seed=a.replicate + self.method_seed, solver=a.sampler, teacher_steps=a.teacher_steps,
                     trajectories=a.trajectories)
         base.update(over)
         return self.fin.TrainSettings(**base)
@@ -258,13 +260,15 @@ class Study:
         if a.replicate:  # another draw of everything random (network, data, noise, LoRA); the same mixture
             fam["replicate"] = a.replicate
             seed += 1000 * a.replicate
+        if a.method_seed:  # another draw of the methods' randomness on the same base network
+            fam["method_seed"] = a.method_seed
         model = build_unet(a.width, a.res_blocks, self.device, seed)
         fam["params"] = sum(p.numel() for p in model.model.diffusion_model.parameters())
         ref_sig = self.karras(model, a.ref_steps)
         self.base_model(name, model, spec, seed, fam,
                         lambda step: scores(self.sample(model, ref_sig, a.samples), spec, self.shape))
-        data = self.data_latents(spec, a.train_images, seed + 100)
-        exact = mixture_sample(spec, self.shape, a.samples, torch.Generator().manual_seed(seed + 7))
+        data = self.data_latents(spec, a.train_images, seed + 100 + self.method_seed)
+        exact = mixture_sample(spec, self.shape, a.samples, torch.Generator().manual_seed(seed + 7 + self.method_seed))
         fam["floor"] = scores(exact, spec, self.shape)
         fam["base_ref"] = scores(self.sample(model, ref_sig, a.samples), spec, self.shape)
         self.log(f"{name}: floor {fam['floor']}, base @{a.ref_steps} {fam['base_ref']}")
@@ -307,6 +311,8 @@ class Study:
                     if len(res.rounds) == 1:
                         self.score_round_one(res, key, t1 - clock["t0"], model, sig1, ref_sig, spec, row, x1,
                                              f"{name} N={n} {label}")
+                        fam["rows"][str(n)] = row
+                        self.save()  # a run cut during the alternation keeps round 1
                         clock["scoring"] = time.perf_counter() - t1
                     elif len(res.rounds) == a.rounds:
                         self.score_alternation(res, n, t1 - clock["t0"] - clock["scoring"], ref_sig, spec, row, x1)
@@ -442,7 +448,7 @@ class Study:
         if a.diagnose and res.settings.target == "trajectory":
             row[key + "_diag"] = trajectory_diagnostics(
                 self.pack.__name__, model, res.model, sig1, self.cond, self.shape, a.diagnose, a.teacher_steps,
-                a.sampler, 4321 + a.replicate, lambda x: scores(x, spec, self.shape))
+                a.sampler, 4321 + a.replicate + self.method_seed, lambda x: scores(x, spec, self.shape))
             self.log(f"{tag}: {summary(row[key + '_diag'])}")
 
     def _uniform_train(self, trainer, data, weighting="x0"):
@@ -481,6 +487,8 @@ def main():
                    help="score the model at --ref-steps this many times during pretraining (convergence curve)")
     p.add_argument("--replicate", type=int, default=0,
                    help="another independent draw of network, data, noise and LoRA seeds on the same mixtures")
+    p.add_argument("--method-seed", type=int, default=0,
+                   help="another draw of the methods' seeds (Phase 1, LoRA, teacher, evaluation noises) on the same base")
     p.add_argument("--no-pick", action="store_true",
                    help="every family runs all --sweep candidates and none picks (parallel workers; the merge picks)")
     p.add_argument("--train-images", type=int, default=4096)

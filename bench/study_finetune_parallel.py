@@ -27,9 +27,10 @@ RESULT = "study_finetune_gmm.json"
 ORDER = "families.json"
 
 
-def run(out: Path, families, study_args, timeout_s=None) -> list:
-    """Starts one study process per family (CPU threads shared out between them); returns their exit codes."""
-    threads = max(1, (os.cpu_count() or 1) // len(families))
+def run(out: Path, families, study_args, timeout_s=None, threads=None) -> list:
+    """Starts one study process per family (CPU threads shared out between them unless `threads` says
+    how many each gets: several runs at once); returns their exit codes."""
+    threads = threads or max(1, (os.cpu_count() or 1) // len(families))
     out.mkdir(parents=True, exist_ok=True)
     (out / ORDER).write_text(json.dumps(list(families)))  # the first picks, also for a later --merge
     procs = []
@@ -97,6 +98,7 @@ def table(path: str) -> str:
         steps = f"{fam['pretrain_steps']} steps in " if "pretrain_steps" in fam else ""
         lines.append(f"**{name}** ({role}; UNet {fam.get('params', 0) / 1e6:.2f} M, pretrain {steps}{fam.get('pretrain_s', 0):.0f} s"
                      + (f", replicate {fam['replicate']}" if fam.get("replicate") else "")
+                     + (f", method seed {fam['method_seed']}" if fam.get("method_seed") else "")
                      + f"; FD floor of exact samples {fam['floor']['fd']:.4f}"
                      + (f", extrapolated {fam['floor']['fd_inf']:.4f}" if "fd_inf" in fam["floor"] else "") + ")\n")
         if fam.get("pretrain_curve"):
@@ -162,6 +164,7 @@ def main():
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
                    help="the first is the development family (the candidate is picked there)")
     p.add_argument("--timeout-s", type=float, default=None, help="stop the family processes after this many seconds")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per family process (default: shared out)")
     p.add_argument("--merge", default=None, metavar="DIR", help="only merge the parts already in DIR")
     p.add_argument("study_args", nargs=argparse.REMAINDER, help="-- then options of bench.study_finetune_gmm")
     args = p.parse_args()
@@ -175,7 +178,7 @@ def main():
         for flag in ("--families", "--out", "--sdxl-cost", "--sdxl-only", "--table", "--no-pick"):
             if flag in study_args:
                 p.error(f"study option {flag} is set by this command (one family per process, one results file)")
-        run(out, args.families, study_args, args.timeout_s)
+        run(out, args.families, study_args, args.timeout_s, args.threads)
     merge(out, None if args.merge else args.families)
     print(table(str(out / RESULT)))
 

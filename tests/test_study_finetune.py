@@ -34,20 +34,20 @@ def test_a_saved_base_model_is_loaded_by_the_next_run_and_studied_unchanged(tmp_
     assert "base_loaded" not in third and third["base_saved"].startswith("gmm8-s0.1-w32-r1-s4-p21-")
 
 
-def _fixed_study(tmp_path, out, rounds):
+def _fixed_study(tmp_path, out, rounds, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "bench.study_finetune_gmm", "--tiny", "--no-controls", "--families", "gmm8-s0.1",
            "--fixed", "0:1e-3:0.5:eps:cosine:0:trajectory:model", "--rounds", str(rounds), "--diagnose", "0",
-           "--base-dir", str(tmp_path / "bases"), "--out", str(tmp_path / out)]
+           "--base-dir", str(tmp_path / "bases"), "--out", str(tmp_path / out), *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((tmp_path / out / "study_finetune_gmm.json").read_text())["families"]["gmm8-s0.1"]["rows"]["5"]
+    return json.loads((tmp_path / out / "study_finetune_gmm.json").read_text())["families"]["gmm8-s0.1"]
 
 
 def test_alternation_scores_its_first_round_as_the_one_round_run_does(tmp_path):
     """With --fixed and --rounds 2 the study trains once: round 1 is scored as P1+2 on the way, the
     same numbers as a run of one round, and the alternation goes on from it."""
-    one, alt = _fixed_study(tmp_path, "one", 1), _fixed_study(tmp_path, "alt", 2)
+    one, alt = _fixed_study(tmp_path, "one", 1)["rows"]["5"], _fixed_study(tmp_path, "alt", 2)["rows"]["5"]
     assert "alt2" not in one and "alt2" in alt and "alt2_folds" in alt
     for key in ("P1", "P1+2", "P1+2_ref", "P1+2_folds", "P1+2_loss"):
         assert alt[key] == one[key], key
@@ -215,3 +215,16 @@ def test_state_check_scores_each_model_alike_on_every_sampling(comfy, tmp_path):
     assert owners == {"base": [], "uniform": ["uniform"], "phase2": ["phase2"]}
     fds = {e["model"]: e["fd"] for e in res["log"] if e["steps"] == 32}
     assert len(set(fds.values())) == 3  # the three models differ: the LoRAs were trained and are applied
+
+
+def test_a_method_seed_redraws_the_methods_on_the_same_base(tmp_path):
+    """--method-seed is a replicate of Phase 1, the LoRA, its teacher and the scoring noises on the base
+    network already trained (--replicate would pretrain another)."""
+    first, again = _fixed_study(tmp_path, "a", 1), _fixed_study(tmp_path, "b", 1, "--method-seed", "1")
+    assert again["base_loaded"] == first["base_saved"] and again["pretrain_s"] == 0.0
+    assert again["method_seed"] == 1 and "method_seed" not in first
+    a, b = first["rows"]["5"], again["rows"]["5"]
+    assert a["P1_sigmas"][0] == b["P1_sigmas"][0] and a["P1_sigmas"][-1] == b["P1_sigmas"][-1] == 0.0
+    for key in ("P1", "P1+2", "P1+2_loss"):  # other draws, other numbers
+        assert a[key] != b[key], key
+    assert first["base_ref"] != again["base_ref"]  # the scoring noises moved too
