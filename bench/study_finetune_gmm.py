@@ -240,8 +240,8 @@ class Study:
         a = self.args
         base = dict(steps=a.lora_steps, batch_size=a.lora_batch, learning_rate=a.lora_lr, rank=a.rank,
                     spread=a.spread, estimator=a.estimator, training_dtype="fp32", lora_dtype="fp32",
-                    gradient_checkpointing=False, seed=a.replicate + self.method_seed, solver=a.sampler, teacher_steps=a.teacher_steps,
-                    trajectories=a.trajectories)
+                    gradient_checkpointing=False, seed=a.replicate + self.method_seed, solver=a.sampler,
+                    teacher_steps=a.teacher_steps, trajectories=a.trajectories)
         base.update(over)
         return self.fin.TrainSettings(**base)
 
@@ -530,6 +530,9 @@ def main():
     p.add_argument("--sdxl-configs", nargs="+", default=None, help="only these SDXL cost rows (default: all)")
     p.add_argument("--table", default=None, help="print markdown tables from a results JSON and exit")
     args = p.parse_args()
+    for name in ("replicate", "method_seed"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')}: must be >= 0 (it offsets the seeds), got {getattr(args, name)}")
     if args.table:
         from bench.study_finetune_parallel import table
         print(table(args.table))

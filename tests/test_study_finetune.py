@@ -228,3 +228,10 @@ def test_a_method_seed_redraws_the_methods_on_the_same_base(tmp_path):
     for key in ("P1", "P1+2", "P1+2_loss"):  # other draws, other numbers
         assert a[key] != b[key], key
     assert first["base_ref"] != again["base_ref"]  # the scoring noises moved too
+
+
+def test_a_negative_seed_offset_is_named_before_anything_runs():
+    for flag in ("--method-seed", "--replicate"):
+        proc = subprocess.run([sys.executable, "-m", "bench.study_finetune_gmm", "--tiny", flag, "-1"], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and f"{flag}: must be >= 0" in proc.stderr, proc.stderr[-2000:]
