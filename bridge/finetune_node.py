@@ -7,11 +7,71 @@ import dataclasses
 
 import comfy.utils
 import folder_paths
+import torch
 
 from . import schedule_cache
-from .finetune import FinetuneError, finetune
+from .finetune import FinetuneError, check_latents, finetune
 from .finetune_gate import gate_to_schedule
 from .finetune_report import report
+
+
+def one_value_each(inputs: dict) -> dict:
+    """The node takes its inputs as lists (as ComfyUI's Train LoRA does), so that a list of training
+    images (ComfyUI's dataset nodes output lists; VAE Encode then runs once per image) reaches it as
+    one training set: `latents` become one LATENT batch, `positive` one conditioning, every other input
+    its one value. An input not given (an optional one left out of an API prompt) keeps its default."""
+    out = {}
+    for name, value in inputs.items():
+        if name == "latents":
+            out[name] = merge_latents(value)
+        elif name == "positive":
+            out[name] = one_conditioning(value)
+        elif isinstance(value, list):
+            if len(value) != 1:
+                raise FinetuneError(f"{name}: expected one value, got a list of {len(value)} (only 'latents' takes a "
+                                    f"list: one training set)")
+            out[name] = value[0]
+        else:
+            out[name] = value
+    return out
+
+
+def merge_latents(latents) -> dict:
+    """One LATENT batch from a LATENT or a list of them (each a batch of one or more images)."""
+    items = latents if isinstance(latents, list) else [latents]
+    if not items:
+        raise FinetuneError("latents: nothing reached the input (an empty list of training images)")
+    if len(items) == 1:
+        return items[0]
+    samples = [check_latents(item) for item in items]
+    sizes = sorted({tuple(x.shape[1:]) for x in samples})
+    if len(sizes) > 1:
+        raise FinetuneError(f"latents: the training latents differ in size ({', '.join('x'.join(map(str, z)) for z in sizes)}); "
+                            f"bring the images to one size before VAE Encode")
+    return {"samples": torch.cat([x.to(samples[0]) for x in samples])}
+
+
+def one_conditioning(positive):
+    """One CONDITIONING from the list input: a list of one, or of the same conditioning repeated."""
+    if not isinstance(positive, list) or not positive:
+        return positive  # checked with the other inputs downstream
+    if isinstance(positive[0], (list, tuple)) and len(positive[0]) == 2 and torch.is_tensor(positive[0][0]):
+        return positive  # a CONDITIONING itself (a direct call), not a list of them
+    first = positive[0]
+    for other in positive[1:]:
+        if not _same_conditioning(first, other):
+            raise FinetuneError(f"positive: one conditioning for every training latent is supported, got {len(positive)} "
+                                f"different ones (per-image captions are not); encode one caption for the set")
+    return first
+
+
+def _same_conditioning(a, b) -> bool:
+    if a is b:
+        return True
+    try:
+        return len(a) == len(b) and all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    except (TypeError, IndexError, RuntimeError):
+        return False
 
 
 def schedule_for(model, sigmas, steps):

@@ -7,7 +7,7 @@ from comfy.weight_adapter import adapter_maps
 from comfy_api.latest import io
 
 from ..bridge import finetune as ft
-from ..bridge.finetune_node import run_node
+from ..bridge.finetune_node import one_value_each, run_node
 from ..bridge.finetune_report import loss_curve_image
 from ..bridge.schedule_opt import ode_samplers
 from ..samplers.finetune_loss import ESTIMATORS, LR_SCHEDULES
@@ -22,6 +22,7 @@ class FewStepFinetune(io.ComfyNode):
             node_id="FewStepFinetune",
             display_name="Few-Step Fine-tune (FewStep)",
             category=CATEGORY,
+            is_input_list=True,  # a list of training latents (a folder of images through VAE Encode) is one set
             description=(
                 "Phase 2 of the few-step optimiser (Huang 2024), experimental: trains a LoRA with ComfyUI's own "
                 "training machinery, aimed at sampling on YOUR optimised schedule. On the pack's ground truth the "
@@ -37,7 +38,8 @@ class FewStepFinetune(io.ComfyNode):
                 "with the LoRA, the LoRA for 'Save LoRA Weights' / 'Load LoRA Model', a loss curve and a report."),
             inputs=[
                 io.Model.Input("model", tooltip="The UNet model (SD1.x / SDXL) to fine-tune."),
-                io.Latent.Input("latents", tooltip="Training images encoded with the model's VAE (a batch)."),
+                io.Latent.Input("latents", tooltip="Training images encoded with the model's VAE: a batch, or a list "
+                                "(e.g. 'Load Image Dataset from Folder' into VAE Encode), all of one size."),
                 io.Conditioning.Input("positive", tooltip="Conditioning the training images are denoised with (e.g. their caption)."),
                 io.Int.Input("steps", default=8, min=1, max=200,
                              tooltip="Sampling steps N of the schedule (used to pick it from the optimiser's record when SIGMAS is not connected)."),
@@ -99,17 +101,20 @@ class FewStepFinetune(io.ComfyNode):
                 anchor, rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
                 phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120, lr_schedule="constant",
                 holdout=0.0, target="data", teacher_steps=8, trajectories=64, anchor_target="data", only_on_schedule=False) -> io.NodeOutput:
-        ft.check_unet(model)
-        ft.check_latents(latents)
-        settings = ft.TrainSettings(steps=int(train_steps), batch_size=int(batch_size), learning_rate=float(learning_rate),
-                                    rank=int(rank), algorithm=algorithm, optimizer=optimizer, spread=float(spread),
-                                    estimator=weighting, anchor=float(anchor), training_dtype=training_dtype,
-                                    lora_dtype=lora_dtype, gradient_checkpointing=bool(gradient_checkpointing),
-                                    seed=int(seed), lr_schedule=lr_schedule, holdout=float(holdout),
-                                    target=target, teacher_steps=int(teacher_steps), trajectories=int(trajectories),
-                                    anchor_target=anchor_target)
-        result, text = run_node(model, latents, positive, steps, settings, int(rounds), sigmas, phase1_sampler,
-                                   int(phase1_mc_samples), int(phase1_grid), bool(only_on_schedule))
+        a = one_value_each({k: v for k, v in locals().items() if k != "cls"})  # lists in (is_input_list)
+        ft.check_unet(a["model"])
+        ft.check_latents(a["latents"])
+        settings = ft.TrainSettings(steps=int(a["train_steps"]), batch_size=int(a["batch_size"]),
+                                    learning_rate=float(a["learning_rate"]), rank=int(a["rank"]), algorithm=a["algorithm"],
+                                    optimizer=a["optimizer"], spread=float(a["spread"]), estimator=a["weighting"],
+                                    anchor=float(a["anchor"]), training_dtype=a["training_dtype"], lora_dtype=a["lora_dtype"],
+                                    gradient_checkpointing=bool(a["gradient_checkpointing"]), seed=int(a["seed"]),
+                                    lr_schedule=a["lr_schedule"], holdout=float(a["holdout"]), target=a["target"],
+                                    teacher_steps=int(a["teacher_steps"]), trajectories=int(a["trajectories"]),
+                                    anchor_target=a["anchor_target"])
+        result, text = run_node(a["model"], a["latents"], a["positive"], a["steps"], settings, int(a["rounds"]), a["sigmas"],
+                                a["phase1_sampler"], int(a["phase1_mc_samples"]), int(a["phase1_grid"]),
+                                bool(a["only_on_schedule"]))
         return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text)
 
 

@@ -7,6 +7,7 @@ import inspect
 import glob
 import importlib
 import os
+import re
 
 import pytest
 import torch
@@ -265,15 +266,17 @@ def test_lora_round_trips_through_core_save_and_load_nodes(env, one_thread):
     assert torch.allclose(again, tuned, atol=1e-5, rtol=1e-4)  # ... and loads back as the same model
 
 
-def _run_node(env, **inputs):
-    """The node through ComfyUI's own per-node execution function, under inference mode."""
+def _run_node(env, lists=(), **inputs):
+    """The node through ComfyUI's own per-node execution function, under inference mode. Each input
+    arrives as a list of one, as from a plain link; the names in `lists` are given as lists already
+    (what a node with list outputs upstream sends)."""
     import execution
     cls = env.nodes.NODE_CLASS_MAPPINGS["FewStepFinetune"]
     # 0.3.75 takes hidden_inputs, 0.33 v3_data: pass what this host's signature has
     extra = {"hidden_inputs": {}} if "hidden_inputs" in inspect.signature(execution.get_output_data).parameters else {}
+    given = {k: (v if k in lists else [v]) for k, v in inputs.items()}
     with torch.inference_mode():
-        out, ui, _, _ = asyncio.run(execution.get_output_data("test", "1", cls, {k: [v] for k, v in inputs.items()},
-                                                              **extra))
+        out, ui, _, _ = asyncio.run(execution.get_output_data("test", "1", cls, given, **extra))
     return [o[0] for o in out]
 
 
@@ -315,6 +318,28 @@ def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):
     orange = (curve[0] - torch.tensor([235, 140, 20]) / 255).abs().max(-1).values < 0.02
     assert int(orange.sum()) > 20  # the held-out checks are drawn
     assert model.model_options[env.fin.LORA_DIGEST_KEY] == env.fin.lora_digest(lora)
+
+
+def test_a_list_of_training_latents_is_one_training_set(env, one_thread):
+    """A folder of images through VAE Encode reaches the node as a list of LATENTs (one per image):
+    the node trains on them as one batch, the same LoRA as the batch itself gives."""
+    x = env.latents["samples"]
+    one_per_image = [{"samples": x[i:i + 1]} for i in range(x.shape[0])]
+    _, batch_lora, _, batch_report = _run_node(env, **_node_inputs(env))
+    _, list_lora, _, list_report = _run_node(env, lists=("latents", "positive"),
+                                             **_node_inputs(env, latents=one_per_image, positive=[env.cond] * 6))
+    assert set(list_lora) == set(batch_lora) and all(torch.equal(list_lora[k], batch_lora[k]) for k in batch_lora)
+    untimed = lambda text: re.sub(r"[0-9.]+ s\b", "", text)
+    assert untimed(list_report) == untimed(batch_report)
+    cases = [  # (lists, inputs, what the error names)
+        (("latents",), dict(latents=[{"samples": x[:3]}, {"samples": torch.zeros(3, 4, 8, 6)}]), "latents: the training latents differ"),
+        (("latents",), dict(latents=[]), "latents: nothing"),
+        (("positive",), dict(positive=[env.cond, [[torch.ones(1, 1, 768), {}]]]), "positive: one conditioning"),
+        (("rank",), dict(rank=[4, 8]), "rank: expected one value"),
+    ]
+    for lists, over, match in cases:
+        with pytest.raises(Exception, match=match):
+            _run_node(env, lists=lists, **_node_inputs(env, **over))
 
 
 def test_node_refuses_bad_input_before_any_model_call(env):
