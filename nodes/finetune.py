@@ -3,6 +3,7 @@ an optimised schedule, optionally alternated with Phase 1 (training machinery: b
 weighting: samplers/finetune_loss.py; docs/finetune.md)."""
 from __future__ import annotations
 
+import torch
 from comfy.weight_adapter import adapter_maps
 from comfy_api.latest import io
 
@@ -93,6 +94,9 @@ class FewStepFinetune(io.ComfyNode):
                 io.Custom("LORA_MODEL").Output(display_name="lora", tooltip="The LoRA (for Save LoRA Weights / Load LoRA Model)."),
                 io.Image.Output(display_name="loss_curve", tooltip="Training loss per step, rounds marked."),
                 io.String.Output(display_name="report", tooltip="Settings, each round's schedule and loss."),
+                io.Sigmas.Output(display_name="sigmas", tooltip="The schedule the last round trained on (with rounds > 1 "
+                                 "Phase 1 may have moved it; with only_on_schedule the MODEL applies the LoRA on it "
+                                 "alone): sample on this."),
             ],
         )
 
@@ -115,7 +119,8 @@ class FewStepFinetune(io.ComfyNode):
         result, text = run_node(a["model"], a["latents"], a["positive"], a["steps"], settings, int(a["rounds"]), a["sigmas"],
                                 a["phase1_sampler"], int(a["phase1_mc_samples"]), int(a["phase1_grid"]),
                                 bool(a["only_on_schedule"]))
-        return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text)
+        return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text,
+                             torch.tensor(result.rounds[-1].sigmas, dtype=torch.float32))
 
 
 NODE_CLASS_MAPPINGS = {"FewStepFinetune": FewStepFinetune}

@@ -294,7 +294,7 @@ def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):
     old = folder_paths.get_user_directory()
     folder_paths.set_user_directory(str(tmp_path))
     try:
-        model, lora, curve, report = _run_node(env, **_node_inputs(env, rounds=2, phase1_grid=8, phase1_mc_samples=2,
+        model, lora, curve, report, last = _run_node(env, **_node_inputs(env, rounds=2, phase1_grid=8, phase1_mc_samples=2,
                                                                    lr_schedule="cosine", holdout=0.34))
     finally:
         folder_paths.set_user_directory(old)
@@ -304,17 +304,26 @@ def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):
     assert "Phase 1" in report
     assert "(cosine)" in report and "0.34 of the latents held out" in report
     assert report.count("held-out loss") == 2  # one line per round
+    assert f"round 2: sigmas [{', '.join(f'{v:.4g}' for v in last.tolist())}]" in report  # the output is round 2's
     folder_paths.set_user_directory(str(tmp_path))
     try:
-        *_, report = _run_node(env, **_node_inputs(env, target="trajectory", trajectories=4, teacher_steps=2,
+        *_, report, _ = _run_node(env, **_node_inputs(env, target="trajectory", trajectories=4, teacher_steps=2,
                                                    phase1_sampler="euler", rounds=2, phase1_grid=8, phase1_mc_samples=2))
     finally:
         folder_paths.set_user_directory(old)
     assert "target: trajectory for euler (4 solves of the untuned model, 2 teacher steps per step" in report
     assert report.count("of which teacher") == 2  # each round solves its own schedule
-    gated, *_, report = _run_node(env, **_node_inputs(env, only_on_schedule=True))
+    gated, *_, report, gate_sigmas = _run_node(env, **_node_inputs(env, only_on_schedule=True))
+    assert gate_sigmas.dtype == torch.float32 and torch.allclose(gate_sigmas.double(), SCHED.double())
     assert "applies the LoRA only when sampled on [14.61, 3, 0.7, 0]" in report
     assert torch.equal(_sample(gated, SCHED[1:], env.cond), _sample(env.model, SCHED[1:], env.cond))
+    folder_paths.set_user_directory(str(tmp_path))
+    try:  # alternated: the MODEL is gated to the last round's schedule, which the sigmas output gives
+        gated, *_, last = _run_node(env, **_node_inputs(env, only_on_schedule=True, rounds=2, phase1_grid=8,
+                                                         phase1_mc_samples=2))
+    finally:
+        folder_paths.set_user_directory(old)
+    assert not torch.equal(_sample(gated, last, env.cond), _sample(env.model, last, env.cond))
     orange = (curve[0] - torch.tensor([235, 140, 20]) / 255).abs().max(-1).values < 0.02
     assert int(orange.sum()) > 20  # the held-out checks are drawn
     assert model.model_options[env.fin.LORA_DIGEST_KEY] == env.fin.lora_digest(lora)
@@ -325,8 +334,8 @@ def test_a_list_of_training_latents_is_one_training_set(env, one_thread):
     the node trains on them as one batch, the same LoRA as the batch itself gives."""
     x = env.latents["samples"]
     one_per_image = [{"samples": x[i:i + 1]} for i in range(x.shape[0])]
-    _, batch_lora, _, batch_report = _run_node(env, **_node_inputs(env))
-    _, list_lora, _, list_report = _run_node(env, lists=("latents", "positive"),
+    _, batch_lora, _, batch_report, _ = _run_node(env, **_node_inputs(env))
+    _, list_lora, _, list_report, _ = _run_node(env, lists=("latents", "positive"),
                                              **_node_inputs(env, latents=one_per_image, positive=[env.cond] * 6))
     assert set(list_lora) == set(batch_lora) and all(torch.equal(list_lora[k], batch_lora[k]) for k in batch_lora)
     untimed = lambda text: re.sub(r"[0-9.]+ s\b", "", text)
@@ -381,7 +390,7 @@ def test_schedule_from_the_optimiser_output_and_not_from_another_model(env, one_
         opt = env.nodes.NODE_CLASS_MAPPINGS["FewStepOptimizeSchedule"]
         sig, optimised, _ = opt.execute(model, env.cond, env.cond, 1.0, 64, 64, 3, "euler", 2, 0,
                                          latent=env.latents, grid=8).result
-        _, _, _, report = _run_node(env, **_node_inputs(env, model=optimised, sigmas=None))
+        *_, report, _ = _run_node(env, **_node_inputs(env, model=optimised, sigmas=None))
         assert "schedule: optimiser record" in report
         assert f"round 1: sigmas [{', '.join(f'{v:.4g}' for v in sig.tolist())}]" in report
         # a LoRA'd clone shares model_sampling with the optimised model: its schedule is refused
