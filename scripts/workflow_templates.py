@@ -1,6 +1,6 @@
-"""The F-scheduler recipe templates in example_workflows/: one graph description per template, turned
-into the UI format (what ComfyUI's template browser loads) and its API-format twin (for /prompt),
-plus the checks the tests run against a server's /object_info.
+"""The F-scheduler recipe templates and the fine-tune example in example_workflows/: one graph
+description per template, turned into the UI format (what ComfyUI's template browser loads) and its
+API-format twin (for /prompt), plus the checks the tests run against a server's /object_info.
 
 Regenerate after changing a node's inputs (starts a headless ComfyUI to read /object_info):
     python -m scripts.workflow_templates            # writes example_workflows/fewstep_*.json and api/ twins
@@ -76,9 +76,81 @@ SIZES = {"1": (320, 100), "2": (380, 200), "3": (380, 120), "4": (360, 420), "5"
          "7": (270, 110), "8": (270, 130), "9": (210, 50), "10": (420, 460)}
 
 
+# ---- the fine-tune example (issue 21): Phase 1, then Phase 2 on a folder of images, tuned vs untuned ----
+
+FINETUNE = "fewstep_finetune_sd15_512"
+FINETUNE_FOLDER = "fewstep_training"  # a sub-folder of ComfyUI's input/ with the training images
+FINETUNE_STEPS = 6
+
+
+def finetune_graph() -> dict:
+    """The docs' 'what to use today' setting: trajectory target, anchor 0.5 to the model, 2 rounds,
+    only_on_schedule; both samplings at CFG 1, the solve the LoRA is trained for."""
+    ckpt = TEMPLATES["fewstep_sd15_512_6steps"]["ckpt"]
+    sampled = lambda guider: {
+        "noise": ["9", 0], "guider": [guider, 0], "sampler": ["10", 0], "sigmas": ["6", 4], "latent_image": ["13", 0]}
+    return {
+        "1": dict(class_type="CheckpointLoaderSimple", title="Load Checkpoint", inputs={"ckpt_name": ckpt}),
+        "2": dict(class_type="CLIPTextEncode", title="Caption of the training images",
+                  inputs={"text": PROMPT, "clip": ["1", 1]}),
+        "3": dict(class_type="LoadImageDataSetFromFolder", title="Training images (input/" + FINETUNE_FOLDER + ", one size)",
+                  inputs={"folder": FINETUNE_FOLDER}),
+        "4": dict(class_type="VAEEncode", title="VAE Encode (once per image)", inputs={"pixels": ["3", 0], "vae": ["1", 2]}),
+        "5": dict(class_type="FewStepOptimizeSchedule", title="Phase 1: Optimise Schedule",
+                  inputs={"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "cfg": 1.0, "width": 512,
+                          "height": 512, "steps": FINETUNE_STEPS, "sampler": "dpmpp_2m", "mc_samples": 16, "seed": 0}),
+        "6": dict(class_type="FewStepFinetune", title="Phase 2: Few-Step Fine-tune",
+                  inputs={"model": ["1", 0], "latents": ["4", 0], "positive": ["2", 0], "steps": FINETUNE_STEPS,
+                          "train_steps": 200, "batch_size": 4, "learning_rate": 1e-4, "rank": 8, "spread": 0.5,
+                          "weighting": "importance", "anchor": 0.5, "rounds": 2, "seed": 0, "algorithm": "LoRA",
+                          "optimizer": "AdamW", "training_dtype": "bf16", "lora_dtype": "bf16",
+                          "gradient_checkpointing": True, "sigmas": ["5", 0], "phase1_sampler": "dpmpp_2m",
+                          "target": "trajectory", "teacher_steps": 8, "trajectories": 64, "anchor_target": "model",
+                          "only_on_schedule": True}),
+        "7": dict(class_type="SaveLoRA", title="Save LoRA Weights",
+                  inputs={"lora": ["6", 1], "prefix": "loras/fewstep_finetune", "steps": 400}),  # 2 rounds x 200
+        "8": dict(class_type="PreviewImage", title="Loss curve", inputs={"images": ["6", 2]}),
+        "9": dict(class_type="RandomNoise", title="Noise", inputs={"noise_seed": 42}),
+        "10": dict(class_type="KSamplerSelect", title="Sampler (the one trained for)", inputs={"sampler_name": "dpmpp_2m"}),
+        "11": dict(class_type="BasicGuider", title="Tuned model, CFG 1", inputs={"model": ["6", 0], "conditioning": ["2", 0]}),
+        "12": dict(class_type="SamplerCustomAdvanced", title="Sample: tuned", inputs=sampled("11")),
+        "13": dict(class_type="EmptyLatentImage", title="Empty Latent", inputs={"width": 512, "height": 512, "batch_size": 1}),
+        "14": dict(class_type="VAEDecode", title="VAE Decode", inputs={"samples": ["12", 0], "vae": ["1", 2]}),
+        "15": dict(class_type="SaveImage", title="Tuned", inputs={"images": ["14", 0], "filename_prefix": FINETUNE + "_tuned"}),
+        "16": dict(class_type="BasicGuider", title="Untuned model, CFG 1", inputs={"model": ["1", 0], "conditioning": ["2", 0]}),
+        "17": dict(class_type="SamplerCustomAdvanced", title="Sample: untuned", inputs=sampled("16")),
+        "18": dict(class_type="VAEDecode", title="VAE Decode", inputs={"samples": ["17", 0], "vae": ["1", 2]}),
+        "19": dict(class_type="SaveImage", title="Untuned (compare before keeping the LoRA)",
+                   inputs={"images": ["18", 0], "filename_prefix": FINETUNE + "_untuned"}),
+    }
+
+
+FINETUNE_LAYOUT = {"1": (0, 0), "2": (380, -220), "3": (0, 520), "4": (380, 560), "5": (380, 0), "6": (800, 0),
+                   "7": (1240, -260), "8": (1240, -120), "9": (1240, 220), "10": (1240, 340), "11": (1240, 460),
+                   "12": (1560, 220), "13": (1240, 580), "14": (1880, 220), "15": (2140, 0), "16": (1240, 720),
+                   "17": (1560, 620), "18": (1880, 620), "19": (2140, 520)}
+FINETUNE_SIZES = {"1": (320, 100), "2": (380, 200), "3": (320, 60), "4": (210, 50), "5": (360, 300), "6": (380, 760),
+                  "7": (320, 80), "8": (320, 240), "9": (270, 82), "10": (270, 60), "11": (270, 50), "12": (270, 130),
+                  "13": (270, 110), "14": (210, 50), "15": (420, 460), "16": (270, 50), "17": (270, 130),
+                  "18": (210, 50), "19": (420, 460)}
+FINETUNE_NOTE = (
+    "Few-Step Fine-tune (Phase 2 of the few-step optimiser), experimental: a LoRA trained so that "
+    f"dpmpp_2m's {FINETUNE_STEPS} steps on the optimised schedule land where the model's own many-step solve lands "
+    "(target 'trajectory', anchored to the untuned model, 2 rounds of Phase 1 + 2, LoRA applied only on the "
+    "trained schedule). Put same-size training images in ComfyUI/input/" + FINETUNE_FOLDER + " and a caption in "
+    "the text box. The LoRA is trained for the conditional solve (CFG 1), so both samples use CFG 1; the "
+    "'sigmas' output is the schedule the last round trained on. Compare the two images before keeping the LoRA. "
+    "Each round costs 64 teacher solves of 48 model calls plus 200 training steps: minutes on a datacentre GPU. "
+    "Settings, measurements and limits: docs/finetune.md in the FewStep pack.")
+
+
+def graph_of(name: str) -> dict:
+    return finetune_graph() if name == FINETUNE else graph(name)
+
+
 def api_prompt(name: str) -> dict:
     return {nid: {"class_type": n["class_type"], "_meta": {"title": n["title"]}, "inputs": dict(n["inputs"])}
-            for nid, n in graph(name).items()}
+            for nid, n in graph_of(name).items()}
 
 
 # ---- reading /object_info ----------------------------------------------------------------------
@@ -117,7 +189,12 @@ def socket_type(spec) -> str:
 # ---- UI format ---------------------------------------------------------------------------------
 
 def ui_workflow(name: str, object_info: dict) -> dict:
-    g = graph(name)
+    if name == FINETUNE:
+        return ui_graph(finetune_graph(), FINETUNE_LAYOUT, FINETUNE_SIZES, FINETUNE_NOTE, object_info)
+    return ui_graph(graph(name), LAYOUT, SIZES, note_text(name, TEMPLATES[name]), object_info)
+
+
+def ui_graph(g: dict, layout: dict, sizes: dict, note: str, object_info: dict) -> dict:
     ids = {nid: int(nid) for nid in g}
     order = _topological(g)
     links, outputs_links = [], {}
@@ -139,7 +216,7 @@ def ui_workflow(name: str, object_info: dict) -> dict:
                 opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
                 if opts.get("control_after_generate"):
                     widgets.append("fixed")
-        nodes.append({"id": ids[nid], "type": n["class_type"], "pos": list(LAYOUT[nid]), "size": list(SIZES[nid]),
+        nodes.append({"id": ids[nid], "type": n["class_type"], "pos": list(layout[nid]), "size": list(sizes[nid]),
                       "flags": {}, "order": order.index(nid), "mode": 0, "inputs": inputs, "outputs": [],
                       "title": n["title"], "properties": {"Node name for S&R": n["class_type"]},
                       "widgets_values": widgets})
@@ -151,7 +228,7 @@ def ui_workflow(name: str, object_info: dict) -> dict:
     note_id = max(ids.values()) + 1
     nodes.append({"id": note_id, "type": "Note", "pos": [0, 160], "size": [340, 320], "flags": {},
                   "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "title": "About this template",
-                  "properties": {}, "widgets_values": [note_text(name, TEMPLATES[name])],
+                  "properties": {}, "widgets_values": [note],
                   "color": "#432", "bgcolor": "#653"})
     return {"last_node_id": note_id, "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
             "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 260]}}, "version": 0.4}
@@ -301,7 +378,7 @@ def validate_ui(workflow: dict, object_info: dict) -> list:
 
 def write_all(object_info: dict, out_dir: Path = OUT_DIR) -> list:
     written = []
-    for name in TEMPLATES:
+    for name in [*TEMPLATES, FINETUNE]:
         for suffix, data in (("", ui_workflow(name, object_info)), ("_api", api_prompt(name))):
             # API twins go to api/: the template browser lists example_workflows/*.json as UI graphs
             path = (out_dir / "api" if suffix else out_dir) / f"{name}{suffix}.json"

@@ -492,6 +492,23 @@ def test_templates_load_graph_their_recipe_and_queue_as_their_api_twin(page):
     assert not page.new_problems(), page.new_problems()
 
 
+def test_finetune_example_loads_and_queues_as_its_api_twin(page):
+    """The fine-tune example (scripts/workflow_templates.py) from the template route: every node type
+    known to the editor, and the graph queues as its API twin (list input and sigmas output wired)."""
+    name = "fewstep_finetune_sd15_512"
+    workflow = page.js(f"{API}.fetchApi('/workflow_templates/ComfyUI-FewStep/{name}.json').then(r => r.json())")
+    page.load(workflow)
+    unknown = page.js(f"{APP}.graph.nodes.filter(n => !window.LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+    assert not unknown, unknown
+    twin = json.loads((REPO / "example_workflows" / "api" / f"{name}_api.json").read_text())
+    prompt = page.js(f"{APP}.graphToPrompt().then(p => p.output)")
+    assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in twin.items()}
+    for key, node in twin.items():
+        # the editor also sends the optional widgets the twin leaves at their defaults
+        assert {k: prompt[key]["inputs"].get(k) for k in node["inputs"]} == node["inputs"], (key, prompt[key])
+    assert not page.new_problems(), page.new_problems()
+
+
 def test_distilled_timesteps_graph_marks_trained_sigmas_and_far_steps(page):
     """After a run the Distilled Timesteps node (id 9 of the guidance template) draws the preset's
     trained σ as faint lines with a legend, and rings the steps far from them. SDXL-Lightning at 8

@@ -24,6 +24,7 @@ def object_info(server):
     ckpts.mkdir(parents=True, exist_ok=True)
     for s in wt.TEMPLATES.values():
         (ckpts / s["ckpt"]).touch()
+    (server.base / "input" / wt.FINETUNE_FOLDER).mkdir(parents=True, exist_ok=True)  # the example's image folder
     return server.get("/object_info")
 
 
@@ -95,7 +96,7 @@ def host_added_outputs(committed: dict, generated: dict) -> dict:
 
 
 def test_templates_match_their_generator(object_info):
-    for name in NAMES:
+    for name in [*NAMES, wt.FINETUNE]:
         committed, generated = load(name), json.loads(json.dumps(wt.ui_workflow(name, object_info)))
         assert committed == host_added_outputs(committed, generated), name
         assert load(f"{name}_api") == wt.api_prompt(name), name
@@ -124,3 +125,20 @@ def test_recipe_part_runs_end_to_end(server, name):
     assert arr.shape == (64, 64, 3) and arr.astype(float).std() > 10
     # the untouched recipe part: same node, same inputs as the template
     assert prompt["4"]["inputs"]["steps"] == wt.TEMPLATES[name]["steps"]
+
+
+def test_finetune_example_is_valid_and_wired_as_the_docs_advise(server, object_info):
+    """The fine-tune example: listed by the template browser, valid for /object_info in both formats,
+    the setting docs/finetune.md advises, and both samplings on the schedule the fine-tune outputs."""
+    assert wt.FINETUNE in server.get("/workflow_templates")["ComfyUI-FewStep"]
+    ui, api = load(wt.FINETUNE), load(f"{wt.FINETUNE}_api")
+    assert wt.validate_ui(ui, object_info) == [] and wt.validate_api(api, object_info) == []
+    tune = api["6"]["inputs"]
+    assert api["6"]["class_type"] == "FewStepFinetune" and tune["latents"] == ["4", 0] and tune["sigmas"] == ["5", 0]
+    assert (tune["target"], tune["anchor"], tune["anchor_target"], tune["rounds"], tune["only_on_schedule"]) == \
+        ("trajectory", 0.5, "model", 2, True)
+    samplers = [n for n in api.values() if n["class_type"] == "SamplerCustomAdvanced"]
+    assert len(samplers) == 2 and all(n["inputs"]["sigmas"] == ["6", 4] for n in samplers)
+    assert object_info["FewStepFinetune"]["output"][4] == "SIGMAS"
+    guided = {api[n["inputs"]["guider"][0]]["inputs"]["model"][0] for n in samplers}
+    assert guided == {"6", "1"}  # tuned and untuned, side by side
