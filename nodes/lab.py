@@ -20,7 +20,8 @@ class FewStepLabModel(io.ComfyNode):
                 io.Combo.Input("dataset", options=list(DATASETS), default="shapes", tooltip="shapes: images of discs and boxes on gradients; gmm: random latent-space means."),
                 io.Int.Input("components", default=16, min=1, max=4096, tooltip="Number of mixture components (data points)."),
                 io.Float.Input("spread", default=0.05, min=0.001, max=10.0, step=0.001, tooltip="Standard deviation of each component."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed of the data set (not of the sampling noise)."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate="fixed",
+                             tooltip="Seed of the data set (not of the sampling noise)."),
                 io.Combo.Input("schedule", options=list(SCHEDULES), default="sd_discrete", tooltip="sd_discrete: SD1.5/SDXL eps model, sigma 0.0292-14.61; edm: continuous EDM, sigma 0.002-80."),
             ],
             outputs=[io.Model.Output()])

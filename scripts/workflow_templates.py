@@ -182,6 +182,18 @@ def is_widget(spec) -> bool:
     return combo_options(spec) is not None or kind in ("INT", "FLOAT", "STRING", "BOOLEAN")
 
 
+CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
+
+
+def has_control(key: str, spec) -> bool:
+    """Whether the editor gives this widget a control_after_generate widget of its own (one more
+    value in widgets_values): when the input asks for it, and for any INT named seed or noise_seed."""
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return spec[0] == "INT" and key in ("seed", "noise_seed")
+
+
 def socket_type(spec) -> str:
     return "COMBO" if combo_options(spec) is not None else spec[0]
 
@@ -213,8 +225,7 @@ def ui_graph(g: dict, layout: dict, sizes: dict, note: str, object_info: dict) -
                 inputs.append({"name": key, "type": socket_type(spec), "link": link_id})
             elif is_widget(spec):
                 widgets.append(_default(spec) if value is None else value)
-                opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-                if opts.get("control_after_generate"):
+                if has_control(key, spec):
                     widgets.append("fixed")
         nodes.append({"id": ids[nid], "type": n["class_type"], "pos": list(layout[nid]), "size": list(sizes[nid]),
                       "flags": {}, "order": order.index(nid), "mode": 0, "inputs": inputs, "outputs": [],
@@ -346,10 +357,11 @@ def validate_ui(workflow: dict, object_info: dict) -> list:
                 problems.append(f"node {n['id']} {n['type']}: no widget value for {key}")
                 continue
             problems += [f"node {n['id']}: {p}" for p in check_value(n["type"], key, spec, values.pop(0))]
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            if opts.get("control_after_generate") and values and values[0] in ("fixed", "increment", "decrement",
-                                                                                "randomize"):
-                values.pop(0)
+            if has_control(key, spec):  # the editor reads the next value as the control widget's
+                control = values.pop(0) if values else None
+                if control not in CONTROL_MODES:
+                    problems.append(f"node {n['id']} {n['type']}: {key} needs its control_after_generate value "
+                                    f"(one of {', '.join(CONTROL_MODES)}) next, got {control!r}")
         if values:
             problems.append(f"node {n['id']} {n['type']}: {len(values)} widget values left over: {values}")
     for link in workflow["links"]:

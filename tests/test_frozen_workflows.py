@@ -33,21 +33,25 @@ GROWING_COMBOS = {("FewStepLoadOptimizedSchedule", "schedule"), ("FewStepOptimiz
                   ("FewStepLabAccuracy", "scheduler")}
 
 
-def _spec(spec):
+def _spec(spec, name=""):
     """One input's (type, options) in one spelling: a list of choices -> ("COMBO", {options});
-    the v3 API's explicit `multiselect: False` is the v1 default."""
+    the v3 API's explicit `multiselect: False` is the v1 default. An INT named seed has a control
+    widget in the editor whether it asks for one or not, so asking (control_after_generate) changes
+    no saved graph, only the control's mode on a new node."""
     kind, opts = spec[0], dict(spec[1]) if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if isinstance(kind, list):
         kind, opts = "COMBO", {**opts, "options": kind}
     if opts.get("multiselect") is False:
         del opts["multiselect"]
     opts.pop("tooltip", None)
+    if kind == "INT" and name in ("seed", "noise_seed"):
+        opts.pop("control_after_generate", None)
     return [kind, opts]
 
 
 def comparable(entry: dict) -> dict:
     out = {k: entry.get(k) for k in KEYS}
-    out["input"] = {section: {name: _spec(spec) for name, spec in entry["input"].get(section, {}).items()}
+    out["input"] = {section: {name: _spec(spec, name) for name, spec in entry["input"].get(section, {}).items()}
                     for section in ("required", "optional") if entry["input"].get(section)}
     out["input_order"] = {s: v for s, v in (entry.get("input_order") or {}).items() if s in out["input"]}
     out["output"] = list(entry["output"])

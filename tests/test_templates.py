@@ -142,3 +142,11 @@ def test_finetune_example_is_valid_and_wired_as_the_docs_advise(server, object_i
     assert object_info["FewStepFinetune"]["output"][4] == "SIGMAS"
     guided = {api[n["inputs"]["guider"][0]]["inputs"]["model"][0] for n in samplers}
     assert guided == {"6", "1"}  # tuned and untuned, side by side
+
+
+def test_every_example_ui_workflow_is_valid_for_object_info(object_info):
+    """Hand-made or saved from the editor, every UI graph in example_workflows/ gives each widget its
+    value, each seed its control_after_generate value included (the editor adds one to any INT named
+    seed, asked for or not, and reads the following value into it)."""
+    for path in sorted((REPO / "example_workflows").glob("*.json")):
+        assert wt.validate_ui(json.loads(path.read_text()), object_info) == [], path.name
