@@ -11,12 +11,15 @@ from ..bridge import finetune as ft
 from ..bridge.finetune_node import one_value_each, run_node
 from ..bridge.finetune_report import loss_curve_image
 from ..bridge.schedule_opt import ode_samplers
+from ..bridge.sigma_graph import sigma_ui
 from ..samplers.finetune_loss import ESTIMATORS, LR_SCHEDULES
 
 CATEGORY = "FewStep/training"
 
 
 class FewStepFinetune(io.ComfyNode):
+    SIGMA_GRAPH = {}  # the trained schedule, drawn after the run from the UI message (bridge/sigma_graph.py)
+
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -120,8 +123,8 @@ class FewStepFinetune(io.ComfyNode):
         result, text = run_node(a["model"], a["latents"], a["positive"], a["steps"], settings, int(a["rounds"]), a["sigmas"],
                                 a["phase1_sampler"], int(a["phase1_mc_samples"]), int(a["phase1_grid"]),
                                 bool(a["only_on_schedule"]))
-        return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text,
-                             torch.tensor(result.rounds[-1].sigmas, dtype=torch.float32))
+        trained = torch.tensor(result.rounds[-1].sigmas, dtype=torch.float32)
+        return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text, trained, ui=sigma_ui(trained))
 
 
 NODE_CLASS_MAPPINGS = {"FewStepFinetune": FewStepFinetune}

@@ -277,7 +277,10 @@ def _run_node(env, lists=(), **inputs):
     given = {k: (v if k in lists else [v]) for k, v in inputs.items()}
     with torch.inference_mode():
         out, ui, _, _ = asyncio.run(execution.get_output_data("test", "1", cls, given, **extra))
-    return [o[0] for o in out]
+    result = [o[0] for o in out]
+    drawn = [v for key, v in ui.items() if key != "text"]  # the graph after the run: the trained schedule
+    assert drawn and drawn[0] == pytest.approx(result[4].double().tolist(), rel=1e-6), ui
+    return result
 
 
 def _node_inputs(env, **kw):
