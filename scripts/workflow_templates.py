@@ -183,6 +183,7 @@ def is_widget(spec) -> bool:
 
 
 CONTROL_MODES = ("fixed", "increment", "decrement", "randomize")
+SEED_WIDGETS = ("seed", "noise_seed")  # INTs the editor gives a control widget, asked for or not
 
 
 def has_control(key: str, spec) -> bool:
@@ -191,7 +192,7 @@ def has_control(key: str, spec) -> bool:
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if "control_after_generate" in opts:
         return bool(opts["control_after_generate"])
-    return spec[0] == "INT" and key in ("seed", "noise_seed")
+    return spec[0] == "INT" and key in SEED_WIDGETS
 
 
 def socket_type(spec) -> str:

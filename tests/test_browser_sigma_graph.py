@@ -462,6 +462,29 @@ TEMPLATES = sorted(p.stem for p in (REPO / "example_workflows").glob("fewstep_sd
 API = "window.comfyAPI.api.api"
 
 
+def load_template(page, name: str) -> dict:
+    """The template fetched from the template route and loaded into the editor, every node type known
+    to it; returns its API twin."""
+    workflow = page.js(f"{API}.fetchApi('/workflow_templates/ComfyUI-FewStep/{name}.json').then(r => r.json())")
+    page.load(workflow)
+    unknown = page.js(f"{APP}.graph.nodes.filter(n => !window.LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+    assert not unknown, (name, unknown)
+    return json.loads((REPO / "example_workflows" / "api" / f"{name}_api.json").read_text())
+
+
+def assert_queues_as(page, name: str, twin: dict, twin_has_every_pack_input=True):
+    """The editor's prompt is the twin: same nodes, the twin's inputs at its values. The editor may
+    send more: a newer host's stock node's new input, and (where the twin leaves them out) a pack
+    node's optional widgets at their defaults."""
+    prompt = page.js(f"{APP}.graphToPrompt().then(p => p.output)")
+    assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in twin.items()}
+    for key, node in twin.items():
+        got = prompt[key]["inputs"]
+        extra = set(got) - set(node["inputs"])
+        assert not (extra and twin_has_every_pack_input and node["class_type"].startswith("FewStep")), (name, key, extra)
+        assert {k: got.get(k) for k in node["inputs"]} == node["inputs"], (name, key, got)
+
+
 def test_templates_load_graph_their_recipe_and_queue_as_their_api_twin(page):
     """As the template browser does: the pack's templates listed by /workflow_templates, each fetched
     from the server and loaded into the editor. Every node type is known, the recipe node (id 4)
@@ -469,24 +492,12 @@ def test_templates_load_graph_their_recipe_and_queue_as_their_api_twin(page):
     listed = page.js(f"{API}.fetchApi('/workflow_templates').then(r => r.json())")
     assert set(TEMPLATES) <= set(listed.get("ComfyUI-FewStep", [])), listed
     for name in TEMPLATES:
-        workflow = page.js(f"{API}.fetchApi('/workflow_templates/ComfyUI-FewStep/{name}.json').then(r => r.json())")
-        page.load(workflow)
-        unknown = page.js(f"{APP}.graph.nodes.filter(n => !window.LiteGraph.registered_node_types[n.type])"
-                          ".map(n => n.type)")
-        assert not unknown, (name, unknown)
-        twin = json.loads((REPO / "example_workflows" / "api" / f"{name}_api.json").read_text())
+        twin = load_template(page, name)
         steps = twin["4"]["inputs"]["steps"]
         recipe = wait_graph(page, 4, f"p.state === 'ok' && p.sigmas?.length === {steps + 1}")
         assert recipe["curve"] > 150, (name, recipe)
         assert "FreeU steps" in recipe["caption"], (name, recipe["caption"])
-        prompt = page.js(f"{APP}.graphToPrompt().then(p => p.output)")
-        assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in twin.items()}
-        for key, node in twin.items():
-            got = prompt[key]["inputs"]
-            # a newer host's stock node may add an input the frontend fills with its default
-            extra = set(got) - set(node["inputs"])
-            assert not extra or not node["class_type"].startswith("FewStep"), (name, key, extra)
-            assert {k: got.get(k) for k in node["inputs"]} == node["inputs"], (name, key)
+        assert_queues_as(page, name, twin)
     page.park_mouse()
     page.screenshot(f"template_{TEMPLATES[-1]}.png")
     assert not page.new_problems(), page.new_problems()
@@ -496,16 +507,7 @@ def test_finetune_example_loads_and_queues_as_its_api_twin(page):
     """The fine-tune example (scripts/workflow_templates.py) from the template route: every node type
     known to the editor, and the graph queues as its API twin (list input and sigmas output wired)."""
     name = "fewstep_finetune_sd15_512"
-    workflow = page.js(f"{API}.fetchApi('/workflow_templates/ComfyUI-FewStep/{name}.json').then(r => r.json())")
-    page.load(workflow)
-    unknown = page.js(f"{APP}.graph.nodes.filter(n => !window.LiteGraph.registered_node_types[n.type]).map(n => n.type)")
-    assert not unknown, unknown
-    twin = json.loads((REPO / "example_workflows" / "api" / f"{name}_api.json").read_text())
-    prompt = page.js(f"{APP}.graphToPrompt().then(p => p.output)")
-    assert {k: v["class_type"] for k, v in prompt.items()} == {k: v["class_type"] for k, v in twin.items()}
-    for key, node in twin.items():
-        # the editor also sends the optional widgets the twin leaves at their defaults
-        assert {k: prompt[key]["inputs"].get(k) for k in node["inputs"]} == node["inputs"], (key, prompt[key])
+    assert_queues_as(page, name, load_template(page, name), twin_has_every_pack_input=False)
     assert not page.new_problems(), page.new_problems()
 
 
