@@ -90,36 +90,43 @@ class Stepper:
         # The graph calls the network directly with the EPS input scaling; a model that ComfyUI scales
         # otherwise (v-prediction, flow) must not be trained on it: the first batch is checked both ways.
         with torch.no_grad():
-            xt, sigma, t, _ = self._batch(torch.Generator().manual_seed(1))
-            direct = self.graphed(xt / (sigma ** 2 + 1).sqrt(), t.float(), self.ctx)
+            xt, sigma, t, _, ctx = self._batch(torch.Generator().manual_seed(1))
+            direct = self.graphed(xt / (sigma ** 2 + 1).sqrt(), t.float(), ctx)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
-                den = self.model.model.apply_model(xt, sigma.view(-1), c_crossattn=self.ctx)
+                den = self.model.model.apply_model(xt, sigma.view(-1), c_crossattn=ctx)
             via = (xt - den.float()) / sigma
         if not torch.allclose(direct, via, rtol=2e-2, atol=2e-2 if self.amp == "bf16" else 1e-4):
             raise ValueError(f"the direct call differs from apply_model by {float((direct - via).abs().max()):.3g} "
                              "(not an EPS model?)")
 
+    def _drawn(self, count, gen):
+        """(x0, cross-attention context): `draw` returns x0, or (x0, context) for a conditional model
+        (bench/check_finetune_cfg.py); without one the context is zeros."""
+        drawn = self.draw(count, gen)
+        x0, ctx = drawn if isinstance(drawn, tuple) else (drawn, self.ctx[:count])
+        return x0.to(self.device), ctx.to(self.device, self.torch.float32)
+
     def _shape(self):
-        x0 = self.draw(1, self.torch.Generator().manual_seed(0))
+        x0, _ = self._drawn(1, self.torch.Generator().manual_seed(0))
         return tuple(x0.shape[1:])
 
     def _batch(self, gen):
-        """(x_t, σ_t as (B, 1, 1, 1), timestep index, ε) of a fresh batch."""
+        """(x_t, σ_t as (B, 1, 1, 1), timestep index, ε, context) of a fresh batch."""
         torch = self.torch
-        x0 = self.draw(self.batch, gen).to(self.device)
+        x0, ctx = self._drawn(self.batch, gen)
         eps = torch.randn(x0.shape, generator=gen).to(self.device)
         t = torch.randint(0, self.sig_table.numel(), (self.batch,), generator=gen).to(self.device)
         sigma = self.sig_table[t].view(-1, 1, 1, 1)
-        return x0 + sigma * eps, sigma, t, eps
+        return x0 + sigma * eps, sigma, t, eps, ctx
 
     def loss(self, gen):
         """The batch's loss, with the graph of the backward ready (call .backward())."""
         torch = self.torch
-        xt, sigma, t, eps = self._batch(gen)
+        xt, sigma, t, eps, ctx = self._batch(gen)
         if self.mode == "graph":
-            return (self.graphed(xt / (sigma ** 2 + 1).sqrt(), t.float(), self.ctx) - eps).pow(2).mean()
+            return (self.graphed(xt / (sigma ** 2 + 1).sqrt(), t.float(), ctx) - eps).pow(2).mean()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
-            den = self.model.model.apply_model(xt, sigma.view(-1), c_crossattn=self.ctx)
+            den = self.model.model.apply_model(xt, sigma.view(-1), c_crossattn=ctx)
         return ((xt - den.float()) / sigma - eps).pow(2).mean()
 
     def step(self, opt, gen, rate):

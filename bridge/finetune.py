@@ -86,6 +86,7 @@ class TrainSettings:
     teacher_steps: int = 8  # teacher solver steps per step of the schedule
     trajectories: int = 256  # teacher solves per round
     on_policy: float = 0.0  # trajectory target: share of rows at the student's own states (student_targets)
+    cfg: float = 1.0  # trajectory target: the guidance scale the teacher solves and the student is trained at
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "rank", "teacher_steps", "trajectories"):
@@ -125,11 +126,24 @@ class TrainSettings:
                                 f"for one of {TARGET_SOLVERS} (samplers whose "
                                 f"step is linear in the model's outputs), got {self.solver!r}; pick one of them or "
                                 f"target 'data'")
+        if not (math.isfinite(self.cfg) and 0.0 <= self.cfg <= 100.0):
+            raise FinetuneError(f"cfg must be a number in [0, 100] (ComfyUI's range), got {self.cfg}")
+        if self.guided and self.target != "trajectory":
+            raise FinetuneError(f"cfg: the data target's loss is the conditional denoiser's (it has no guided target); "
+                                f"set cfg 1, or target 'trajectory' to distil the guided solve (got cfg {self.cfg:g})")
+        if self.guided and self.anchor > 0 and self.anchor_target == "data":
+            raise FinetuneError(f"anchor_target: with cfg {self.cfg:g} the anchor rows hold the guided output, which "
+                                f"has no data target; set anchor_target 'model' or anchor 0")
         if self.estimator not in ESTIMATORS:
             raise FinetuneError(f"weighting must be one of {ESTIMATORS}, got {self.estimator!r}")
         for name in ("training_dtype", "lora_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise FinetuneError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
+
+    @property
+    def guided(self) -> bool:
+        """Whether the model is trained through CFG (both passes, positive and negative)."""
+        return not math.isclose(float(self.cfg), 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,6 +159,12 @@ def check_unet(model):
     if not isinstance(net, UNetModel):
         raise FinetuneError(f"model: Few-Step Fine-tune trains UNet models (SD1.x, SD2, SDXL; ComfyUI's UNetModel); "
                             f"this model's network is {type(net).__name__}")
+
+
+def check_negative(settings: TrainSettings, negative):
+    if settings.guided and not negative:
+        raise FinetuneError(f"negative: cfg {settings.cfg:g} mixes positive and negative, but the negative conditioning "
+                            f"is empty; connect the negative prompt you sample with, or set cfg 1")
 
 
 def check_latents(latents) -> torch.Tensor:
@@ -296,9 +316,15 @@ class LoraTrainer:
         """Writes the current weights' digest into model_options (see LORA_DIGEST_KEY)."""
         self.model.model_options[LORA_DIGEST_KEY] = lora_digest(self.lora)
 
-    def _run_in_guider(self, positive, latents, step_fn):
-        guider = custom_sampler.Guider_Basic(self.model)
-        guider.set_conds(positive)
+    def _run_in_guider(self, positive, latents, step_fn, negative=None):
+        if self.settings.guided:  # every model call of the round is the guided output, as the sampler's
+            check_negative(self.settings, negative)
+            guider = comfy.samplers.CFGGuider(self.model)
+            guider.set_conds(positive, negative)
+            guider.set_cfg(float(self.settings.cfg))
+        else:
+            guider = custom_sampler.Guider_Basic(self.model)
+            guider.set_conds(positive)
         latents = latents.float()  # autocast picks the compute dtype
         dummy = torch.zeros(2)  # guider.sample needs non-empty sigmas; the sampler ignores them
         checkpointed = []
@@ -332,14 +358,16 @@ class LoraTrainer:
 
     # -- public
     def train(self, latents: torch.Tensor, positive, sigmas, steps: Optional[int] = None,
-              progress: Optional[Callable[[int, int], None]] = None, sigma_sampler=None, batch_fn=None) -> list:
+              progress: Optional[Callable[[int, int], None]] = None, sigma_sampler=None, batch_fn=None,
+              negative=None) -> list:
         """`steps` optimiser steps of the schedule-weighted loss; returns their losses. Data target:
         the denoising loss around the schedule's steps. Trajectory target: first the untuned model's
         fine solves on the schedule (`self.teacher`), then the loss towards their step targets.
         `sigma_sampler` (anything with draw(count, generator) -> (sigmas, weights, index)) replaces
         the schedule's sampler (the studies' uniform-noise control); `batch_fn(generator) -> (index,
         noise, sigmas, weights)` replaces the whole batch draw (tests use a fixed batch); both are
-        for the data target.
+        for the data target. With settings.cfg != 1 (trajectory target) every model call, the
+        teacher's, the student's and the anchor's, is the CFG mix of `positive` and `negative`.
 
         With settings.holdout > 0 that share of the latents (trajectory target: of the teacher's
         solves) is never trained on: the same loss on a fixed draw of them is checked before the
@@ -495,7 +523,7 @@ class LoraTrainer:
                         p.copy_(w)
 
         try:
-            self._run_in_guider(positive, latents, step_fn)
+            self._run_in_guider(positive, latents, step_fn, negative)
         finally:
             for p in trainable:
                 p.requires_grad_(False)
@@ -544,15 +572,17 @@ class FinetuneResult:
 def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, rounds: int = 1,
              phase1: Optional[Callable[[object, int], torch.Tensor]] = None,
              progress: Optional[Callable[[int, int], None]] = None,
-             after_round: Optional[Callable[[FinetuneResult], None]] = None) -> FinetuneResult:
+             after_round: Optional[Callable[[FinetuneResult], None]] = None, negative=None) -> FinetuneResult:
     """Phase 2 on `sigmas`, then (rounds > 1) `rounds - 1` times: Phase 1 on the tuned model
-    (`phase1(model, steps) -> sigmas`), Phase 2 on its schedule. Inputs are checked before any model call.
+    (`phase1(model, steps) -> sigmas`), Phase 2 on its schedule. Inputs are checked before any model call;
+    `negative` is used only with settings.cfg != 1.
     `after_round(result so far)` is called after each round's Phase 2; its model and adapters are the
     live ones, trained further by the next round (a study scores round 1 without training it twice)."""
     check_unet(model)
     data = check_latents(latents)
     if not positive:
         raise FinetuneError("positive: the conditioning is empty; connect a text encoder output")
+    check_negative(settings, negative)
     sig = check_schedule(model, sigmas)
     rounds = int(rounds)
     if rounds < 1:
@@ -570,7 +600,7 @@ def finetune(model, latents: dict, positive, sigmas, settings: TrainSettings, ro
             p1 = time.perf_counter() - t0
         t0 = time.perf_counter()
         done = r * settings.steps
-        losses = trainer.train(data, positive, sig,
+        losses = trainer.train(data, positive, sig, negative=negative,
                                progress=None if progress is None else (lambda i, n, d=done: progress(d + i, total)))
         records.append(RoundRecord(r + 1, [float(v) for v in sig.tolist()], losses, time.perf_counter() - t0, p1,
                                    list(trainer.validation), trainer.best_step,

@@ -18,14 +18,14 @@ from .finetune_report import report
 def one_value_each(inputs: dict) -> dict:
     """The node takes its inputs as lists (as ComfyUI's Train LoRA does), so that a list of training
     images (ComfyUI's dataset nodes output lists; VAE Encode then runs once per image) reaches it as
-    one training set: `latents` become one LATENT batch, `positive` one conditioning, every other input
+    one training set: `latents` become one LATENT batch, `positive` / `negative` one conditioning each, every other input
     its one value. An input not given (an optional one left out of an API prompt) keeps its default."""
     out = {}
     for name, value in inputs.items():
         if name == "latents":
             out[name] = merge_latents(value)
-        elif name == "positive":
-            out[name] = one_conditioning(value)
+        elif name in ("positive", "negative"):
+            out[name] = one_conditioning(value, name)
         elif isinstance(value, list):
             if len(value) != 1:
                 raise FinetuneError(f"{name}: expected one value, got a list of {len(value)} (only 'latents' takes a "
@@ -51,17 +51,17 @@ def merge_latents(latents) -> dict:
     return {"samples": torch.cat([x.to(samples[0]) for x in samples])}
 
 
-def one_conditioning(positive):
-    """One CONDITIONING from the list input: a list of one, or of the same conditioning repeated."""
-    if not isinstance(positive, list) or not positive:
-        return positive  # checked with the other inputs downstream
-    if isinstance(positive[0], (list, tuple)) and len(positive[0]) == 2 and torch.is_tensor(positive[0][0]):
-        return positive  # a CONDITIONING itself (a direct call), not a list of them
-    first = positive[0]
-    for other in positive[1:]:
+def one_conditioning(conditioning, name="positive"):
+    """One CONDITIONING from the list input `name`: a list of one, or of the same conditioning repeated."""
+    if not isinstance(conditioning, list) or not conditioning:
+        return conditioning  # checked with the other inputs downstream
+    if isinstance(conditioning[0], (list, tuple)) and len(conditioning[0]) == 2 and torch.is_tensor(conditioning[0][0]):
+        return conditioning  # a CONDITIONING itself (a direct call), not a list of them
+    first = conditioning[0]
+    for other in conditioning[1:]:
         if not _same_conditioning(first, other):
-            raise FinetuneError(f"positive: one conditioning for every training latent is supported, got {len(positive)} "
-                                f"different ones (per-image captions are not); encode one caption for the set")
+            raise FinetuneError(f"{name}: one conditioning for every training latent is supported, got {len(conditioning)} "
+                                f"different ones (per-image captions are not); encode one prompt for the set")
     return first
 
 
@@ -99,15 +99,18 @@ def schedule_for(model, sigmas, steps):
         values, how = schedule_cache.schedule_from(record, int(steps))
     except ValueError as e:
         raise FinetuneError(f"steps: {e}") from None
-    return values, record.get("key", {}).get("sampler"), f"optimiser record {path} ({how})"
+    made_at = record.get("key", {}).get("cfg")
+    return values, record.get("key", {}).get("sampler"), (f"optimiser record {path} ({how}"
+                                                           + (f", optimised at CFG {made_at:g})" if made_at is not None else ")"))
 
 
 def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_sampler, phase1_mc_samples, phase1_grid,
-             only_on_schedule=False):
+             only_on_schedule=False, negative=None):
     """What 'Few-Step Fine-tune (FewStep)' does once its inputs are checked: the schedule (SIGMAS or
     this model's optimiser record), K rounds of Phase 2 with Phase 1 re-run between them through the
     optimiser (and its cache), a progress bar over every training step; with `only_on_schedule` the
-    returned model applies the LoRA only when sampled on the last round's schedule. Returns (result, report)."""
+    returned model applies the LoRA only when sampled on the last round's schedule. With settings.cfg != 1
+    training and the alternation's Phase 1 run at that CFG with `negative`. Returns (result, report)."""
     from . import schedule_opt
     schedule, record_sampler, source = schedule_for(model, sigmas, steps)
     sampler = record_sampler or phase1_sampler
@@ -115,14 +118,15 @@ def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_s
         settings = dataclasses.replace(settings, solver=sampler)  # refuses a sampler with no target, by name
 
     def phase1(tuned, n):
-        sig, _, _ = schedule_opt.optimise(tuned, positive, positive, 1.0, 64, 64, int(n), sampler, phase1_mc_samples,
-                                          settings.seed, latents, phase1_grid, 0, 0, 8, 1, 0.0, 0.0, True, True,
-                                          "golden", "mean", 3)
+        # at the CFG the model is trained and sampled at (the optimiser refuses an empty negative by name too)
+        sig, _, _ = schedule_opt.optimise(tuned, positive, negative if settings.guided else positive, float(settings.cfg),
+                                          64, 64, int(n), sampler, phase1_mc_samples, settings.seed, latents, phase1_grid,
+                                          0, 0, 8, 1, 0.0, 0.0, True, True, "golden", "mean", 3)
         return sig
 
     pbar = comfy.utils.ProgressBar(settings.steps * rounds)
     result = finetune(model, latents, positive, schedule, settings, rounds=rounds, phase1=phase1,
-                      progress=lambda done, total: pbar.update_absolute(done, total))
+                      progress=lambda done, total: pbar.update_absolute(done, total), negative=negative)
     text = f"schedule: {source}\n" + report(result)
     if only_on_schedule:
         last = result.rounds[-1].sigmas

@@ -18,6 +18,8 @@ def report(result: FinetuneResult) -> str:
     if s.target == "trajectory":
         lines.append(f"target: trajectory for {s.solver} ({s.trajectories} solves of the untuned model, {s.teacher_steps} "
                      f"teacher steps per step"
+                     + (f"; guided at CFG {s.cfg:g}: sample the MODEL at that CFG with the same negative" if s.guided
+                        else "; conditional, CFG 1")
                      + (f"; {s.on_policy:g} of the rows at the model's own states" if s.on_policy else "")
                      + "; docs/finetune.md)")
     for r in result.rounds:

@@ -79,7 +79,8 @@ class FewStepFinetune(io.ComfyNode):
                                tooltip="data: the paper's denoising loss towards your latents. trajectory: the outputs that make "
                                        "the sampler (phase1_sampler, or the optimiser record's; euler or dpmpp_2m) land on the "
                                        "untuned model's own fine solve of the schedule, so N steps follow many (distillation; "
-                                       "latents are then used only by the anchor rows). Conditional only (CFG 1)."),
+                                       "latents are then used only by the anchor rows). With cfg > 1 the solves and the "
+                                       "training are guided (positive and negative), as you will sample."),
                 io.Combo.Input("anchor_target", options=list(ft.ANCHOR_TARGETS), default="data", optional=True,
                                tooltip="What the anchor rows are trained towards: data (your latents, Train LoRA's loss) or "
                                        "model (the untuned model's own output: holds the model in place without the data "
@@ -92,6 +93,12 @@ class FewStepFinetune(io.ComfyNode):
                              tooltip="Trajectory target: teacher solver steps per step of the schedule."),
                 io.Int.Input("trajectories", default=64, min=1, max=65536, optional=True,
                              tooltip="Trajectory target: untuned solves from noise per round (each costs N x teacher_steps model calls)."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1, round=0.01, optional=True,
+                               tooltip="Trajectory target: the CFG you will sample the tuned model at. Above 1 the teacher "
+                                       "solves the guided ODE and the LoRA is trained through both passes, so N guided steps "
+                                       "follow the many-step guided solve; needs 'negative'. The data target takes 1 only."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="The negative prompt you will sample with (used only with cfg != 1)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with the trained LoRA applied."),
@@ -108,7 +115,8 @@ class FewStepFinetune(io.ComfyNode):
     def execute(cls, model, latents, positive, steps, train_steps, batch_size, learning_rate, rank, spread, weighting,
                 anchor, rounds, seed, algorithm, optimizer, training_dtype, lora_dtype, gradient_checkpointing, sigmas=None,
                 phase1_sampler="dpmpp_2m", phase1_mc_samples=8, phase1_grid=120, lr_schedule="constant",
-                holdout=0.0, target="data", teacher_steps=8, trajectories=64, anchor_target="data", only_on_schedule=False) -> io.NodeOutput:
+                holdout=0.0, target="data", teacher_steps=8, trajectories=64, anchor_target="data", only_on_schedule=False,
+                cfg=1.0, negative=None) -> io.NodeOutput:
         a = one_value_each({k: v for k, v in locals().items() if k != "cls"})  # lists in (is_input_list)
         ft.check_unet(a["model"])
         ft.check_latents(a["latents"])
@@ -119,10 +127,11 @@ class FewStepFinetune(io.ComfyNode):
                                     gradient_checkpointing=bool(a["gradient_checkpointing"]), seed=int(a["seed"]),
                                     lr_schedule=a["lr_schedule"], holdout=float(a["holdout"]), target=a["target"],
                                     teacher_steps=int(a["teacher_steps"]), trajectories=int(a["trajectories"]),
-                                    anchor_target=a["anchor_target"])
+                                    anchor_target=a["anchor_target"], cfg=float(a["cfg"]))
+        ft.check_negative(settings, a["negative"])
         result, text = run_node(a["model"], a["latents"], a["positive"], a["steps"], settings, int(a["rounds"]), a["sigmas"],
                                 a["phase1_sampler"], int(a["phase1_mc_samples"]), int(a["phase1_grid"]),
-                                bool(a["only_on_schedule"]))
+                                bool(a["only_on_schedule"]), a["negative"])
         trained = torch.tensor(result.rounds[-1].sigmas, dtype=torch.float32)
         return io.NodeOutput(result.model, result.lora, loss_curve_image(result), text, trained, ui=sigma_ui(trained))
 
