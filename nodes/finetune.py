@@ -38,7 +38,7 @@ class FewStepFinetune(io.ComfyNode):
                 "final sample (derived from the schedule, see docs/finetune.md). With rounds > 1 the schedule is "
                 "re-optimised on the tuned model between rounds (Phase 1 + Phase 2 alternated). target 'trajectory' "
                 "trains instead towards the untuned model's own many-step solve (the sampler's N steps land where its "
-                "fine solve lands). Outputs the model "
+                "fine solve lands); with cfg > 1 and the negative you sample with, of the guided solve. Outputs the model "
                 "with the LoRA, the LoRA for 'Save LoRA Weights' / 'Load LoRA Model', a loss curve and a report."),
             inputs=[
                 io.Model.Input("model", tooltip="The UNet model (SD1.x / SDXL) to fine-tune."),

@@ -81,14 +81,17 @@ SIZES = {"1": (320, 100), "2": (380, 200), "3": (380, 120), "4": (360, 420), "5"
 FINETUNE = "fewstep_finetune_sd15_512"
 FINETUNE_FOLDER = "fewstep_training"  # a sub-folder of ComfyUI's input/ with the training images
 FINETUNE_STEPS = 6
+FINETUNE_CFG = 5.5  # the SD1.5 recipe templates' CFG: the fine-tune is trained at the CFG it is sampled at
+FINETUNE_NEGATIVE = "blurry, low quality, deformed"
 
 
 def finetune_graph() -> dict:
     """The docs' 'what to use today' setting: trajectory target, anchor 0.5 to the model, 2 rounds,
-    only_on_schedule; both samplings at CFG 1, the solve the LoRA is trained for."""
+    only_on_schedule, trained at the CFG and negative both samplings use (FINETUNE_CFG)."""
     ckpt = TEMPLATES["fewstep_sd15_512_6steps"]["ckpt"]
     sampled = lambda guider: {
         "noise": ["9", 0], "guider": [guider, 0], "sampler": ["10", 0], "sigmas": ["6", 4], "latent_image": ["13", 0]}
+    guided = lambda model: {"model": [model, 0], "positive": ["2", 0], "negative": ["20", 0], "cfg": FINETUNE_CFG}
     return {
         "1": dict(class_type="CheckpointLoaderSimple", title="Load Checkpoint", inputs={"ckpt_name": ckpt}),
         "2": dict(class_type="CLIPTextEncode", title="Caption of the training images",
@@ -97,7 +100,7 @@ def finetune_graph() -> dict:
                   inputs={"folder": FINETUNE_FOLDER}),
         "4": dict(class_type="VAEEncode", title="VAE Encode (once per image)", inputs={"pixels": ["3", 0], "vae": ["1", 2]}),
         "5": dict(class_type="FewStepOptimizeSchedule", title="Phase 1: Optimise Schedule",
-                  inputs={"model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "cfg": 1.0, "width": 512,
+                  inputs={"model": ["1", 0], "positive": ["2", 0], "negative": ["20", 0], "cfg": FINETUNE_CFG, "width": 512,
                           "height": 512, "steps": FINETUNE_STEPS, "sampler": "dpmpp_2m", "mc_samples": 16, "seed": 0}),
         "6": dict(class_type="FewStepFinetune", title="Phase 2: Few-Step Fine-tune",
                   inputs={"model": ["1", 0], "latents": ["4", 0], "positive": ["2", 0], "steps": FINETUNE_STEPS,
@@ -106,41 +109,45 @@ def finetune_graph() -> dict:
                           "optimizer": "AdamW", "training_dtype": "bf16", "lora_dtype": "bf16",
                           "gradient_checkpointing": True, "sigmas": ["5", 0], "phase1_sampler": "dpmpp_2m",
                           "target": "trajectory", "teacher_steps": 8, "trajectories": 64, "anchor_target": "model",
-                          "only_on_schedule": True}),
+                          "only_on_schedule": True, "cfg": FINETUNE_CFG, "negative": ["20", 0]}),
         "7": dict(class_type="SaveLoRA", title="Save LoRA Weights",
                   inputs={"lora": ["6", 1], "prefix": "loras/fewstep_finetune", "steps": 400}),  # 2 rounds x 200
         "8": dict(class_type="PreviewImage", title="Loss curve", inputs={"images": ["6", 2]}),
         "9": dict(class_type="RandomNoise", title="Noise", inputs={"noise_seed": 42}),
         "10": dict(class_type="KSamplerSelect", title="Sampler (the one trained for)", inputs={"sampler_name": "dpmpp_2m"}),
-        "11": dict(class_type="BasicGuider", title="Tuned model, CFG 1", inputs={"model": ["6", 0], "conditioning": ["2", 0]}),
+        "11": dict(class_type="CFGGuider", title=f"Tuned model, CFG {FINETUNE_CFG:g}", inputs=guided("6")),
         "12": dict(class_type="SamplerCustomAdvanced", title="Sample: tuned", inputs=sampled("11")),
         "13": dict(class_type="EmptyLatentImage", title="Empty Latent", inputs={"width": 512, "height": 512, "batch_size": 1}),
         "14": dict(class_type="VAEDecode", title="VAE Decode", inputs={"samples": ["12", 0], "vae": ["1", 2]}),
         "15": dict(class_type="SaveImage", title="Tuned", inputs={"images": ["14", 0], "filename_prefix": FINETUNE + "_tuned"}),
-        "16": dict(class_type="BasicGuider", title="Untuned model, CFG 1", inputs={"model": ["1", 0], "conditioning": ["2", 0]}),
+        "16": dict(class_type="CFGGuider", title=f"Untuned model, CFG {FINETUNE_CFG:g}", inputs=guided("1")),
         "17": dict(class_type="SamplerCustomAdvanced", title="Sample: untuned", inputs=sampled("16")),
         "18": dict(class_type="VAEDecode", title="VAE Decode", inputs={"samples": ["17", 0], "vae": ["1", 2]}),
         "19": dict(class_type="SaveImage", title="Untuned (compare before keeping the LoRA)",
                    inputs={"images": ["18", 0], "filename_prefix": FINETUNE + "_untuned"}),
+        "20": dict(class_type="CLIPTextEncode", title="Negative prompt (the one you sample with)",
+                   inputs={"text": FINETUNE_NEGATIVE, "clip": ["1", 1]}),
     }
 
 
 FINETUNE_LAYOUT = {"1": (0, 0), "2": (380, -220), "3": (0, 520), "4": (380, 560), "5": (380, 0), "6": (800, 0),
                    "7": (1240, -260), "8": (1240, -120), "9": (1240, 220), "10": (1240, 340), "11": (1240, 460),
                    "12": (1560, 220), "13": (1240, 580), "14": (1880, 220), "15": (2140, 0), "16": (1240, 720),
-                   "17": (1560, 620), "18": (1880, 620), "19": (2140, 520)}
+                   "17": (1560, 620), "18": (1880, 620), "19": (2140, 520), "20": (380, 280)}
 FINETUNE_SIZES = {"1": (320, 100), "2": (380, 200), "3": (320, 60), "4": (210, 50), "5": (360, 300), "6": (380, 760),
                   "7": (320, 80), "8": (320, 240), "9": (270, 82), "10": (270, 60), "11": (270, 50), "12": (270, 130),
                   "13": (270, 110), "14": (210, 50), "15": (420, 460), "16": (270, 50), "17": (270, 130),
-                  "18": (210, 50), "19": (420, 460)}
+                  "18": (210, 50), "19": (420, 460), "20": (380, 160)}
 FINETUNE_NOTE = (
     "Few-Step Fine-tune (Phase 2 of the few-step optimiser), experimental: a LoRA trained so that "
     f"dpmpp_2m's {FINETUNE_STEPS} steps on the optimised schedule land where the model's own many-step solve lands "
     "(target 'trajectory', anchored to the untuned model, 2 rounds of Phase 1 + 2, LoRA applied only on the "
     "trained schedule). Put same-size training images in ComfyUI/input/" + FINETUNE_FOLDER + " and a caption in "
-    "the text box. The LoRA is trained for the conditional solve (CFG 1), so both samples use CFG 1; the "
-    "'sigmas' output is the schedule the last round trained on. Compare the two images before keeping the LoRA. "
-    "Each round costs 64 teacher solves of 48 model calls plus 200 training steps: minutes on a datacentre GPU. "
+    f"the text box. The LoRA is trained for the guided solve at CFG {FINETUNE_CFG:g} with the negative prompt (the "
+    "node's cfg and negative inputs), so both samples use that CFG and negative: sampled otherwise it is off its "
+    "target. The 'sigmas' output is the schedule the last round trained on. Compare the two images before keeping "
+    "the LoRA. Each round costs 64 teacher solves of 48 guided model calls (two UNet passes each) plus 200 training "
+    "steps: minutes on a datacentre GPU. "
     "Settings, measurements and limits: docs/finetune.md in the FewStep pack.")
 
 

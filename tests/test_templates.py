@@ -140,8 +140,12 @@ def test_finetune_example_is_valid_and_wired_as_the_docs_advise(server, object_i
     samplers = [n for n in api.values() if n["class_type"] == "SamplerCustomAdvanced"]
     assert len(samplers) == 2 and all(n["inputs"]["sigmas"] == ["6", 4] for n in samplers)
     assert object_info["FewStepFinetune"]["output"][4] == "SIGMAS"
-    guided = {api[n["inputs"]["guider"][0]]["inputs"]["model"][0] for n in samplers}
-    assert guided == {"6", "1"}  # tuned and untuned, side by side
+    guiders = [api[n["inputs"]["guider"][0]]["inputs"] for n in samplers]
+    assert {g["model"][0] for g in guiders} == {"6", "1"}  # tuned and untuned, side by side
+    # trained at the CFG and negative both samples use, and Phase 1 optimised at them too
+    assert tune["cfg"] == wt.FINETUNE_CFG > 1 and api[tune["negative"][0]]["class_type"] == "CLIPTextEncode"
+    for inputs in [*guiders, api["5"]["inputs"]]:
+        assert (inputs["cfg"], inputs["negative"], inputs["positive"]) == (tune["cfg"], tune["negative"], tune["positive"])
 
 
 def test_every_example_ui_workflow_is_valid_for_object_info(object_info):
