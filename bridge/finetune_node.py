@@ -18,8 +18,8 @@ from .finetune_report import report
 def one_value_each(inputs: dict) -> dict:
     """The node takes its inputs as lists (as ComfyUI's Train LoRA does), so that a list of training
     images (ComfyUI's dataset nodes output lists; VAE Encode then runs once per image) reaches it as
-    one training set: `latents` become one LATENT batch, `positive` / `negative` one conditioning each, every other input
-    its one value. An input not given (an optional one left out of an API prompt) keeps its default."""
+    one training set: `latents` become one LATENT batch, `positive` / `negative` one conditioning each,
+    every other input its one value. An input not given (an optional one left out of an API prompt) keeps its default."""
     out = {}
     for name, value in inputs.items():
         if name == "latents":

@@ -394,7 +394,7 @@ def test_schedule_from_the_optimiser_output_and_not_from_another_model(env, one_
         sig, optimised, _ = opt.execute(model, env.cond, env.cond, 1.0, 64, 64, 3, "euler", 2, 0,
                                          latent=env.latents, grid=8).result
         *_, report, _ = _run_node(env, **_node_inputs(env, model=optimised, sigmas=None))
-        assert "schedule: optimiser record" in report
+        assert "schedule: optimiser record" in report and "optimised at CFG 1)" in report
         assert f"round 1: sigmas [{', '.join(f'{v:.4g}' for v in sig.tolist())}]" in report
         # a LoRA'd clone shares model_sampling with the optimised model: its schedule is refused
         other = env.fin.finetune(model, env.latents, env.cond, sig, env.settings()).model

@@ -88,14 +88,17 @@ def test_guided_settings_and_inputs_are_named_before_any_model_call(env):
             env.fin.finetune(wrapped, env.latents, env.positive, SCHED, env.settings(), negative=negative)
         with pytest.raises(Exception, match="negative: cfg 4"):
             _run_node(env, **_node_inputs(env, model=wrapped, negative=negative))
+    with pytest.raises(Exception, match="negative: one conditioning"):
+        _run_node(env, lists=("negative",), **_node_inputs(env, model=wrapped, negative=[env.negative, env.positive]))
     assert calls == []
 
 
-def _run_node(env, **inputs):
+def _run_node(env, lists=(), **inputs):
+    """The node through ComfyUI's per-node execution function; inputs in `lists` are given as lists."""
     import execution
     cls = env.nodes.NODE_CLASS_MAPPINGS["FewStepFinetune"]
     extra = {"hidden_inputs": {}} if "hidden_inputs" in inspect.signature(execution.get_output_data).parameters else {}
-    given = {k: [v] for k, v in inputs.items() if v is not None}
+    given = {k: (v if k in lists else [v]) for k, v in inputs.items() if v is not None}
     with torch.inference_mode():
         out, _, _, _ = asyncio.run(execution.get_output_data("test", "1", cls, given, **extra))
     return [o[0] for o in out]
