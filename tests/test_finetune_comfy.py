@@ -2,8 +2,6 @@
 adapters on a tiny UNet, the LoRA round trip through core SaveLoRA / LoraModelLoader, the node run by
 ComfyUI's own executor function under inference mode (as the server runs it), alternation and the
 errors for bad input."""
-import asyncio
-import inspect
 import glob
 import importlib
 import os
@@ -12,6 +10,7 @@ import re
 import pytest
 import torch
 
+from tests.support.finetune_node import node_inputs, run_node
 from tests.support.tiny_unet import empty_conditioning, tiny_unet
 
 SCHED = torch.tensor([14.6146, 3.0, 0.7, 0.0])
@@ -267,29 +266,11 @@ def test_lora_round_trips_through_core_save_and_load_nodes(env, one_thread):
 
 
 def _run_node(env, lists=(), **inputs):
-    """The node through ComfyUI's own per-node execution function, under inference mode. Each input
-    arrives as a list of one, as from a plain link; the names in `lists` are given as lists already
-    (what a node with list outputs upstream sends)."""
-    import execution
-    cls = env.nodes.NODE_CLASS_MAPPINGS["FewStepFinetune"]
-    # 0.3.75 takes hidden_inputs, 0.33 v3_data: pass what this host's signature has
-    extra = {"hidden_inputs": {}} if "hidden_inputs" in inspect.signature(execution.get_output_data).parameters else {}
-    given = {k: (v if k in lists else [v]) for k, v in inputs.items()}
-    with torch.inference_mode():
-        out, ui, _, _ = asyncio.run(execution.get_output_data("test", "1", cls, given, **extra))
-    result = [o[0] for o in out]
-    drawn = [v for key, v in ui.items() if key != "text"]  # the graph after the run: the trained schedule
-    assert drawn and drawn[0] == pytest.approx(result[4].double().tolist(), rel=1e-6), ui
-    return result
+    return run_node(env.nodes, lists, **inputs)
 
 
 def _node_inputs(env, **kw):
-    base = dict(model=env.model, latents=env.latents, positive=env.cond, steps=3, train_steps=2, batch_size=2,
-                learning_rate=1e-3, rank=4, spread=0.5, weighting="importance", anchor=0.25, rounds=1, seed=0,
-                algorithm="LoRA", optimizer="AdamW", training_dtype="fp32", lora_dtype="fp32",
-                gradient_checkpointing=False, sigmas=SCHED)
-    base.update(kw)
-    return base
+    return node_inputs(**{**dict(model=env.model, latents=env.latents, positive=env.cond, sigmas=SCHED), **kw})
 
 
 def test_node_runs_in_the_host_with_alternation(env, one_thread, tmp_path):

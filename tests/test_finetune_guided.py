@@ -2,10 +2,8 @@
 cross-attention (so the positive and negative prompts give different outputs): the teacher is
 ComfyUI's own guided solve, training lowers the guided loss through both passes, the alternation's
 Phase 1 optimises at the same CFG, and bad settings are named before any model call."""
-import asyncio
 import glob
 import importlib
-import inspect
 import json
 import os
 
@@ -13,6 +11,7 @@ import pytest
 import torch
 
 from tests.support import random_unet
+from tests.support.finetune_node import node_inputs, run_node
 
 SCHED = torch.tensor([14.6146, 3.0, 0.7, 0.0])
 CFG = 4.0
@@ -94,24 +93,14 @@ def test_guided_settings_and_inputs_are_named_before_any_model_call(env):
 
 
 def _run_node(env, lists=(), **inputs):
-    """The node through ComfyUI's per-node execution function; inputs in `lists` are given as lists."""
-    import execution
-    cls = env.nodes.NODE_CLASS_MAPPINGS["FewStepFinetune"]
-    extra = {"hidden_inputs": {}} if "hidden_inputs" in inspect.signature(execution.get_output_data).parameters else {}
-    given = {k: (v if k in lists else [v]) for k, v in inputs.items() if v is not None}
-    with torch.inference_mode():
-        out, _, _, _ = asyncio.run(execution.get_output_data("test", "1", cls, given, **extra))
-    return [o[0] for o in out]
+    return run_node(env.nodes, lists, **inputs)
 
 
 def _node_inputs(env, **kw):
-    base = dict(model=env.model, latents=env.latents, positive=env.positive, steps=3, train_steps=2, batch_size=2,
-                learning_rate=1e-3, rank=4, spread=0.5, weighting="importance", anchor=0.5, rounds=1, seed=0,
-                algorithm="LoRA", optimizer="AdamW", training_dtype="fp32", lora_dtype="fp32",
-                gradient_checkpointing=False, sigmas=SCHED, target="trajectory", anchor_target="model",
-                trajectories=4, teacher_steps=2, phase1_sampler="euler", cfg=CFG, negative=env.negative)
-    base.update(kw)
-    return base
+    guided = dict(model=env.model, latents=env.latents, positive=env.positive, sigmas=SCHED, anchor=0.5,
+                  target="trajectory", anchor_target="model", trajectories=4, teacher_steps=2, phase1_sampler="euler",
+                  cfg=CFG, negative=env.negative)
+    return node_inputs(**{**guided, **kw})
 
 
 def test_node_trains_guided_and_its_alternation_optimises_at_the_same_cfg(env, one_thread, tmp_path):
