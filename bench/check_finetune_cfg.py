@@ -95,19 +95,6 @@ def class_samples(spec, shape, cls, count, gen):
     return mu[k] + spec.spread * torch.randn((count,) + tuple(shape), generator=gen)
 
 
-def guided(model, sigmas, noise, positive, negative, cfg, sampler="dpmpp_2m", batch=4096):
-    """ComfyUI's sampler at `cfg` on `sigmas` from `noise`, in chunks of `batch`."""
-    import torch
-    import comfy.sample
-    import comfy.samplers
-    out = []
-    for i in range(0, noise.shape[0], batch):
-        n = noise[i:i + batch]
-        out.append(comfy.sample.sample_custom(model, n, float(cfg), comfy.samplers.sampler_object(sampler), sigmas.float(),
-                                              positive, negative, torch.zeros_like(n), disable_pbar=True, seed=0))
-    return torch.cat(out)
-
-
 def scores(x, ref, spec, shape, cls):
     """gap (mean and median), flips, fd and in_class of samples `x` against the reference `ref` drawn
     from the same noises."""
@@ -199,18 +186,18 @@ class Check:
         sig = self.phase1(model, cfg, n, seed)
         row["sigmas"] = sig.tolist()
         fine, _ = self.traj.teacher_sigmas(sig, a.ref_per_step, float(model.get_model_object("model_sampling").sigma_min))
-        noise = torch.randn((a.samples,) + self.shape, generator=torch.Generator().manual_seed(4321 + seed))
-        ref = guided(model, fine, noise, self.positive, self.negative, cfg)
+        # every model samples the same noises (the study's draw from seed 4321 + seed): paired with the reference
+        guided = lambda m, sigmas: study.draw_samples(m, sigmas, a.samples, self.shape, self.positive, 4321 + seed,
+                                                      negative=self.negative, cfg=cfg)
+        ref = guided(model, fine)
         karras = self.comfy_samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", a.check_steps)
         data = class_samples(spec, self.shape, a.prompt_class, a.train_images, torch.Generator().manual_seed(100 + seed))
         models = {"untuned": model}
         for label, train_cfg in (("lora@1", 1.0), ("lora@w", cfg)):
             models[label], row[label + "_s"] = self.lora(model, data, sig, train_cfg, seed)
         for label, m in models.items():
-            row[label] = scores(guided(m, sig, noise, self.positive, self.negative, cfg), ref, spec, self.shape,
-                                a.prompt_class)
-            row[label]["check"] = scores(guided(m, karras, noise, self.positive, self.negative, cfg), ref, spec,
-                                         self.shape, a.prompt_class)
+            row[label] = scores(guided(m, sig), ref, spec, self.shape, a.prompt_class)
+            row[label]["check"] = scores(guided(m, karras), ref, spec, self.shape, a.prompt_class)
         row["reference_in_class"] = scores(ref, ref, spec, self.shape, a.prompt_class)["in_class"]
         self.log(f"{name} cfg {cfg:g} N={n} seed {method_seed}: " + ", ".join(
             f"{k} median gap {row[k]['gap_median']:.4g} flips {row[k]['flips']:.3f} fd {row[k]['fd']:.4g}" for k in models))

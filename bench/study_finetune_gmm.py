@@ -163,9 +163,9 @@ def build_unet(width, res_blocks, device, seed):
     return model
 
 
-def draw_samples(model, sigmas, count, shape, cond, seed, sampler="dpmpp_2m", batch=None):
-    """`count` samples on `sigmas` through ComfyUI's sampling path (CFG 1), noise from CPU generator `seed`,
-    in chunks of `batch`."""
+def draw_samples(model, sigmas, count, shape, cond, seed, sampler="dpmpp_2m", batch=None, negative=None, cfg=1.0):
+    """`count` samples on `sigmas` through ComfyUI's sampling path (CFG 1, or `cfg` with `negative`),
+    noise from CPU generator `seed`, in chunks of `batch`."""
     import torch
     import comfy.sample
     import comfy.samplers
@@ -174,7 +174,8 @@ def draw_samples(model, sigmas, count, shape, cond, seed, sampler="dpmpp_2m", ba
     out = []
     for i in range(0, count, batch or count):
         n = noise[i:i + (batch or count)]
-        out.append(comfy.sample.sample_custom(model, n, 1.0, sampler, sigmas.float(), cond, cond, torch.zeros_like(n),
+        out.append(comfy.sample.sample_custom(model, n, float(cfg), sampler, sigmas.float(), cond,
+                                              cond if negative is None else negative, torch.zeros_like(n),
                                               disable_pbar=True, seed=seed))
     return torch.cat(out)
 

@@ -19,7 +19,8 @@ def one_value_each(inputs: dict) -> dict:
     """The node takes its inputs as lists (as ComfyUI's Train LoRA does), so that a list of training
     images (ComfyUI's dataset nodes output lists; VAE Encode then runs once per image) reaches it as
     one training set: `latents` become one LATENT batch, `positive` / `negative` one conditioning each,
-    every other input its one value. An input not given (an optional one left out of an API prompt) keeps its default."""
+    every other input its one value. An input not given (an optional one left out of an API prompt)
+    keeps its default."""
     out = {}
     for name, value in inputs.items():
         if name == "latents":
@@ -89,8 +90,8 @@ def schedule_for(model, sigmas, steps):
                                    "another model is not used)")
         found = (record, path)
     record, path = found
-    made_for = record.get("key", {}).get("model")
-    if made_for != schedule_cache.model_fingerprint(model):
+    key = record.get("key", {})
+    if key.get("model") != schedule_cache.model_fingerprint(model):
         # e.g. a record registered for another clone sharing this model's model_sampling object
         raise FinetuneError(f"sigmas: the optimised schedule found for this MODEL ({path}) was made for another "
                                f"model (weights, LoRAs or patches differ); connect SIGMAS or re-run 'Optimise "
@@ -99,9 +100,8 @@ def schedule_for(model, sigmas, steps):
         values, how = schedule_cache.schedule_from(record, int(steps))
     except ValueError as e:
         raise FinetuneError(f"steps: {e}") from None
-    made_at = record.get("key", {}).get("cfg")
-    return values, record.get("key", {}).get("sampler"), (f"optimiser record {path} ({how}"
-                                                           + (f", optimised at CFG {made_at:g})" if made_at is not None else ")"))
+    made_at = f", optimised at CFG {key['cfg']:g}" if key.get("cfg") is not None else ""
+    return values, key.get("sampler"), f"optimiser record {path} ({how}{made_at})"
 
 
 def run_node(model, latents, positive, steps, settings, rounds, sigmas, phase1_sampler, phase1_mc_samples, phase1_grid,

@@ -128,7 +128,6 @@ class FewStepFinetune(io.ComfyNode):
                                     lr_schedule=a["lr_schedule"], holdout=float(a["holdout"]), target=a["target"],
                                     teacher_steps=int(a["teacher_steps"]), trajectories=int(a["trajectories"]),
                                     anchor_target=a["anchor_target"], cfg=float(a["cfg"]))
-        ft.check_negative(settings, a["negative"])
         result, text = run_node(a["model"], a["latents"], a["positive"], a["steps"], settings, int(a["rounds"]), a["sigmas"],
                                 a["phase1_sampler"], int(a["phase1_mc_samples"]), int(a["phase1_grid"]),
                                 bool(a["only_on_schedule"]), a["negative"])
